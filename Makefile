@@ -1,0 +1,64 @@
+# The two commands of the README: `make up` (run the system) and `make test` (CI).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build, pinned in the same pip command so nothing pulls multi-GB CUDA wheels.
+# On a GPU machine: make TORCH=torch (or the CUDA build you already use).
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.sllm-installed
+INSTALL_INPUTS := pyproject.toml $(wildcard setup.py) \
+	$(wildcard libs/loader/csrc/*.cpp libs/loader/csrc/*.hpp)
+PYTEST_ARGS ?=
+
+.PHONY: install test check lint format typecheck pytest up bench bench-loader bench-serving clean help
+
+help:
+	@echo "make up           install if needed, then run the whole system (Ctrl-C stops it)"
+	@echo "make test         install if needed, then format check, lint, types and all tests"
+	@echo "make bench-loader checkpoint loading benchmark (one table)"
+	@echo "make bench-serving time to first token: warm, cold from DRAM/SSD/registry, baseline"
+	@echo "make format       reformat the code"
+
+# A second run skips the install unless pyproject.toml, setup.py or the native sources changed.
+$(STAMP): $(INSTALL_INPUTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q "$(TORCH)" -e ".[test]"
+	@touch $@
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: lint typecheck pytest
+
+test: check
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+up: install
+	$(BIN)/sllm up
+
+bench-loader: install
+	$(BIN)/python -m pip install --disable-pip-version-check -q "$(TORCH)" -e ".[test,bench]"
+	$(BIN)/python -m benchmarks.bench_loader
+
+bench-serving: install
+	$(BIN)/python -m benchmarks.bench_serving
+
+bench: bench-loader bench-serving
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

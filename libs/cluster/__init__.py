@@ -1,0 +1,5 @@
+"""Typed access to the cluster state in Redis, shared by every service."""
+
+from .state import ClusterState
+
+__all__ = ["ClusterState"]

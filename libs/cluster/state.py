@@ -1,0 +1,218 @@
+"""`ClusterState`: every read and write of cluster state in Redis goes through here.
+
+Records are JSON (readable with ``redis-cli``); workers are hashes so that reserving one is a
+single atomic script: two schedulers can never hand out the same worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, Literal, TypeVar
+
+import redis.asyncio as aioredis
+
+from libs.protocol.keys import Keys
+from libs.protocol.messages import DeploymentSpec
+from libs.protocol.schema import Message, decode_json, encode_json
+from libs.protocol.state import InstanceRecord, Locality, NodeRecord, WorkerRecord
+
+M = TypeVar("M", bound=Message)
+
+StorageTier = Literal["registry", "ssd", "dram"]
+
+# KEYS[1] = worker hash; ARGV[1] = instance id. Take the worker only if it exists and is free.
+_RESERVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local cur = redis.call('HGET', KEYS[1], 'instance_id')
+if cur and cur ~= '' then return 0 end
+redis.call('HSET', KEYS[1], 'instance_id', ARGV[1])
+return 1
+"""
+
+# Free the worker only if it still holds this instance (a stale release must not free a
+# worker that has since been given to someone else).
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'instance_id') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'instance_id', '')
+  return 1
+end
+return 0
+"""
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _worker_record(worker_id: str, fields: dict[Any, Any], alive: Any) -> WorkerRecord | None:
+    """A worker hash (as Redis returns it) as a record; None if the worker is not registered."""
+    if not fields:
+        return None
+    f = {_s(k): _s(v) for k, v in fields.items()}
+    return WorkerRecord(
+        worker_id=worker_id,
+        node_id=f.get("node_id", ""),
+        device=f.get("device", ""),
+        instance_id=f.get("instance_id", ""),
+        alive=bool(alive),
+    )
+
+
+class ClusterState:
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._reserve = redis.register_script(_RESERVE)
+        self._release = redis.register_script(_RELEASE)
+
+    async def _get(self, key: str, cls: type[M]) -> M | None:
+        raw = await self.redis.get(key)
+        return None if raw is None else decode_json(raw, cls)
+
+    async def _get_many(self, keys: Iterable[str], cls: type[M]) -> list[M]:
+        keys = list(keys)
+        if not keys:
+            return []
+        return [decode_json(raw, cls) for raw in await self.redis.mget(keys) if raw is not None]
+
+    # --- deployments ------------------------------------------------------------------------
+
+    async def put_deployment(self, spec: DeploymentSpec) -> bool:
+        """Create or replace; returns True if it was created."""
+        if not spec.created_at:
+            spec = spec.model_copy(update={"created_at": time.time()})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.deployment(spec.name), encode_json(spec))
+            pipe.sadd(self.keys.deployments, spec.name)
+            _, added = await pipe.execute()
+        return bool(added)
+
+    async def get_deployment(self, name: str) -> DeploymentSpec | None:
+        return await self._get(self.keys.deployment(name), DeploymentSpec)
+
+    async def deployments(self) -> list[DeploymentSpec]:
+        names = sorted(_s(n) for n in await self.redis.smembers(self.keys.deployments))
+        return await self._get_many((self.keys.deployment(n) for n in names), DeploymentSpec)
+
+    async def delete_deployment(self, name: str) -> bool:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.deployment(name))
+            pipe.srem(self.keys.deployments, name)
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
+
+    # --- instances --------------------------------------------------------------------------
+
+    async def put_instance(self, rec: InstanceRecord) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.instance(rec.instance_id), encode_json(rec))
+            pipe.sadd(self.keys.model_instances(rec.model), rec.instance_id)
+            await pipe.execute()
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        return await self._get(self.keys.instance(instance_id), InstanceRecord)
+
+    async def update_instance(self, instance_id: str, **changes: Any) -> InstanceRecord | None:
+        """Change fields of an instance record; None if it no longer exists."""
+        rec = await self.get_instance(instance_id)
+        if rec is None:
+            return None
+        rec = InstanceRecord.model_validate({**rec.model_dump(), **changes})
+        await self.redis.set(self.keys.instance(instance_id), encode_json(rec), xx=True)
+        return rec
+
+    async def instances(self, model: str) -> list[InstanceRecord]:
+        ids = sorted(_s(i) for i in await self.redis.smembers(self.keys.model_instances(model)))
+        return await self._get_many((self.keys.instance(i) for i in ids), InstanceRecord)
+
+    async def delete_instance(self, rec: InstanceRecord) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.instance(rec.instance_id))
+            pipe.srem(self.keys.model_instances(rec.model), rec.instance_id)
+            await pipe.execute()
+
+    # --- workers ----------------------------------------------------------------------------
+
+    async def register_worker(self, worker_id: str, node_id: str, device: str) -> None:
+        """(Re-)register; a restarted worker comes back free."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self.keys.worker(worker_id),
+                mapping={"node_id": node_id, "device": device, "instance_id": ""},
+            )
+            pipe.sadd(self.keys.workers, worker_id)
+            await pipe.execute()
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.worker(worker_id))
+            pipe.srem(self.keys.workers, worker_id)
+            await pipe.execute()
+
+    async def workers(self) -> list[WorkerRecord]:
+        ids = sorted(_s(w) for w in await self.redis.smembers(self.keys.workers))
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for w in ids:
+                pipe.hgetall(self.keys.worker(w))
+                pipe.exists(self.keys.alive("worker", w))
+            results = await pipe.execute()
+        records = (
+            _worker_record(w, fields, alive)
+            for w, fields, alive in zip(ids, results[0::2], results[1::2], strict=True)
+        )
+        return [r for r in records if r is not None]
+
+    async def get_worker(self, worker_id: str) -> WorkerRecord | None:
+        """One worker's record (``instance_id``: its reservation); None if not registered."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.worker(worker_id))
+            pipe.exists(self.keys.alive("worker", worker_id))
+            fields, alive = await pipe.execute()
+        return _worker_record(worker_id, fields, alive)
+
+    async def reserve_worker(self, worker_id: str, instance_id: str) -> bool:
+        """Atomically give a free worker to ``instance_id``; False if it is taken or gone."""
+        return bool(await self._reserve(keys=[self.keys.worker(worker_id)], args=[instance_id]))
+
+    async def release_worker(self, worker_id: str, instance_id: str) -> bool:
+        """Free the worker if it still holds ``instance_id``."""
+        return bool(await self._release(keys=[self.keys.worker(worker_id)], args=[instance_id]))
+
+    # --- nodes, locality, bandwidth -----------------------------------------------------------
+
+    async def register_node(self, node: NodeRecord) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.node(node.node_id), encode_json(node))
+            pipe.sadd(self.keys.nodes, node.node_id)
+            await pipe.execute()
+
+    async def nodes(self) -> list[NodeRecord]:
+        ids = sorted(_s(n) for n in await self.redis.smembers(self.keys.nodes))
+        return await self._get_many((self.keys.node(n) for n in ids), NodeRecord)
+
+    async def set_locality(self, node_id: str, tier: StorageTier, model: str, nbytes: int) -> None:
+        await self.redis.hset(self.keys.locality(node_id, tier), model, nbytes)
+
+    async def remove_locality(self, node_id: str, tier: StorageTier, model: str) -> None:
+        await self.redis.hdel(self.keys.locality(node_id, tier), model)
+
+    async def set_bandwidth(self, node_id: str, tier: StorageTier, bytes_per_s: float) -> None:
+        await self.redis.hset(self.keys.bandwidth(node_id), tier, repr(float(bytes_per_s)))
+
+    async def locality(self, node_id: str) -> Locality:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.locality(node_id, "dram"))
+            pipe.hgetall(self.keys.locality(node_id, "ssd"))
+            pipe.hgetall(self.keys.bandwidth(node_id))
+            dram, ssd, bw = await pipe.execute()
+        return Locality(
+            node_id=node_id,
+            dram={_s(k): int(v) for k, v in dram.items()},
+            ssd={_s(k): int(v) for k, v in ssd.items()},
+            bandwidth={
+                t: float(bw[t.encode()]) for t in ("registry", "ssd", "dram") if t.encode() in bw
+            },
+        )

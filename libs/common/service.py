@@ -1,0 +1,168 @@
+"""The shape every bus service shares: connections in an AsyncExitStack, an ``info`` endpoint,
+a liveness heartbeat in Redis, started/stopped events, and a signal-driven main loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from typing import ClassVar, Literal
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from libs.protocol import Bus, BusError, Keys, Route, route
+from libs.protocol.endpoints import SERVICE_INFO
+from libs.protocol.events import ServiceStartedEvent, ServiceStoppedEvent
+from libs.protocol.messages import InfoRequest, ServiceInfoReply
+from libs.protocol.schema import encode_json
+
+from .logs import setup_logging
+from .redis_client import connect_redis
+from .settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+ServiceKind = Literal["router", "scheduler", "worker", "storage"]
+VERSION = "0.1.0"
+
+
+def default_instance_id(kind: str) -> str:
+    """``<kind>-<host>-<random>``: unique, and readable in logs."""
+    host = "".join(c if c.isalnum() else "-" for c in socket.gethostname())[:24]
+    return f"{kind}-{host}-{uuid.uuid4().hex[:6]}"
+
+
+class Service:
+    """Base of the scheduler, worker and storage services (the router embeds one too)."""
+
+    kind: ClassVar[ServiceKind]
+
+    def __init__(
+        self, settings: CommonSettings, *, instance_id: str = "", node_id: str = ""
+    ) -> None:
+        self.settings = settings
+        self.instance_id = instance_id or default_instance_id(self.kind)
+        self.node_id = node_id
+        self.keys = Keys(settings.root)
+        self.started_at = time.time()
+        self._stack = AsyncExitStack()
+        self._bus: Bus | None = None
+        self._redis: aioredis.Redis | None = None
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            raise RuntimeError(f"{self.kind} is not started")
+        return self._bus
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise RuntimeError(f"{self.kind} is not started")
+        return self._redis
+
+    def routes(self) -> list[Route]:
+        """The handler table; subclasses add theirs to this one."""
+        return [route(SERVICE_INFO, self.info, kind=self.kind, instance_id=self.instance_id)]
+
+    async def info(self, _: InfoRequest) -> ServiceInfoReply:
+        return ServiceInfoReply(
+            kind=self.kind,
+            instance_id=self.instance_id,
+            node_id=self.node_id,
+            version=VERSION,
+            started_at=self.started_at,
+        )
+
+    async def on_start(self) -> None:
+        """Hook: runs after the connections exist and before the routes are served."""
+
+    async def on_stop(self) -> None:
+        """Hook: runs before the connections close."""
+
+    async def start(self) -> None:
+        s = self.settings
+        self._bus = await Bus.connect(
+            s.nats_url,
+            name=f"{self.kind}:{self.instance_id}",
+            root=s.root,
+            request_timeout=s.request_timeout,
+        )
+        self._stack.push_async_callback(self._bus.close)
+        self._redis = await connect_redis(s.redis_url, timeout=s.request_timeout)
+        self._stack.push_async_callback(self._redis.aclose)
+        await self.on_start()
+        await self._bus.serve(self.kind, self.routes(), version=VERSION)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        self._stack.callback(heartbeat.cancel)
+        await self._bus.emit(
+            ServiceStartedEvent(
+                source=self.instance_id, service=self.kind, version=VERSION, settings=s.public()
+            )
+        )
+        log.info("%s %s started", self.kind, self.instance_id)
+
+    async def stop(self, reason: str = "") -> None:
+        """Announce, forget the liveness key, run ``on_stop`` and close everything."""
+        with contextlib.suppress(Exception):
+            await self.on_stop()
+        if self._bus is not None:
+            await self._bus.emit(
+                ServiceStoppedEvent(source=self.instance_id, service=self.kind, reason=reason)
+            )
+        if self._redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.delete(self.keys.alive(self.kind, self.instance_id))
+        await self._stack.aclose()
+        log.info("%s %s stopped (%s)", self.kind, self.instance_id, reason or "requested")
+
+    async def _heartbeat(self) -> None:
+        key = self.keys.alive(self.kind, self.instance_id)
+        ttl_ms = int(self.settings.heartbeat_ttl * 1000)
+        while True:
+            try:
+                await self.redis.set(key, encode_json(await self.info(InfoRequest())), px=ttl_ms)
+            except (RedisError, OSError) as exc:
+                log.warning("heartbeat failed: %r", exc)
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+
+def run_service(build: Callable[[], Service], *, startup_timeout: float = 60.0) -> int:
+    """Run a service until SIGINT/SIGTERM; retry the start while NATS or Redis come up."""
+
+    async def main() -> int:
+        svc = build()
+        setup_logging(svc.settings.log_level, f"{svc.kind}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            try:
+                await svc.start()
+                break
+            except BusError as exc:
+                await svc.stop("start failed")
+                svc = build()
+                if time.monotonic() > deadline or stop.is_set():
+                    log.error("%s could not start: %s", svc.kind, exc)
+                    return 2
+                log.warning("%s start failed, retrying: %s", svc.kind, exc)
+                await asyncio.sleep(1.0)
+        await stop.wait()
+        try:
+            await asyncio.wait_for(svc.stop("signal"), 15)
+        except TimeoutError:
+            log.error("%s did not stop within 15 s", svc.kind)
+            return 1
+        return 0
+
+    return asyncio.run(main())

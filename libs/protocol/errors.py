@@ -1,0 +1,126 @@
+"""Error codes that cross the bus, and the typed exceptions a caller sees for each."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+
+class ErrorCode(StrEnum):
+    """Every error code a service may put in an error reply.
+
+    The router alone maps these to HTTP statuses; services only speak codes.
+    """
+
+    BAD_REQUEST = "bad_request"  # undecodable bytes or a schema violation
+    NOT_FOUND = "not_found"  # unknown model, worker, request id...
+    CONFLICT = "conflict"  # the target is in a state that forbids the action
+    OVERLOADED = "overloaded"  # a bounded queue or slot table is full
+    UNAVAILABLE = "unavailable"  # no capacity / dependency down; retry later
+    TIMEOUT = "timeout"  # a deadline passed (caller side or inside the service)
+    NO_RESPONDERS = "no_responders"  # nobody serves the subject
+    CANCELLED = "cancelled"  # the work was cancelled
+    LOAD_FAILED = "load_failed"  # a checkpoint could not be loaded
+    STORAGE_FULL = "storage_full"  # a storage tier has no room
+    CORRUPT = "corrupt"  # data failed verification
+    BAD_REPLY = "bad_reply"  # the caller could not decode what came back
+    INTERNAL = "internal"  # a bug: the handler raised something unexpected
+
+
+class BusError(Exception):
+    """Base of every error raised by the bus layer or carried in an error reply."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, *, detail: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail: dict[str, object] = dict(detail or {})
+
+    def __str__(self) -> str:
+        return f"[{self.code.value}] {self.message}"
+
+
+class BadRequestError(BusError):
+    code = ErrorCode.BAD_REQUEST
+
+
+class NotFoundError(BusError):
+    code = ErrorCode.NOT_FOUND
+
+
+class ConflictError(BusError):
+    code = ErrorCode.CONFLICT
+
+
+class OverloadedError(BusError):
+    code = ErrorCode.OVERLOADED
+
+
+class UnavailableError(BusError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class BusTimeoutError(BusError):
+    code = ErrorCode.TIMEOUT
+
+
+class NoRespondersError(BusError):
+    code = ErrorCode.NO_RESPONDERS
+
+
+class CancelledError(BusError):
+    code = ErrorCode.CANCELLED
+
+
+class LoadFailedError(BusError):
+    code = ErrorCode.LOAD_FAILED
+
+
+class StorageFullError(BusError):
+    code = ErrorCode.STORAGE_FULL
+
+
+class CorruptError(BusError):
+    code = ErrorCode.CORRUPT
+
+
+class BadReplyError(BusError):
+    code = ErrorCode.BAD_REPLY
+
+
+class InternalError(BusError):
+    code = ErrorCode.INTERNAL
+
+
+_BY_CODE: dict[ErrorCode, type[BusError]] = {
+    cls.code: cls
+    for cls in (
+        BadRequestError,
+        NotFoundError,
+        ConflictError,
+        OverloadedError,
+        UnavailableError,
+        BusTimeoutError,
+        NoRespondersError,
+        CancelledError,
+        LoadFailedError,
+        StorageFullError,
+        CorruptError,
+        BadReplyError,
+        InternalError,
+    )
+}
+
+
+def error_for_code(code: str, message: str, detail: dict[str, object] | None = None) -> BusError:
+    """Build the typed exception for a code received on the wire.
+
+    An unknown code (a newer peer) becomes an `InternalError` that keeps the raw code.
+    """
+    try:
+        cls = _BY_CODE[ErrorCode(code)]
+    except ValueError:
+        detail = {**(detail or {}), "raw_code": code}
+        cls = InternalError
+    return cls(message, detail=detail)

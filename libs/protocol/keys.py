@@ -1,0 +1,65 @@
+"""Redis key names: the only place that builds a key string.
+
+All keys share one prefix (``sllm`` by default); tests give each test its own prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .subjects import token
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "sllm"
+
+    def __post_init__(self) -> None:
+        for part in self.prefix.split(":"):
+            token(part)
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # Liveness: a string key with a TTL, refreshed by the service's heartbeat.
+    def alive(self, kind: str, instance_id: str) -> str:
+        return self._k("alive", token(kind), token(instance_id))
+
+    def alive_pattern(self, kind: str) -> str:
+        return self._k("alive", token(kind), "*")
+
+    # Nodes and workers: hashes describing them; sets index them.
+    def node(self, node_id: str) -> str:
+        return self._k("node", token(node_id))
+
+    @property
+    def nodes(self) -> str:
+        return self._k("nodes")
+
+    def worker(self, worker_id: str) -> str:
+        return self._k("worker", token(worker_id))
+
+    @property
+    def workers(self) -> str:
+        return self._k("workers")
+
+    # Per node: which checkpoints each tier holds (hash model -> bytes) and measured bandwidths.
+    def locality(self, node_id: str, tier: str) -> str:
+        return self._k("locality", token(node_id), token(tier))
+
+    def bandwidth(self, node_id: str) -> str:
+        return self._k("bandwidth", token(node_id))
+
+    # Deployments and instances.
+    def deployment(self, model: str) -> str:
+        return self._k("deployment", model)
+
+    @property
+    def deployments(self) -> str:
+        return self._k("deployments")
+
+    def instance(self, instance_id: str) -> str:
+        return self._k("instance", token(instance_id))
+
+    def model_instances(self, model: str) -> str:
+        return self._k("instances", model)

@@ -1,0 +1,215 @@
+"""Every request, reply and chunk schema exchanged between sllm services.
+
+Naming: ``*Request`` goes to a service, ``*Reply`` comes back, ``*Chunk`` is one frame of a
+streamed reply. Events live in `events`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .schema import Message
+
+Tier = Literal["gpu", "dram", "ssd", "registry"]
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+InstanceStatus = Literal["loading", "ready", "stopping", "failed"]
+
+# Upper bounds that keep a malformed or hostile message from asking for absurd work.
+MAX_TOKENS_LIMIT = 1 << 20
+MAX_PROMPT_TOKENS = 1 << 20
+
+
+class ServiceInfoReply(Message):
+    """What any sllm service says about itself (answer to ``info``)."""
+
+    kind: Literal["router", "scheduler", "worker", "storage"]
+    instance_id: str
+    node_id: str = ""
+    version: str
+    started_at: float
+
+
+class InfoRequest(Message):
+    """Ask a service to describe itself."""
+
+
+# --- scheduler ------------------------------------------------------------------------------
+
+
+class DeploymentSpec(Message):
+    """A model the cluster serves, with its autoscaling knobs (stored in Redis as-is)."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/\-]*$")
+    checkpoint_uri: str = Field(min_length=1, max_length=4096)
+    min_instances: int = Field(default=0, ge=0, le=1024)
+    max_instances: int = Field(default=1, ge=1, le=1024)
+    keep_alive_s: float = Field(default=300.0, ge=0.0, le=30 * 86400.0)
+    target_concurrency: int = Field(default=8, ge=1, le=4096)
+    created_at: float = 0.0
+
+
+class DeployRequest(Message):
+    spec: DeploymentSpec
+
+
+class DeployReply(Message):
+    spec: DeploymentSpec
+    created: bool  # False: an existing deployment was updated
+
+
+class UndeployRequest(Message):
+    name: str = Field(min_length=1, max_length=128)
+
+
+class UndeployReply(Message):
+    name: str
+    stopped_instances: list[str]
+
+
+class PlaceRequest(Message):
+    """Ask the scheduler for an instance of ``model``: a ready or loading one, or a new one."""
+
+    model: str = Field(min_length=1, max_length=128)
+    request_id: str = ""
+
+
+class PlaceReply(Message):
+    instance_id: str
+    worker_id: str
+    node_id: str
+    status: InstanceStatus
+    source_tier: Tier
+    estimated_startup_s: float = Field(ge=0)
+
+
+# --- worker ---------------------------------------------------------------------------------
+
+
+class LoadRequest(Message):
+    """Load ``model`` from ``checkpoint_uri`` as instance ``instance_id`` on this worker.
+
+    The worker acknowledges at once and loads in the background; the instance record in Redis
+    and the ``instance.*`` events say when it is ready or why it failed.
+    """
+
+    instance_id: str = Field(min_length=1, max_length=128)
+    model: str = Field(min_length=1, max_length=128)
+    checkpoint_uri: str = Field(min_length=1, max_length=4096)
+
+
+class LoadReply(Message):
+    instance_id: str
+    worker_id: str
+
+
+class UnloadRequest(Message):
+    instance_id: str = Field(min_length=1, max_length=128)
+
+
+class UnloadReply(Message):
+    instance_id: str
+    freed: bool
+
+
+class SamplingParams(Message):
+    max_tokens: int = Field(default=16, ge=1, le=MAX_TOKENS_LIMIT)
+    temperature: float = Field(default=1.0, ge=0.0, le=100.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, lt=1 << 63)
+    stop: list[str] = Field(default_factory=list, max_length=16)
+
+
+class ChatMessage(Message):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str = Field(max_length=8 * 1024 * 1024)
+
+
+class GenerateRequest(Message):
+    """Generate for one request; chunks go to ``inbox`` numbered from ``start_seq``.
+
+    The prompt is exactly one of ``prompt`` (text), ``messages`` (chat, rendered with the
+    model's chat template) or ``prompt_token_ids``. ``generated_token_ids`` are tokens already
+    produced elsewhere (failover, migration): the worker recomputes their KV cache and carries
+    on from there. ``inbox`` and ``start_seq`` are filled in by the bus for a fresh stream; a
+    migration or a failover passes them on so that the new producer continues the same stream.
+    """
+
+    request_id: str = Field(min_length=1, max_length=128)
+    model: str = Field(min_length=1, max_length=128)
+    prompt: str | None = Field(default=None, max_length=8 * 1024 * 1024)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=4096)
+    prompt_token_ids: list[int] | None = Field(
+        default=None, min_length=1, max_length=MAX_PROMPT_TOKENS
+    )
+    generated_token_ids: list[int] = Field(default_factory=list, max_length=MAX_TOKENS_LIMIT)
+    params: SamplingParams = Field(default_factory=SamplingParams)
+    inbox: str = ""
+    start_seq: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> GenerateRequest:
+        given = [x is not None for x in (self.prompt, self.messages, self.prompt_token_ids)]
+        if sum(given) != 1:
+            raise ValueError("exactly one of prompt, messages, prompt_token_ids is required")
+        return self
+
+
+class GenerateReply(Message):
+    """The acknowledgement of a `GenerateRequest`: the worker took the request."""
+
+    request_id: str
+    worker_id: str
+    instance_id: str
+    prompt_token_ids: list[int]
+
+
+class Usage(Message):
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+
+
+class TokenChunk(Message):
+    """New tokens of a generation; the last chunk has ``finish_reason`` and ``usage``."""
+
+    token_ids: list[int]
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    prefill_s: float | None = None  # on the first chunk: the worker's prefill time
+    decode_s: float | None = None  # on the last chunk: time from first to last token
+
+
+# --- storage --------------------------------------------------------------------------------
+
+
+class EnsureRequest(Message):
+    """Make ``model``'s checkpoint available in ``tier`` (or a faster one) on this node.
+
+    The reply names the fastest copy there is: asking for "ssd" never promotes, but returns
+    the DRAM copy if one exists.
+    """
+
+    model: str = Field(min_length=1, max_length=128)
+    checkpoint_uri: str = Field(min_length=1, max_length=4096)
+    tier: Literal["dram", "ssd"] = "ssd"
+
+
+class EnsureReply(Message):
+    model: str
+    path: str
+    tier: Literal["dram", "ssd"]
+    source_tier: Tier  # where the bytes came from: "registry", "ssd" or "dram" (already there)
+    bytes: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+
+
+class EvictRequest(Message):
+    model: str = Field(min_length=1, max_length=128)
+    tier: Literal["dram", "ssd"]
+
+
+class EvictReply(Message):
+    model: str
+    evicted: bool

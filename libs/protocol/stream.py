@@ -1,0 +1,184 @@
+"""Both ends of a streamed reply: numbered frames published to the consumer's inbox.
+
+The producer numbers frames from ``start_seq``; the consumer delivers them in order, drops
+duplicates and buffers frames that arrive early. That is what lets a stream move to another
+producer (migration, failover) without the consumer noticing: the new producer simply
+continues the numbering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Generic, TypeVar
+
+import nats.errors
+from nats.aio.client import Client as NATSClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from .errors import BadReplyError, BusError, BusTimeoutError, UnavailableError, error_for_code
+from .schema import (
+    CancelStream,
+    ErrorBody,
+    Message,
+    StreamFrame,
+    encode,
+    error_body,
+    unpack,
+    validate,
+)
+
+Rep = TypeVar("Rep", bound=Message)
+Chunk = TypeVar("Chunk", bound=Message)
+
+# Frames buffered ahead of a gap before the stream is declared broken.
+MAX_REORDER = 4096
+
+
+def decode_frame(data: bytes) -> StreamFrame:
+    """Decode one frame; on the consumer side anything malformed is ``bad_reply``."""
+    return validate(unpack(data, error=BadReplyError), StreamFrame, error=BadReplyError)
+
+
+class StreamWriter:
+    """Publishes numbered frames to one inbox."""
+
+    def __init__(self, nc: NATSClient, inbox: str, *, start_seq: int = 0) -> None:
+        self.nc = nc
+        self.inbox = inbox
+        self.seq = start_seq
+
+    async def _put(self, frame: StreamFrame) -> None:
+        try:
+            await self.nc.publish(self.inbox, encode(frame))
+        except (nats.errors.Error, OSError) as exc:
+            raise UnavailableError(f"cannot publish to stream {self.inbox}: {exc!r}") from None
+        self.seq += 1
+
+    async def send(self, chunk: Message) -> None:
+        await self._put(StreamFrame(seq=self.seq, kind="data", data=chunk.model_dump()))
+
+    async def end(self) -> None:
+        await self._put(StreamFrame(seq=self.seq, kind="end"))
+
+    async def fail(self, exc: BusError) -> None:
+        with contextlib.suppress(BusError):
+            await self._put(StreamFrame(seq=self.seq, kind="error", error=error_body(exc)))
+
+
+class StreamReader(Generic[Rep, Chunk]):
+    """Consumes a stream: an async iterator of typed chunks, in order, without duplicates.
+
+    Raises the producer's typed error if the stream ends in an error frame, `BusTimeoutError`
+    if no frame arrives within ``idle_timeout``, and `BadReplyError` for malformed frames.
+    """
+
+    ack: Rep
+
+    def __init__(
+        self,
+        nc: NATSClient,
+        inbox: str,
+        chunk: type[Chunk],
+        *,
+        idle_timeout: float,
+        start_seq: int = 0,
+    ) -> None:
+        self.nc = nc
+        self.inbox = inbox
+        self.chunk = chunk
+        self.idle_timeout = idle_timeout
+        self.next_seq = start_seq
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._early: dict[int, StreamFrame] = {}
+        self._sub: Subscription | None = None
+        self._cancel_subject: str | None = None
+        self._stream_id: str | None = None
+        self._done = False
+
+    async def open(self) -> None:
+        async def on_msg(msg: Msg) -> None:
+            self._queue.put_nowait(msg.data)
+
+        self._sub = await self.nc.subscribe(self.inbox, cb=on_msg)
+
+    def bind_cancel(self, subject: str | None, stream_id: str | None) -> None:
+        self._cancel_subject, self._stream_id = subject, stream_id
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def __aiter__(self) -> StreamReader[Rep, Chunk]:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        while True:
+            if self._done:
+                raise StopAsyncIteration
+            frame = self._early.pop(self.next_seq, None) or await self._next_frame()
+            if frame.seq < self.next_seq:
+                continue  # a duplicate, e.g. from the old producer after a migration
+            if frame.seq > self.next_seq:
+                self._early[frame.seq] = frame
+                if len(self._early) > MAX_REORDER:
+                    await self._fail()
+                    raise BadReplyError(
+                        f"stream {self.inbox}: frame {self.next_seq} missing "
+                        f"({len(self._early)} later frames buffered)"
+                    )
+                continue
+            self.next_seq += 1
+            if frame.kind == "data":
+                try:
+                    return validate(frame.data, self.chunk, error=BadReplyError)
+                except BadReplyError:
+                    await self._fail()
+                    raise
+            self._done = True
+            await self._unsubscribe()
+            if frame.kind == "end":
+                raise StopAsyncIteration
+            err = frame.error or ErrorBody(code="internal", message="error frame without body")
+            raise error_for_code(err.code, err.message, dict(err.detail))
+
+    async def _next_frame(self) -> StreamFrame:
+        try:
+            data = await asyncio.wait_for(self._queue.get(), self.idle_timeout)
+        except TimeoutError:
+            await self._fail()
+            raise BusTimeoutError(
+                f"stream {self.inbox}: no frame within {self.idle_timeout:g}s "
+                f"(waiting for seq {self.next_seq})"
+            ) from None
+        try:
+            return decode_frame(data)
+        except BadReplyError:
+            await self._fail()
+            raise
+
+    async def _fail(self) -> None:
+        await self.aclose()
+
+    async def _unsubscribe(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def aclose(self) -> None:
+        """Stop consuming; if the stream has not ended, ask the producer to stop."""
+        if not self._done and self._cancel_subject and self._stream_id:
+            with contextlib.suppress(Exception):
+                await self.nc.publish(
+                    self._cancel_subject, encode(CancelStream(stream_id=self._stream_id))
+                )
+        self._done = True
+        await self._unsubscribe()
+
+    async def __aenter__(self) -> StreamReader[Rep, Chunk]:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()

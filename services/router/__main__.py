@@ -1,0 +1,33 @@
+"""``python -m services.router``: run the REST router from ``SLLM_*`` settings."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from libs.common.logs import setup_logging
+
+from .app import RouterService, create_app
+from .settings import RouterSettings
+
+
+def main() -> int:
+    settings = RouterSettings.from_env()
+    setup_logging(settings.log_level, "router")
+    app = create_app(RouterService(settings))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            timeout_graceful_shutdown=10,
+        )
+    )
+    server.run()
+    return 0 if server.started else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

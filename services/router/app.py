@@ -1,0 +1,171 @@
+"""The router: the REST edge (FastAPI) plus its bus presence as a service."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from libs.cluster import ClusterState
+from libs.common.service import Service, ServiceKind
+from libs.protocol.errors import BusError
+from libs.protocol.events import (
+    DeploymentEvent,
+    InstanceFailedEvent,
+    InstanceReadyEvent,
+    InstanceStoppedEvent,
+)
+
+from .cluster import ClusterView
+from .deployments import DeploymentsApi
+from .errors import ApiError, from_bus, to_api_error, validation_message
+from .generation import Backend
+from .metrics import RouterMetrics
+from .placement import ColdStarts
+from .routes import v1_routes
+from .serving import OpenAIServing
+from .settings import RouterSettings
+
+log = logging.getLogger(__name__)
+
+
+class RouterService(Service):
+    kind: ClassVar[ServiceKind] = "router"
+
+    def __init__(self, settings: RouterSettings) -> None:
+        super().__init__(settings, instance_id=settings.instance_id)
+        self.router_settings = settings
+        self.metrics = RouterMetrics()
+        self._serving: OpenAIServing | None = None
+        self._deployments: DeploymentsApi | None = None
+        self._starts: ColdStarts | None = None
+
+    @property
+    def serving(self) -> OpenAIServing:
+        if self._serving is None:
+            raise RuntimeError("the router is not started")
+        return self._serving
+
+    @property
+    def deployments(self) -> DeploymentsApi:
+        if self._deployments is None:
+            raise RuntimeError("the router is not started")
+        return self._deployments
+
+    async def on_start(self) -> None:
+        s = self.router_settings
+        view = ClusterView(ClusterState(self.redis, self.keys), ttl=s.instance_cache_ttl)
+        self._starts = ColdStarts(
+            self.bus,
+            view,
+            self.metrics,
+            queue_size=s.queue_size,
+            place_timeout=s.place_timeout,
+            retry_after=s.retry_after,
+        )
+        backend = Backend(self.bus, view, self._starts, self.metrics, s, self.instance_id)
+        self._serving = OpenAIServing(backend)
+        self._deployments = DeploymentsApi(backend)
+
+        async def on_instance(ev: InstanceReadyEvent) -> None:
+            view.changed(ev.model)
+
+        async def on_instance_end(ev: InstanceStoppedEvent | InstanceFailedEvent) -> None:
+            view.changed(ev.model)
+            why = ev.reason if isinstance(ev, InstanceStoppedEvent) else ev.error
+            await backend.instance_gone(ev.instance_id, why or ev.kind)
+
+        async def on_deployment(ev: DeploymentEvent) -> None:
+            view.forget_deployment(ev.name)
+            view.changed(ev.name)
+
+        bus, subjects = self.bus, self.bus.subjects
+        await bus.subscribe(
+            subjects.event("instance.ready"), InstanceReadyEvent, on_instance, json=True
+        )
+        await bus.subscribe(
+            subjects.event("instance.stopped"), InstanceStoppedEvent, on_instance_end, json=True
+        )
+        await bus.subscribe(
+            subjects.event("instance.failed"), InstanceFailedEvent, on_instance_end, json=True
+        )
+        await bus.subscribe(
+            subjects.event("deployment.changed"), DeploymentEvent, on_deployment, json=True
+        )
+
+    async def on_stop(self) -> None:
+        if self._starts is not None:
+            await self._starts.close()
+
+    async def ready(self) -> tuple[bool, str]:
+        """Able to serve: connected to NATS and Redis answers."""
+        if self._bus is None or not self._bus.connected:
+            return False, "not connected to NATS"
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            return False, f"Redis unreachable: {exc!r}"
+        return True, "ok"
+
+
+def create_app(svc: RouterService) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await svc.start()
+        try:
+            yield
+        finally:
+            await svc.stop("shutdown")
+
+    app = FastAPI(title="sllm", version="0.1.0", lifespan=lifespan)
+    retry_after = svc.router_settings.retry_after
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(_: Request, exc: ApiError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(BusError)
+    async def on_bus_error(_: Request, exc: BusError) -> Response:
+        return from_bus(exc, retry_after=retry_after).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(_: Request, exc: RequestValidationError) -> Response:
+        message, param = validation_message(exc.errors())
+        return ApiError(400, message, code="invalid_request", param=param).response()
+
+    @app.exception_handler(HTTPException)
+    async def on_http(_: Request, exc: HTTPException) -> Response:
+        return ApiError(
+            exc.status_code, str(exc.detail), headers=dict(exc.headers or {})
+        ).response()
+
+    @app.exception_handler(Exception)
+    async def on_bug(_: Request, exc: Exception) -> Response:
+        log.error("unhandled error", exc_info=exc)
+        return to_api_error(exc, retry_after=retry_after).response()
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        ok, why = await svc.ready()
+        return JSONResponse(
+            {"status": "ready" if ok else "unavailable", "detail": why}, 200 if ok else 503
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(svc.metrics.render(), media_type=svc.metrics.content_type)
+
+    app.include_router(v1_routes(svc))
+    return app

@@ -1,0 +1,104 @@
+"""The router's Prometheus metrics, in a registry of its own (several routers may share a
+process in tests; the global registry would mix them)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+
+# Requests for models that are not deployed share one label value, so that a client cannot
+# create a time series per made-up model name.
+UNKNOWN_MODEL = "(unknown)"
+
+
+class RouterMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "sllm_router_requests",
+            "inference requests finished, by model and outcome (ok, error, cancelled)",
+            ["model", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "sllm_router_request_errors",
+            "inference requests that failed, by model and error code",
+            ["model", "code"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "sllm_router_time_to_first_token_seconds",
+            "from the request's arrival to its first token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "sllm_router_request_duration_seconds",
+            "from the request's arrival to its end",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "sllm_router_queue_wait_seconds",
+            "time a request waited for a ready instance",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "sllm_router_queue_depth",
+            "requests waiting for an instance of the model to start",
+            ["model"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "sllm_router_requests_in_flight",
+            "requests being generated right now",
+            ["model"],
+            registry=r,
+        )
+        self.cold_starts = Counter(
+            "sllm_router_cold_starts",
+            "instances this router waited for while they loaded (cold starts)",
+            ["model"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "sllm_router_generated_tokens",
+            "tokens generated and forwarded to clients",
+            ["model"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        data: bytes = generate_latest(self.registry)
+        return data

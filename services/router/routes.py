@@ -1,0 +1,88 @@
+"""The HTTP routes: thin handlers that hand over to serving and deployments logic."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
+from libs.protocol.messages import DeploymentSpec
+
+from .errors import unauthorized
+from .protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DeploymentDeleted,
+    DeploymentList,
+    DeploymentOut,
+    ModelCard,
+    ModelList,
+)
+
+if TYPE_CHECKING:
+    from .app import RouterService
+
+
+def api_key_check(keys: tuple[str, ...]) -> Callable[[str | None], Awaitable[None]]:
+    """A dependency that demands ``Authorization: Bearer <one of keys>`` (none: open)."""
+    accepted = [k.encode() for k in keys]
+
+    async def check(authorization: str | None = Header(default=None)) -> None:
+        if not accepted:
+            return
+        if not authorization:
+            raise unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
+        scheme, _, token = authorization.partition(" ")
+        given = token.strip().encode()
+        # Compare against every key, in constant time, so timing says nothing about the keys.
+        matches = [hmac.compare_digest(given, k) for k in accepted]
+        if scheme.lower() != "bearer" or not any(matches):
+            raise unauthorized("invalid API key")
+
+    return check
+
+
+def v1_routes(svc: RouterService) -> APIRouter:
+    api = APIRouter(
+        prefix="/v1", dependencies=[Depends(api_key_check(svc.router_settings.api_keys))]
+    )
+
+    @api.post("/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await svc.serving.chat(body, request.receive)
+
+    @api.post("/completions", response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await svc.serving.completion(body, request.receive)
+
+    @api.get("/models")
+    async def list_models() -> ModelList:
+        return await svc.serving.models()
+
+    @api.get("/models/{model:path}")
+    async def get_model(model: str) -> ModelCard:
+        spec = await svc.deployments.get(model)
+        return ModelCard(id=spec.name, created=int(spec.created_at))
+
+    @api.post("/deployments", status_code=201, response_model=None)
+    async def put_deployment(spec: DeploymentSpec) -> JSONResponse:
+        out, created = await svc.deployments.put(spec)
+        return JSONResponse(out.model_dump(), status_code=201 if created else 200)
+
+    @api.get("/deployments")
+    async def list_deployments() -> DeploymentList:
+        return await svc.deployments.list()
+
+    @api.get("/deployments/{name:path}")
+    async def get_deployment(name: str) -> DeploymentOut:
+        return await svc.deployments.get(name)
+
+    @api.delete("/deployments/{name:path}")
+    async def delete_deployment(name: str) -> DeploymentDeleted:
+        return await svc.deployments.delete(name)
+
+    return api

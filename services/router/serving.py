@@ -1,0 +1,231 @@
+"""OpenAI serving: chat and text completions (streamed or whole) and the model list, on top
+of `Generation`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.responses import Response
+from starlette.types import Receive
+
+from libs.protocol.errors import BadRequestError
+from libs.protocol.messages import ChatMessage, GenerateRequest, SamplingParams, Usage
+from libs.protocol.schema import encode
+
+from .cluster import read
+from .errors import to_api_error, validation_message
+from .generation import Backend, Generation
+from .protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    UsageOut,
+)
+from .sse import DONE, ClientDisconnected, EventStreamResponse, event, run_until_disconnect
+
+# Status of an answer nobody reads any more (nginx's "client closed request").
+CLIENT_CLOSED = 499
+
+
+class _Format:
+    """How one kind of answer looks: its chunks, its final chunk, and its whole form."""
+
+    prefix = ""
+
+    def __init__(self, request_id: str, model: str, include_usage: bool) -> None:
+        self.id = request_id
+        self.model = model
+        self.created = int(time.time())
+        self.include_usage = include_usage
+        # With include_usage, OpenAI sends "usage": null on every chunk but the last.
+        self.exclude: set[str] | None = None if include_usage else {"usage"}
+
+    def opening(self) -> list[bytes]:
+        return []
+
+    def text(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def finish(self, reason: str) -> bytes:
+        raise NotImplementedError
+
+    def usage(self, usage: Usage) -> bytes:
+        raise NotImplementedError
+
+    def whole(self, text: str, reason: str, usage: Usage) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class _ChatFormat(_Format):
+    def _chunk(self, choices: list[ChatChunkChoice], usage: UsageOut | None = None) -> bytes:
+        chunk = ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )
+        return event(chunk, exclude=self.exclude)
+
+    def opening(self) -> list[bytes]:
+        return [self._chunk([ChatChunkChoice(delta={"role": "assistant", "content": ""})])]
+
+    def text(self, text: str) -> bytes:
+        return self._chunk([ChatChunkChoice(delta={"content": text})])
+
+    def finish(self, reason: str) -> bytes:
+        return self._chunk([ChatChunkChoice(delta={}, finish_reason=reason)])
+
+    def usage(self, usage: Usage) -> bytes:
+        return self._chunk([], UsageOut.of(usage))
+
+    def whole(self, text: str, reason: str, usage: Usage) -> dict[str, Any]:
+        return ChatCompletion(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)],
+            usage=UsageOut.of(usage),
+        ).model_dump()
+
+
+class _CompletionFormat(_Format):
+    def _chunk(self, choices: list[CompletionChoice], usage: UsageOut | None = None) -> bytes:
+        chunk = Completion(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )
+        return event(chunk, exclude=self.exclude)
+
+    def text(self, text: str) -> bytes:
+        return self._chunk([CompletionChoice(text=text, finish_reason=None)])
+
+    def finish(self, reason: str) -> bytes:
+        return self._chunk([CompletionChoice(text="", finish_reason=reason)])
+
+    def usage(self, usage: Usage) -> bytes:
+        return self._chunk([], UsageOut.of(usage))
+
+    def whole(self, text: str, reason: str, usage: Usage) -> dict[str, Any]:
+        return Completion(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[CompletionChoice(text=text, finish_reason=reason)],
+            usage=UsageOut.of(usage),
+        ).model_dump()
+
+
+class OpenAIServing:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    async def models(self) -> ModelList:
+        state = self.backend.view.state
+        specs = await read("deployments", state.deployments)
+        return ModelList(data=[ModelCard(id=s.name, created=int(s.created_at)) for s in specs])
+
+    async def chat(self, body: ChatCompletionRequest, receive: Receive) -> Response:
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        req = self._request(
+            request_id,
+            body.model,
+            body.params(self.backend.settings.default_max_tokens),
+            messages=[m.to_bus() for m in body.messages],
+        )
+        fmt = _ChatFormat(request_id, body.model, body.include_usage)
+        return await self._serve(req, fmt, bool(body.stream), receive)
+
+    async def completion(self, body: CompletionRequest, receive: Receive) -> Response:
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        prompt = body.text_or_ids()
+        if isinstance(prompt, str):
+            req = self._request(request_id, body.model, body.params(), prompt=prompt)
+        else:
+            req = self._request(request_id, body.model, body.params(), prompt_token_ids=prompt)
+        fmt = _CompletionFormat(request_id, body.model, body.include_usage)
+        return await self._serve(req, fmt, bool(body.stream), receive)
+
+    def _request(
+        self,
+        request_id: str,
+        model: str,
+        params: SamplingParams,
+        *,
+        prompt: str | None = None,
+        messages: list[ChatMessage] | None = None,
+        prompt_token_ids: list[int] | None = None,
+    ) -> GenerateRequest:
+        try:
+            req = GenerateRequest(
+                request_id=request_id,
+                model=model,
+                prompt=prompt,
+                messages=messages,
+                prompt_token_ids=prompt_token_ids,
+                params=params,
+            )
+        except ValidationError as exc:
+            message, param = validation_message(exc.errors())
+            raise BadRequestError(message, detail={"param": param or ""}) from None
+        size = len(prompt or "") + sum(len(m.content) for m in messages or ())
+        limit = self.backend.bus.nc.max_payload
+        if size * 2 > limit and len(encode(req)) > limit:
+            raise BadRequestError(
+                f"the prompt is too large for the message bus ({limit} bytes at most)",
+                detail={"param": "messages" if messages else "prompt"},
+            )
+        return req
+
+    async def _serve(
+        self, req: GenerateRequest, fmt: _Format, stream: bool, receive: Receive
+    ) -> Response:
+        gen = Generation(self.backend, req)
+        try:
+            await run_until_disconnect(receive, gen.start())
+            if stream:
+                return EventStreamResponse(self._events(gen, fmt), lambda _: gen.finish())
+            text = await run_until_disconnect(receive, self._collect(gen))
+        except ClientDisconnected:
+            await gen.finish()
+            return Response(status_code=CLIENT_CLOSED)
+        except Exception as exc:
+            gen.fail(exc)
+            await gen.finish()
+            raise
+        await gen.finish()
+        return JSONResponse(fmt.whole(text, _openai_reason(gen), gen.final_usage()))
+
+    async def _collect(self, gen: Generation) -> str:
+        parts = []
+        while (chunk := await gen.next_chunk()) is not None:
+            parts.append(chunk.text)
+        return "".join(parts)
+
+    async def _events(self, gen: Generation, fmt: _Format) -> AsyncIterator[bytes]:
+        for opening in fmt.opening():
+            yield opening
+        try:
+            while (chunk := await gen.next_chunk()) is not None:
+                if chunk.text:
+                    yield fmt.text(chunk.text)
+            yield fmt.finish(_openai_reason(gen))
+            if fmt.include_usage:
+                yield fmt.usage(gen.final_usage())
+        except Exception as exc:
+            # Headers are sent: the error travels as an event (the openai client raises it).
+            gen.fail(exc)
+            yield event(to_api_error(exc, retry_after=self.backend.settings.retry_after).body())
+        yield DONE
+
+
+def _openai_reason(gen: Generation) -> str:
+    return "length" if gen.finish_reason == "length" else "stop"

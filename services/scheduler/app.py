@@ -1,0 +1,278 @@
+"""The scheduler service: deployments, placement of instances, and cleanup after dead workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import ClassVar
+
+from libs.cluster import ClusterState
+from libs.common.service import Service, ServiceKind
+from libs.protocol import BusError, Route, route
+from libs.protocol.endpoints import (
+    SCHED_DEPLOY,
+    SCHED_PLACE,
+    SCHED_UNDEPLOY,
+    WORKER_LOAD,
+    WORKER_UNLOAD,
+)
+from libs.protocol.errors import NotFoundError, UnavailableError
+from libs.protocol.events import DeploymentEvent, InstanceStoppedEvent, PlacementEvent
+from libs.protocol.messages import (
+    DeploymentSpec,
+    DeployReply,
+    DeployRequest,
+    LoadRequest,
+    PlaceReply,
+    PlaceRequest,
+    UndeployReply,
+    UndeployRequest,
+    UnloadRequest,
+)
+from libs.protocol.state import InstanceRecord
+
+from .placement import NodeView, SourceTier, WorkerView, rank
+from .settings import SchedulerSettings
+
+log = logging.getLogger(__name__)
+
+# A reservation without an instance record is stale after this long (the scheduler that made
+# it died between reserving and recording).
+STALE_RESERVATION_S = 30.0
+RESERVE_ATTEMPTS = 8
+
+
+class SchedulerService(Service):
+    kind: ClassVar[ServiceKind] = "scheduler"
+
+    def __init__(self, settings: SchedulerSettings) -> None:
+        super().__init__(settings, instance_id=settings.instance_id)
+        self.sched = settings
+        self.priors: dict[SourceTier, float] = {
+            "dram": settings.prior_dram_gbps * 1e9,
+            "ssd": settings.prior_ssd_gbps * 1e9,
+            "registry": settings.prior_registry_gbps * 1e9,
+        }
+        self._model_locks: dict[str, asyncio.Lock] = {}
+        self._orphans: dict[tuple[str, str], float] = {}
+
+    def routes(self) -> list[Route]:
+        return [
+            *super().routes(),
+            route(SCHED_PLACE, self.place),
+            route(SCHED_DEPLOY, self.deploy),
+            route(SCHED_UNDEPLOY, self.undeploy),
+        ]
+
+    async def on_start(self) -> None:
+        self.state = ClusterState(self.redis, self.keys)
+        task = asyncio.create_task(self._housekeeping())
+        self._stack.callback(task.cancel)
+
+    # --- deployments ------------------------------------------------------------------------
+
+    async def deploy(self, req: DeployRequest) -> DeployReply:
+        existing = await self.state.get_deployment(req.spec.name)
+        spec = req.spec.model_copy(
+            update={"created_at": existing.created_at if existing else time.time()}
+        )
+        created = await self.state.put_deployment(spec)
+        await self.bus.emit(
+            DeploymentEvent(name=spec.name, action="created" if created else "updated")
+        )
+        if spec.min_instances:
+            self.bus.spawn(self._ensure_min_instances(spec))
+        return DeployReply(spec=spec, created=created)
+
+    async def _ensure_min_instances(self, spec: DeploymentSpec) -> None:
+        for _ in range(spec.min_instances):
+            try:
+                await self._place_new(spec, request_id="min_instances")
+            except BusError as exc:
+                log.warning("cannot start a minimum instance of %s: %s", spec.name, exc)
+                return
+
+    async def undeploy(self, req: UndeployRequest) -> UndeployReply:
+        if not await self.state.delete_deployment(req.name):
+            raise NotFoundError(f"no deployment named {req.name!r}", detail={"model": req.name})
+        await self.bus.emit(DeploymentEvent(name=req.name, action="deleted"))
+        stopped = await asyncio.gather(
+            *(
+                self._stop_instance(rec, "undeployed")
+                for rec in await self.state.instances(req.name)
+            )
+        )
+        return UndeployReply(name=req.name, stopped_instances=sorted(stopped))
+
+    async def _stop_instance(self, rec: InstanceRecord, reason: str) -> str:
+        try:
+            await self.bus.request(
+                WORKER_UNLOAD,
+                UnloadRequest(instance_id=rec.instance_id),
+                worker_id=rec.worker_id,
+                timeout=max(self.settings.request_timeout, 10.0),
+            )
+        except BusError as exc:
+            # The worker is gone or confused: forget the instance and free the worker ourselves.
+            log.warning(
+                "unload of %s on %s failed (%s); cleaning up", rec.instance_id, rec.worker_id, exc
+            )
+            await self._forget(rec, reason)
+        return rec.instance_id
+
+    async def _forget(self, rec: InstanceRecord, reason: str) -> None:
+        await self.state.delete_instance(rec)
+        await self.state.release_worker(rec.worker_id, rec.instance_id)
+        await self.bus.emit(
+            InstanceStoppedEvent(
+                instance_id=rec.instance_id, model=rec.model, worker_id=rec.worker_id, reason=reason
+            )
+        )
+
+    # --- placement --------------------------------------------------------------------------
+
+    async def place(self, req: PlaceRequest) -> PlaceReply:
+        spec = await self.state.get_deployment(req.model)
+        if spec is None:
+            raise NotFoundError(f"no deployment named {req.model!r}", detail={"model": req.model})
+        lock = self._model_locks.setdefault(req.model, asyncio.Lock())
+        async with lock:
+            live = await self._live_instances(req.model)
+            ready = [i for i in live if i.status == "ready"]
+            loading = [i for i in live if i.status == "loading"]
+            # A load under way is the fastest way to an instance: never start a second one
+            # beside it (the autoscaler adds capacity on load, not this path).
+            for rec in ready + loading:
+                return PlaceReply(
+                    instance_id=rec.instance_id,
+                    worker_id=rec.worker_id,
+                    node_id=rec.node_id,
+                    status=rec.status,
+                    source_tier=rec.source_tier or "gpu",
+                    estimated_startup_s=0.0,
+                )
+            return await self._place_new(spec, req.request_id)
+
+    async def _live_instances(self, model: str) -> list[InstanceRecord]:
+        alive = {w.worker_id for w in await self.state.workers() if w.alive}
+        return [
+            i
+            for i in await self.state.instances(model)
+            if i.worker_id in alive and i.status in ("ready", "loading")
+        ]
+
+    async def _snapshot(self) -> tuple[list[WorkerView], list[NodeView]]:
+        workers = await self.state.workers()
+        node_ids = sorted({w.node_id for w in workers})
+        localities = await asyncio.gather(*(self.state.locality(n) for n in node_ids))
+        nodes = [
+            NodeView(
+                loc.node_id,
+                dram=loc.dram,
+                ssd=loc.ssd,
+                bandwidth={str(k): v for k, v in loc.bandwidth.items()},
+            )
+            for loc in localities
+        ]
+        views = [WorkerView(w.worker_id, w.node_id, w.alive and not w.instance_id) for w in workers]
+        return views, nodes
+
+    async def _place_new(self, spec: DeploymentSpec, request_id: str) -> PlaceReply:
+        instance_id = "i-" + uuid.uuid4().hex[:16]
+        workers, nodes = await self._snapshot()
+        ranked = rank(
+            spec.name,
+            workers,
+            nodes,
+            default_bytes=int(self.sched.default_model_gb * 1e9),
+            priors=self.priors,
+        )
+        for choice in ranked[:RESERVE_ATTEMPTS]:
+            if await self.state.reserve_worker(choice.worker_id, instance_id):
+                break
+        else:
+            raise UnavailableError(
+                f"no free worker for {spec.name!r}",
+                detail={"model": spec.name, "workers": len(workers)},
+            )
+        rec = InstanceRecord(
+            instance_id=instance_id,
+            model=spec.name,
+            worker_id=choice.worker_id,
+            node_id=choice.node_id,
+            status="loading",
+            created_at=time.time(),
+        )
+        await self.state.put_instance(rec)
+        await self.bus.emit(
+            PlacementEvent(
+                model=spec.name,
+                instance_id=instance_id,
+                worker_id=choice.worker_id,
+                node_id=choice.node_id,
+                source_tier=choice.tier,
+                estimated_startup_s=choice.seconds,
+                candidates={e.worker_id: round(e.seconds, 6) for e in ranked},
+            )
+        )
+        try:
+            await self.bus.request(
+                WORKER_LOAD,
+                LoadRequest(
+                    instance_id=instance_id, model=spec.name, checkpoint_uri=spec.checkpoint_uri
+                ),
+                worker_id=choice.worker_id,
+            )
+        except BusError as exc:
+            await self._forget(rec, f"load request failed: {exc.code.value}")
+            raise UnavailableError(
+                f"worker {choice.worker_id} did not take the load of {spec.name!r}: {exc.message}",
+                detail={"model": spec.name, "worker": choice.worker_id},
+            ) from None
+        log.info(
+            "placed %s on %s (%s tier, est. %.2fs) for %s",
+            spec.name,
+            choice.worker_id,
+            choice.tier,
+            choice.seconds,
+            request_id or "-",
+        )
+        return PlaceReply(
+            instance_id=instance_id,
+            worker_id=choice.worker_id,
+            node_id=choice.node_id,
+            status="loading",
+            source_tier=choice.tier,
+            estimated_startup_s=choice.seconds,
+        )
+
+    # --- housekeeping -----------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.sched.housekeeping_interval)
+            with contextlib.suppress(Exception):
+                await self.sweep()
+
+    async def sweep(self) -> None:
+        """Forget instances whose worker died; free reservations nobody recorded."""
+        workers = await self.state.workers()
+        alive = {w.worker_id for w in workers if w.alive}
+        for dep in await self.state.deployments():
+            for rec in await self.state.instances(dep.name):
+                if rec.worker_id not in alive:
+                    await self._forget(rec, "worker died")
+        now = time.monotonic()
+        for w in workers:
+            if not w.instance_id:
+                continue
+            if await self.state.get_instance(w.instance_id) is not None:
+                self._orphans.pop((w.worker_id, w.instance_id), None)
+                continue
+            first_seen = self._orphans.setdefault((w.worker_id, w.instance_id), now)
+            if now - first_seen > STALE_RESERVATION_S:
+                await self.state.release_worker(w.worker_id, w.instance_id)
+                self._orphans.pop((w.worker_id, w.instance_id), None)

@@ -1,0 +1,289 @@
+"""The node's tiers in motion: ensure (fetch into SSD, promote into DRAM with LRU eviction),
+evict, and the one refetch a failed verification earns. File work runs in `BlockingPool`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+from libs.protocol.errors import CorruptError, StorageFullError
+from libs.protocol.messages import Tier
+
+from .checkpoint import INDEX_FILE, Marker, parse_index, read_index_bytes
+from .concurrency import BlockingPool, KeyedLocks
+from .lru import TierCatalog, TierEntry
+from .names import MARKER_FILE, checkpoint_dirname
+from .publisher import NodePublisher
+from .sources import FetchPlan, copy_checkpoint, fetch, prepare
+from .transfer import Meter, Staging, retire, storage_full, write_bytes
+from .uri import RegistrySource
+
+log = logging.getLogger(__name__)
+
+Served = tuple[TierEntry, Literal["dram", "ssd"], Tier]  # the copy, its tier, the source tier
+
+
+class TierManager:
+    def __init__(
+        self,
+        ssd: TierCatalog,
+        dram: TierCatalog,
+        publisher: NodePublisher,
+        pool: BlockingPool,
+        fetch_timeout: float,
+    ) -> None:
+        self.ssd = ssd
+        self.dram = dram
+        self.publisher = publisher
+        self.pool = pool
+        self.fetch_timeout = fetch_timeout
+        # Concurrent requests for one model queue on its lock: the first fetches, the others
+        # then find the copy. Models whose lock is taken are never LRU victims.
+        self.locks = KeyedLocks()
+        self._retiring: dict[Path, asyncio.Task[None]] = {}
+
+    # --- entry points ----------------------------------------------------------------------
+
+    async def ensure(
+        self, model: str, source: RegistrySource, tier: Literal["dram", "ssd"]
+    ) -> Served:
+        async with self.locks.hold(model):
+            return await self._ensure_locked(model, source, tier)
+
+    async def evict(self, model: str, tier: Literal["dram", "ssd"]) -> bool:
+        """Remove from ``tier``; removing the SSD copy removes the DRAM copy too."""
+        async with self.locks.hold(model):
+            evicted = await self._evict(model, self.dram, "requested")
+            if tier == "ssd":
+                evicted = await self._evict(model, self.ssd, "requested") or evicted
+            return evicted
+
+    # --- ensure ----------------------------------------------------------------------------
+
+    async def _ensure_locked(
+        self, model: str, source: RegistrySource, tier: Literal["dram", "ssd"]
+    ) -> Served:
+        refetched = [False]  # the one refetch a failed verification earns, per request
+        # "At least as fast as ``tier``": a DRAM copy also satisfies an SSD request, and the
+        # reader gets the fastest copy there is.
+        hit = await self._usable(self.dram, model, source.uri)
+        if hit is not None:
+            self.dram.touch(model)
+            self.ssd.touch(model)
+            return hit, "dram", "dram"
+        ssd_entry = await self._usable(self.ssd, model, source.uri)
+        source_tier: Tier = "ssd"
+        if ssd_entry is None:
+            ssd_entry = await self._fetch(model, source, refetched)
+            source_tier = "registry"
+        else:
+            self.ssd.touch(model)
+        if tier == "ssd":
+            return ssd_entry, "ssd", source_tier
+        while True:
+            try:
+                promoted = await self._promote(model, ssd_entry)
+            except CorruptError as exc:
+                # The SSD copy rotted (or was tampered with) since it was verified.
+                if refetched[0]:
+                    raise CorruptError(
+                        f"{model}: SSD copy failed verification: {exc.message}"
+                    ) from None
+                log.warning("%s: SSD copy failed verification, fetching again: %s", model, exc)
+                refetched[0] = True
+                await self._evict(model, self.ssd, "corrupt")
+                ssd_entry = await self._fetch_once(model, source)
+                source_tier = "registry"
+                continue
+            if promoted is None:
+                return ssd_entry, "ssd", source_tier
+            return promoted, "dram", source_tier
+
+    async def _usable(self, catalog: TierCatalog, model: str, uri: str) -> TierEntry | None:
+        """The tier's copy of ``model`` if it came from ``uri`` and is still on disk. A copy of
+        another checkpoint (the deployment changed its URI) or one that vanished is evicted."""
+        entry = catalog.get(model)
+        if entry is None:
+            return None
+        if entry.uri != uri:
+            if catalog is self.ssd:
+                await self._evict(model, self.dram, "replaced")
+            await self._evict(model, catalog, "replaced")
+            return None
+        # One stat, outside the I/O pool so that a hit never queues behind long copies.
+        if not await asyncio.to_thread((entry.path / INDEX_FILE).is_file):
+            log.warning("%s: %s copy vanished from %s", model, catalog.name, entry.path)
+            await self._evict(model, catalog, "missing")
+            return None
+        return entry
+
+    async def _fetch(self, model: str, source: RegistrySource, refetched: list[bool]) -> TierEntry:
+        """Registry -> SSD, once more if the copy fails verification."""
+        while True:
+            try:
+                return await self._fetch_once(model, source)
+            except CorruptError as exc:
+                if refetched[0]:
+                    raise CorruptError(
+                        f"{model}: checkpoint from {source.uri} failed verification twice: "
+                        f"{exc.message}"
+                    ) from None
+                log.warning("%s: fetched copy failed verification, fetching again: %s", model, exc)
+                refetched[0] = True
+
+    async def _fetch_once(self, model: str, source: RegistrySource) -> TierEntry:
+        plan = await self.pool.run(lambda _: prepare(source, self.fetch_timeout))
+        need = plan.need_bytes
+        victims = self.ssd.plan(need, pinned=self.locks.busy())
+        if victims is None:
+            raise StorageFullError(
+                f"ssd tier cannot hold {model} ({need} bytes; capacity {self.ssd.capacity})"
+            )
+        # Taking the victims and reserving the room happen without an await in between, so
+        # that concurrent fetches of other models cannot plan with the same free bytes.
+        taken = [(e, c) for v in victims for c in (self.dram, self.ssd) if (e := self._take(v, c))]
+        self.ssd.reserve(need)
+        dst = self.ssd.root / checkpoint_dirname(model)
+        try:
+            for e, c in taken:
+                await self._finish_eviction(e, c, "lru")
+            await self._retired(dst)
+            progress = self.publisher.progress(model, "ssd", need)
+            marker = Marker(model, source.uri)
+            t0 = time.monotonic()
+            nbytes = await self.pool.run(
+                lambda cancel: self._fetch_blocking(
+                    plan, dst, marker, Meter(need, progress, cancel)
+                )
+            )
+            seconds = time.monotonic() - t0
+        finally:
+            self.ssd.release(need)
+        entry = self.ssd.add(TierEntry(model, dst, nbytes, source.uri))
+        log.info("%s: fetched %d bytes from %s in %.2fs", model, nbytes, source.uri, seconds)
+        await self.publisher.locality(self.ssd, model)
+        await self.publisher.transfer_measured("registry", nbytes, seconds)
+        await self.publisher.fetched(model, "ssd", "registry", nbytes, seconds)
+        return entry
+
+    def _fetch_blocking(self, plan: FetchPlan, dst: Path, marker: Marker, meter: Meter) -> int:
+        free = shutil.disk_usage(self.ssd.root).free
+        if free < plan.need_bytes:
+            raise StorageFullError(
+                f"ssd tier has {free} bytes free; {marker.model} needs {plan.need_bytes}"
+            )
+        try:
+            with Staging(self.ssd.root) as staging:
+                files = fetch(plan, staging.checkpoint, meter, self.fetch_timeout)
+                write_bytes(staging.checkpoint / MARKER_FILE, marker.dump(), "ssd")
+                staging.commit(dst)
+        except OSError as exc:
+            full = storage_full(exc, "ssd", dst)
+            if full is None:
+                raise
+            raise full from exc
+        return files.total_bytes
+
+    async def _promote(self, model: str, ssd_entry: TierEntry) -> TierEntry | None:
+        """SSD -> DRAM; None when the DRAM tier cannot make room (the caller serves SSD)."""
+        need = ssd_entry.bytes
+        victims = self.dram.plan(need, pinned=self.locks.busy() - {model})
+        if victims is None:
+            log.info("%s: %d bytes do not fit the DRAM tier; serving from SSD", model, need)
+            return None
+        taken = [(e, self.dram) for v in victims if (e := self._take(v, self.dram))]
+        self.dram.reserve(need)
+        dst = self.dram.root / checkpoint_dirname(model)
+        try:
+            for e, c in taken:
+                await self._finish_eviction(e, c, "lru")
+            await self._retired(dst)
+            progress = self.publisher.progress(model, "dram", need)
+            marker = Marker(model, ssd_entry.uri)
+            src = ssd_entry.path
+            t0 = time.monotonic()
+            try:
+                nbytes, read_s = await self.pool.run(
+                    lambda cancel: self._promote_blocking(
+                        src, dst, marker, Meter(need, progress, cancel)
+                    )
+                )
+            except StorageFullError as exc:
+                # The tmpfs is smaller than the configured capacity: SSD still serves.
+                log.warning("%s: DRAM tier is full (%s); serving from SSD", model, exc.message)
+                return None
+            seconds = time.monotonic() - t0
+        finally:
+            self.dram.release(need)
+        entry = self.dram.add(TierEntry(model, dst, nbytes, ssd_entry.uri))
+        self.ssd.touch(model)
+        await self.publisher.locality(self.dram, model)
+        await self.publisher.transfer_measured("ssd", nbytes, read_s)
+        await self.publisher.fetched(model, "dram", "ssd", nbytes, seconds)
+        return entry
+
+    def _promote_blocking(
+        self, src: Path, dst: Path, marker: Marker, meter: Meter
+    ) -> tuple[int, float]:
+        try:
+            raw = read_index_bytes(src)
+        except FileNotFoundError:
+            raise CorruptError(f"{src}: the SSD copy has no index") from None
+        files = parse_index(raw)
+        if shutil.disk_usage(self.dram.root).free < files.total_bytes:
+            raise StorageFullError(f"the DRAM tier file system has no room for {marker.model}")
+        try:
+            with Staging(self.dram.root) as staging:
+                staging.checkpoint.mkdir()
+                copy_checkpoint(src, files, raw, staging.checkpoint, meter, "dram", direct=True)
+                write_bytes(staging.checkpoint / MARKER_FILE, marker.dump(), "dram")
+                staging.commit(dst)
+        except OSError as exc:
+            full = storage_full(exc, "dram", dst)
+            if full is None:
+                raise
+            raise full from exc
+        return files.total_bytes, meter.read_s
+
+    # --- eviction --------------------------------------------------------------------------
+
+    def _take(self, model: str, catalog: TierCatalog) -> TierEntry | None:
+        """Drop ``model`` from the catalog now and start deleting its directory."""
+        entry = catalog.pop(model)
+        if entry is None:
+            return None
+        path = entry.path
+        task = asyncio.ensure_future(self.pool.run(lambda _: retire(path)))
+        self._retiring[path] = task
+
+        def forget(_: object) -> None:
+            if self._retiring.get(path) is task:
+                del self._retiring[path]
+
+        task.add_done_callback(forget)
+        return entry
+
+    async def _retired(self, path: Path) -> None:
+        """Wait for a deletion of ``path`` in progress (before a new copy takes the name)."""
+        task = self._retiring.get(path)
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+
+    async def _finish_eviction(self, entry: TierEntry, catalog: TierCatalog, reason: str) -> None:
+        try:
+            await self._retired(entry.path)
+        finally:
+            await self.publisher.evicted(entry, catalog, reason)
+
+    async def _evict(self, model: str, catalog: TierCatalog, reason: str) -> bool:
+        entry = self._take(model, catalog)
+        if entry is None:
+            return False
+        await self._finish_eviction(entry, catalog, reason)
+        return True

@@ -1,0 +1,172 @@
+"""The worker service: one per device; loads one model instance and streams its generations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, ClassVar
+
+from libs.cluster import ClusterState
+from libs.common.service import Service, ServiceKind
+from libs.protocol import Route, route
+from libs.protocol.bus import Stream
+from libs.protocol.endpoints import WORKER_GENERATE, WORKER_LOAD, WORKER_UNLOAD
+from libs.protocol.errors import BadRequestError, OverloadedError
+from libs.protocol.messages import (
+    FinishReason,
+    GenerateReply,
+    GenerateRequest,
+    TokenChunk,
+    Usage,
+)
+
+from .detok import IncrementalDetokenizer
+from .hosting import Host, prepare
+from .settings import WorkerSettings
+from .validate import check_fits_context, check_generated, check_token_ids
+
+if TYPE_CHECKING:
+    from libs.loader import HostPool
+
+    from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# Requests bigger than this are tokenized (and their prior tokens replayed) in a thread, off
+# the event loop; smaller ones are cheaper to do inline than to hand to a thread.
+INLINE_PROMPT_CHARS = 16 * 1024
+INLINE_PRIOR_TOKENS = 1024
+
+
+class WorkerService(Service):
+    kind: ClassVar[ServiceKind] = "worker"
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        super().__init__(settings, instance_id=settings.instance_id, node_id=settings.node_id)
+        self.worker_settings = settings
+        self._host: Host | None = None
+
+    @property
+    def host(self) -> Host:
+        if self._host is None:
+            raise RuntimeError("worker is not started")
+        return self._host
+
+    def routes(self) -> list[Route]:
+        wid = self.instance_id
+        return [
+            *super().routes(),
+            route(WORKER_LOAD, self.host.load, worker_id=wid),
+            route(WORKER_UNLOAD, self.host.unload, worker_id=wid),
+            route(WORKER_GENERATE, self.generate, worker_id=wid),
+        ]
+
+    async def on_start(self) -> None:
+        s = self.worker_settings
+        self.state = ClusterState(self.redis, self.keys)
+        # torch takes seconds to import: do it (and build the host pool) now, in a thread,
+        # so that the first load does not pay for it and the service answers meanwhile.
+        prepared: asyncio.Future[HostPool | None] = asyncio.ensure_future(
+            asyncio.to_thread(prepare, s.torch_threads, s.host_pool_gb)
+        )
+        prepared.add_done_callback(_log_prepare_failure)
+        self._host = Host(
+            bus=self.bus,
+            state=self.state,
+            settings=s,
+            worker_id=self.instance_id,
+            node_id=self.node_id,
+            prepared=prepared,
+        )
+        await self.state.register_worker(self.instance_id, self.node_id, s.device)
+
+    async def on_stop(self) -> None:
+        if self._host is not None:
+            await self._host.shutdown()
+        await self.state.unregister_worker(self.instance_id)
+
+    # --- generate -----------------------------------------------------------------------------
+
+    async def generate(self, req: GenerateRequest) -> Stream[GenerateReply, TokenChunk]:
+        """Check the request, take a slot, and stream its tokens (see `GenerationStream`)."""
+        hosted, rt = self.host.ready(req.model)
+        if rt.engine.in_use >= rt.engine.max_concurrency:  # cheap early answer; submit decides
+            raise OverloadedError(
+                f"all {rt.engine.max_concurrency} generation slots of worker "
+                f"{self.instance_id} are busy"
+            )
+        if not req.inbox:
+            raise BadRequestError("generate needs an inbox to stream to")
+        big = len(req.prompt or "") > INLINE_PROMPT_CHARS
+        if big or len(req.generated_token_ids) > INLINE_PRIOR_TOKENS:
+            prompt_ids, detok = await asyncio.to_thread(_prepare_request, rt, req)
+        else:
+            prompt_ids, detok = _prepare_request(rt, req)
+        ack = GenerateReply(
+            request_id=req.request_id,
+            worker_id=self.instance_id,
+            instance_id=hosted.instance_id,
+            prompt_token_ids=prompt_ids,
+        )
+        prior = len(req.generated_token_ids)
+        remaining = req.params.max_tokens - prior
+        if remaining <= 0 or detok.stopped:
+            usage = Usage(prompt_tokens=len(prompt_ids), completion_tokens=prior)
+            reason: FinishReason = "stop" if detok.stopped else "length"
+            last = TokenChunk(
+                token_ids=[], text=detok.finish(), finish_reason=reason, usage=usage, decode_s=0.0
+            )
+            return Stream(ack=ack, chunks=_single(last))
+
+        # Imported here, not at the top: they import torch, which the service loads in the
+        # background at start-up (and which is loaded by now: an instance is ready).
+        from .engine import Job
+        from .generation import GenerationStream
+        from .sampling import Sampling, random_seed
+
+        p = req.params
+        sampling = Sampling(
+            temperature=p.temperature,
+            top_p=p.top_p,
+            seed=p.seed if p.seed is not None else random_seed(),
+        )
+        job = Job(prompt_ids + list(req.generated_token_ids), remaining, sampling)
+        handle = rt.engine.submit(job, asyncio.get_running_loop())
+        stream = GenerationStream(
+            handle,
+            detok,
+            prompt_tokens=len(prompt_ids),
+            prior_tokens=prior,
+            token_timeout=self.worker_settings.token_timeout,
+        )
+        return Stream(ack=ack, chunks=stream)
+
+
+def _prepare_request(rt: Runtime, req: GenerateRequest) -> tuple[list[int], IncrementalDetokenizer]:
+    """Tokenize and check the prompt; replay tokens generated elsewhere into the detokenizer,
+    so that text they left incomplete (a partial character, a possible stop string) comes out
+    exactly as it would have on the worker that produced them."""
+    prompt_ids = rt.prompt_ids(req)
+    generated = req.generated_token_ids
+    check_token_ids(prompt_ids, rt.vocab_size, "prompt_token_ids")
+    check_token_ids(generated, rt.vocab_size, "generated_token_ids")
+    check_generated(len(generated), req.params.max_tokens)
+    check_fits_context(len(prompt_ids), req.params.max_tokens, rt.context)
+    detok = IncrementalDetokenizer(rt.decode, prompt_ids, req.params.stop)
+    for token in generated:
+        if token in rt.eos_ids:
+            break
+        detok.add([token])
+    return prompt_ids, detok
+
+
+async def _single(chunk: TokenChunk) -> AsyncIterator[TokenChunk]:
+    yield chunk
+
+
+def _log_prepare_failure(fut: asyncio.Future[HostPool | None]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        if fut.exception() is not None:
+            log.error("worker start-up work failed", exc_info=fut.exception())

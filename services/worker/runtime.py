@@ -1,0 +1,152 @@
+"""A loaded model ready to serve: weights, tokenizer, limits and the engine thread running it."""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer
+
+from libs.loader import CancelToken, HostPool, LoadStats, PoolExhausted, load_model
+from libs.protocol.errors import BadRequestError, BusError
+from libs.protocol.messages import GenerateRequest
+
+from .engine import Engine
+from .validate import context_length, eos_ids
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What a load did, for the ``load.phase`` events."""
+
+    read_s: float  # the loader reading (or mapping) the weights
+    read_bytes: int
+    read_tier: str  # the loader's view: "tmpfs", "page_cache" or "disk"
+    build_s: float  # building the model around the weights, beyond the read
+    tokenizer_s: float
+
+
+class Runtime:
+    """One loaded model and its engine; the worker hosts at most one."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_concurrency: int, name: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        config = model.config
+        gen = getattr(model, "generation_config", None)
+        self.eos_ids = eos_ids(getattr(gen, "eos_token_id", None), config.eos_token_id)
+        if not self.eos_ids:
+            self.eos_ids = eos_ids(tokenizer.eos_token_id)
+        self.context = context_length(config)
+        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
+        self.engine = Engine(
+            model, eos_ids=self.eos_ids, max_concurrency=max_concurrency, name=name
+        )
+        self.engine.start()
+
+    def prompt_ids(self, req: GenerateRequest) -> list[int]:
+        """The request's prompt as token ids (chat messages through the chat template)."""
+        tok = self.tokenizer
+        if req.prompt_token_ids is not None:
+            ids = list(req.prompt_token_ids)
+        elif req.messages is not None:
+            if not getattr(tok, "chat_template", None):
+                raise BadRequestError(
+                    f"model {req.model!r} has no chat template: send a prompt instead"
+                )
+            try:
+                text = tok.apply_chat_template(
+                    [m.model_dump() for m in req.messages],
+                    add_generation_prompt=True,
+                    tokenize=False,
+                )
+            except Exception as exc:  # jinja raises whatever the template raises
+                raise BadRequestError(f"cannot render the chat messages: {exc}") from None
+            ids = tok.encode(text, add_special_tokens=False)
+        else:
+            ids = tok.encode(req.prompt or "", add_special_tokens=True)
+        if not ids:
+            raise BadRequestError("the prompt is empty (0 tokens)")
+        return [int(i) for i in ids]
+
+    def decode(self, ids: Any) -> str:
+        text: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return text
+
+    def close(self, error: BusError, timeout: float) -> bool:
+        """Stop the engine (its jobs fail with ``error``) and let go of the model."""
+        stopped = self.engine.stop(error, timeout)
+        # The tokenizer stays: streams still draining their last tokens decode with it.
+        self.model = None
+        return stopped
+
+
+def load_runtime(
+    path: str | os.PathLike[str],
+    *,
+    device: str,
+    pool: HostPool | None,
+    cancel: CancelToken,
+    max_concurrency: int,
+    name: str,
+    verify: bool = True,
+    prefault: bool = True,
+) -> tuple[Runtime, LoadReport]:
+    """Load the checkpoint at ``path`` (blocking: run it in a thread) and start its engine."""
+    stats = LoadStats()
+    t0 = time.perf_counter()
+    try:
+        model = load_model(
+            path,
+            device=device,
+            pool=pool,
+            stats=stats,
+            cancel=cancel,
+            verify=verify,
+            prefault=prefault,
+        )
+    except PoolExhausted:
+        # A checkpoint larger than the pool still loads, just without the pre-touched memory.
+        log.warning("host pool too small for %s; loading without it", path)
+        model = load_model(
+            path, device=device, stats=stats, cancel=cancel, verify=verify, prefault=prefault
+        )
+    loaded = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(os.fspath(path))
+    done = time.perf_counter()
+    report = LoadReport(
+        read_s=stats.seconds,
+        read_bytes=stats.bytes,
+        read_tier=stats.tier,
+        build_s=max(loaded - t0 - stats.seconds, 0.0),
+        tokenizer_s=done - loaded,
+    )
+    return Runtime(model, tokenizer, max_concurrency=max_concurrency, name=name), report
+
+
+def prepare(torch_threads: int, host_pool_gb: float) -> HostPool | None:
+    """One-off start-up work, in a thread: the torch and transformers imports, thread count,
+    and the host pool, so that the first load does not pay for them."""
+    # The model classes' common base pulls in most of transformers and torch (~3 s of imports);
+    # the architecture's own module is then a fraction of that.
+    importlib.import_module("transformers.modeling_utils")
+    if torch_threads > 0:
+        torch.set_num_threads(torch_threads)
+    if host_pool_gb > 0:
+        return HostPool(int(host_pool_gb * 1e9))
+    return None
+
+
+def free_memory() -> None:
+    """Return the memory of dropped models (blocking: a full collection)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,58 @@
+"""Request checks and model limits, as pure functions of plain data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from libs.protocol.errors import BadRequestError
+
+# Config attributes that name a model's context length, most common first.
+_CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def check_fits_context(prompt_tokens: int, max_tokens: int, context: int | None) -> None:
+    """Prompt plus every token the request may produce must fit the model's context."""
+    if context is not None and prompt_tokens + max_tokens > context:
+        raise BadRequestError(
+            f"prompt of {prompt_tokens} tokens + max_tokens {max_tokens} = "
+            f"{prompt_tokens + max_tokens} exceeds the model's context of {context} tokens",
+            detail={"prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "context": context},
+        )
+
+
+def check_token_ids(ids: Sequence[int], vocab_size: int, what: str) -> None:
+    """Every id must index the model's embedding table."""
+    bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise BadRequestError(
+            f"{what} holds token id {bad}, outside the model's vocabulary [0, {vocab_size})"
+        )
+
+
+def check_generated(generated: int, max_tokens: int) -> None:
+    """Tokens produced elsewhere count toward ``max_tokens``; more than that is a caller bug."""
+    if generated > max_tokens:
+        raise BadRequestError(
+            f"generated_token_ids has {generated} tokens, more than max_tokens {max_tokens}"
+        )
+
+
+def eos_ids(*sources: Any) -> frozenset[int]:
+    """The union of end-of-sequence ids from config values that are an int, a list, or None."""
+    out: set[int] = set()
+    for value in sources:
+        if isinstance(value, int) and not isinstance(value, bool):
+            out.add(value)
+        elif isinstance(value, Iterable) and not isinstance(value, str | bytes):
+            out.update(v for v in value if isinstance(v, int) and not isinstance(v, bool))
+    return frozenset(out)
+
+
+def context_length(config: Any) -> int | None:
+    """The model's maximum sequence length from its config, or None if it names none."""
+    for attr in _CONTEXT_ATTRS:
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

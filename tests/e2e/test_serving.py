@@ -1,0 +1,191 @@
+"""The serving path end to end: `sllm up`, the official openai client, real services.
+
+One cluster (2 nodes x 1 CPU worker) serves the whole module; tests run in file order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from libs.demo import write_demo_model
+
+from .cluster import SLLM, UpCluster, up_cluster
+from .reference import Reference
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me about the sea."}]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
+    with up_cluster(tmp_path_factory.mktemp("serving"), nodes=2, SLLM_MAX_CONCURRENCY="16") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference(cluster: UpCluster) -> Reference:
+    return Reference(cluster.demo_dir)
+
+
+@pytest.fixture(scope="module")
+def client(cluster: UpCluster) -> openai.OpenAI:
+    return openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="unused", timeout=180)
+
+
+def _events(cluster: UpCluster) -> list[dict[str, object]]:
+    out = subprocess.run(
+        [SLLM, "events", "--all", "--timeout", "2"],
+        env=cluster.service_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_cold_start_then_warm_request(
+    cluster: UpCluster, client: openai.OpenAI, reference: Reference
+) -> None:
+    first = client.chat.completions.create(
+        model="demo", messages=MESSAGES, max_tokens=24, temperature=0
+    )
+    want_text, want_finish = reference.chat(MESSAGES, 24)
+    assert first.choices[0].message.content == want_text
+    assert first.choices[0].finish_reason == want_finish
+
+    events = _events(cluster)
+    kinds = [e["kind"] for e in events]
+    for kind in (
+        "scheduler.placed",
+        "instance.starting",
+        "storage.fetched",
+        "load.phase",
+        "instance.ready",
+        "request.completed",
+    ):
+        assert kind in kinds, kind
+    phases = {e["phase"] for e in events if e["kind"] == "load.phase"}
+    assert {"ensure", "read", "build", "tokenizer"} <= phases
+    (cold,) = [e for e in events if e["kind"] == "request.completed"]
+    assert float(cold["load_s"]) > 0  # type: ignore[arg-type]
+
+    second = client.chat.completions.create(
+        model="demo", messages=MESSAGES, max_tokens=24, temperature=0
+    )
+    assert second.choices[0].message.content == want_text
+    events = _events(cluster)
+    assert [e["kind"] for e in events].count("instance.starting") == 1  # nothing loaded again
+    warm = [e for e in events if e["kind"] == "request.completed"][-1]
+    assert warm["load_s"] == 0.0
+    assert warm["queue_s"] == 0.0
+
+
+def test_streamed_and_non_streamed_answers_equal_transformers(
+    client: openai.OpenAI, reference: Reference
+) -> None:
+    want_text, want_finish = reference.chat(MESSAGES, 40)
+    stream = client.chat.completions.create(
+        model="demo",
+        messages=MESSAGES,
+        max_tokens=40,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    parts, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            parts.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(parts) == want_text
+    assert finish == want_finish
+    assert usage is not None
+    assert usage.completion_tokens > 0
+
+    prompt = "The quick brown fox"
+    want_text, _ = reference.complete(prompt, 20)
+    done = client.completions.create(model="demo", prompt=prompt, max_tokens=20, temperature=0)
+    assert done.choices[0].text == want_text
+    streamed = client.completions.create(
+        model="demo", prompt=prompt, max_tokens=20, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == want_text
+
+
+def test_32_concurrent_streams_across_two_models(
+    cluster: UpCluster, client: openai.OpenAI, reference: Reference, tmp_path: Path
+) -> None:
+    other_dir = write_demo_model(tmp_path / "demo-b", seed=1)
+    created = httpx.post(
+        cluster.base_url + "/v1/deployments",
+        json={"name": "demo-b", "checkpoint_uri": other_dir.as_uri()},
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
+    other = Reference(other_dir)
+    prompts = [f"Story number {i}:" for i in range(16)]
+    want = {("demo", p): reference.complete(p, 12)[0] for p in prompts} | {
+        ("demo-b", p): other.complete(p, 12)[0] for p in prompts
+    }
+
+    async def one(aclient: openai.AsyncOpenAI, model: str, prompt: str) -> tuple[str, str, str]:
+        stream = await aclient.completions.create(
+            model=model, prompt=prompt, max_tokens=12, temperature=0, stream=True
+        )
+        text = "".join([c.choices[0].text async for c in stream if c.choices])
+        return model, prompt, text
+
+    async def all_of_them() -> list[tuple[str, str, str]]:
+        async with openai.AsyncOpenAI(
+            base_url=cluster.base_url + "/v1", api_key="unused", timeout=240
+        ) as aclient:
+            return await asyncio.gather(
+                *(one(aclient, m, p) for m in ("demo", "demo-b") for p in prompts)
+            )
+
+    results = asyncio.run(all_of_them())
+    assert len(results) == 32
+    for model, prompt, text in results:
+        assert text == want[(model, prompt)], (model, prompt)
+
+
+def test_bad_input_gets_clear_errors(cluster: UpCluster, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=10**12)
+    with pytest.raises(openai.BadRequestError, match="context"):
+        client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=1_000_000)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="demo", messages=MESSAGES, n=2)
+    bad = httpx.post(
+        cluster.base_url + "/v1/chat/completions",
+        content=b'{"model": "demo", "messages": [',
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert bad.status_code in (400, 422)
+    assert "error" in bad.json()
+
+
+def test_models_and_deployment_inspection(cluster: UpCluster, client: openai.OpenAI) -> None:
+    assert {m.id for m in client.models.list()} >= {"demo", "demo-b"}
+    info = httpx.get(cluster.base_url + "/v1/deployments/demo", timeout=30).json()
+    assert [i["status"] for i in info["instances"]] == ["ready"]
+    deleted = httpx.delete(cluster.base_url + "/v1/deployments/demo-b", timeout=60)
+    assert deleted.status_code == 200
+    assert len(deleted.json()["stopped_instances"]) == 1
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="demo-b", prompt="x", max_tokens=2)

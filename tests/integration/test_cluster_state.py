@@ -1,0 +1,75 @@
+"""ClusterState against a real Redis: records, and atomic worker reservation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from libs.cluster import ClusterState
+from libs.protocol import Keys
+from libs.protocol.messages import DeploymentSpec
+from libs.protocol.state import InstanceRecord
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def state(redis: aioredis.Redis, keys: Keys) -> ClusterState:
+    return ClusterState(redis, keys)
+
+
+async def test_deployments_roundtrip(state: ClusterState) -> None:
+    spec = DeploymentSpec(name="org/model-a", checkpoint_uri="file:///m", max_instances=2)
+    assert await state.put_deployment(spec) is True
+    assert await state.put_deployment(spec) is False  # update, not create
+    got = await state.get_deployment("org/model-a")
+    assert got is not None
+    assert got.max_instances == 2
+    assert got.created_at > 0
+    assert [d.name for d in await state.deployments()] == ["org/model-a"]
+    assert await state.delete_deployment("org/model-a") is True
+    assert await state.get_deployment("org/model-a") is None
+    assert await state.deployments() == []
+
+
+async def test_instances_roundtrip_and_update(state: ClusterState) -> None:
+    rec = InstanceRecord(
+        instance_id="i1", model="m", worker_id="w", node_id="n", status="loading", created_at=1.0
+    )
+    await state.put_instance(rec)
+    updated = await state.update_instance("i1", status="ready", ready_at=2.0, source_tier="dram")
+    assert updated is not None
+    assert updated.status == "ready"
+    assert [i.status for i in await state.instances("m")] == ["ready"]
+    await state.delete_instance(rec)
+    assert await state.instances("m") == []
+    assert await state.update_instance("i1", status="ready") is None
+
+
+async def test_only_one_of_many_concurrent_reservations_wins(
+    state: ClusterState, redis: aioredis.Redis, keys: Keys
+) -> None:
+    await state.register_worker("w0", "node-0", "cpu")
+    rivals = [ClusterState(redis, keys) for _ in range(20)]
+    wins = await asyncio.gather(*(s.reserve_worker("w0", f"i{n}") for n, s in enumerate(rivals)))
+    assert sum(wins) == 1
+    holder = f"i{wins.index(True)}"
+    (worker,) = await state.workers()
+    assert worker.instance_id == holder
+    assert not await state.release_worker("w0", "someone-else")
+    assert await state.release_worker("w0", holder)
+    assert await state.reserve_worker("w0", "next")
+    assert not await state.reserve_worker("missing-worker", "x")
+
+
+async def test_locality_and_bandwidth(state: ClusterState) -> None:
+    await state.set_locality("n0", "dram", "m", 123)
+    await state.set_locality("n0", "ssd", "m", 123)
+    await state.set_bandwidth("n0", "ssd", 2.5e9)
+    await state.remove_locality("n0", "ssd", "m")
+    loc = await state.locality("n0")
+    assert loc.dram == {"m": 123}
+    assert loc.ssd == {}
+    assert loc.bandwidth == {"ssd": 2.5e9}

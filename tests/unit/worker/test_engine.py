@@ -1,0 +1,173 @@
+"""The engine thread against the tiny demo model: exact greedy output, resumption, interleaving
+of concurrent requests, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from libs.protocol.errors import OverloadedError, UnavailableError
+from services.worker.engine import Engine, Failed, Handle, Job, Token
+from services.worker.sampling import Sampling
+
+pytestmark = pytest.mark.unit
+
+EOS = frozenset({2})
+GREEDY = Sampling(temperature=0.0)
+PROMPTS = [
+    [904, 594, 330, 14, 394, 277, 318],
+    [17, 300, 42],
+    [1, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86],
+    [500],
+]
+
+
+@pytest.fixture
+async def engine(tiny_model: Any) -> AsyncIterator[Engine]:
+    e = Engine(tiny_model, eos_ids=EOS, max_concurrency=4)
+    e.start()
+    yield e
+    await asyncio.to_thread(e.stop, UnavailableError("test over"), 10.0)
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_dirs: tuple[Path, Path]) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_dirs[0])  # in eval mode
+
+
+async def collect(handle: Handle) -> list[Token]:
+    """Every token of a job, until its finish (then its slot is released)."""
+    out: list[Token] = []
+    try:
+        while True:
+            item = await asyncio.wait_for(handle.queue.get(), 60)
+            if isinstance(item, Failed):
+                raise item.error
+            out.append(item)
+            if item.finish is not None:
+                return out
+    finally:
+        handle.cancel()
+
+
+async def run(engine: Engine, ids: list[int], n: int, sampling: Sampling = GREEDY) -> list[int]:
+    handle = engine.submit(Job(ids, n, sampling), asyncio.get_running_loop())
+    return [t.token_id for t in await collect(handle)]
+
+
+def hf_greedy(model: Any, ids: list[int], n: int) -> list[int]:
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([ids]), do_sample=False, max_new_tokens=n, eos_token_id=list(EOS)
+        )
+    return [int(t) for t in out[0, len(ids) :]]
+
+
+async def test_greedy_output_equals_transformers_generate(engine: Engine, hf_model: Any) -> None:
+    for ids in PROMPTS:
+        assert await run(engine, ids, 40) == hf_greedy(hf_model, ids, 40)
+
+
+async def test_finish_reasons(engine: Engine, tiny_model: Any) -> None:
+    handle = engine.submit(Job(PROMPTS[0], 3, GREEDY), asyncio.get_running_loop())
+    tokens = await collect(handle)
+    assert [t.finish for t in tokens] == [None, None, "length"] or tokens[-1].finish == "stop"
+    assert tokens[0].prefill_s is not None
+    assert tokens[0].prefill_s > 0
+    assert all(t.prefill_s is None for t in tokens[1:])
+    # A job whose next token is eos ends with "stop" (and the eos id is reported).
+    stop_engine = Engine(tiny_model, eos_ids=frozenset({tokens[0].token_id}), max_concurrency=1)
+    stop_engine.start()
+    try:
+        h = stop_engine.submit(Job(PROMPTS[0], 10, GREEDY), asyncio.get_running_loop())
+        got = await collect(h)
+        assert [(t.token_id, t.finish) for t in got] == [(tokens[0].token_id, "stop")]
+    finally:
+        await asyncio.to_thread(stop_engine.stop, UnavailableError("test over"), 10.0)
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, Sampling(temperature=0.9, top_p=0.95, seed=42)])
+async def test_resuming_with_generated_tokens_continues_exactly(
+    engine: Engine, sampling: Sampling
+) -> None:
+    prompt, n = PROMPTS[2], 32
+    full = await run(engine, prompt, n, sampling)
+    for k in (1, 7, len(full) - 1):
+        rest = await run(engine, prompt + full[:k], n - k, sampling)
+        assert full[:k] + rest == full
+
+
+async def test_seeded_sampling_is_reproducible_and_seed_dependent(engine: Engine) -> None:
+    a = await run(engine, PROMPTS[1], 24, Sampling(temperature=1.0, top_p=0.9, seed=7))
+    b = await run(engine, PROMPTS[1], 24, Sampling(temperature=1.0, top_p=0.9, seed=7))
+    c = await run(engine, PROMPTS[1], 24, Sampling(temperature=1.0, top_p=0.9, seed=8))
+    assert a == b
+    assert a != c
+
+
+async def test_concurrent_jobs_interleave_and_each_equals_its_solo_output(
+    engine: Engine,
+) -> None:
+    n = 30
+    solo = [await run(engine, ids, n) for ids in PROMPTS]
+    loop = asyncio.get_running_loop()
+    handles = [engine.submit(Job(ids, n, GREEDY), loop) for ids in PROMPTS]
+    results = await asyncio.gather(*(collect(h) for h in handles))
+    assert [[t.token_id for t in r] for r in results] == solo
+    # Interleaved, not one after another: every job had produced its first token before any
+    # job that ran to its length limit produced its last.
+    firsts = max(r[0].at for r in results)
+    lasts = min(r[-1].at for r in results if len(r) == n)
+    assert firsts < lasts
+
+
+async def test_slots_are_bounded(engine: Engine) -> None:
+    loop = asyncio.get_running_loop()
+    handles = [engine.submit(Job(PROMPTS[0], 2000, GREEDY), loop) for _ in range(4)]
+    with pytest.raises(OverloadedError):
+        engine.submit(Job(PROMPTS[0], 5, GREEDY), loop)
+    for h in handles:
+        h.cancel()
+    assert engine.in_use == 0
+    assert len(await run(engine, PROMPTS[1], 5)) <= 5
+
+
+async def test_cancelling_frees_the_slot_and_stops_the_compute(tiny_model: Any) -> None:
+    engine = Engine(tiny_model, eos_ids=frozenset(), max_concurrency=1)
+    engine.start()
+    try:
+        loop = asyncio.get_running_loop()
+        long = engine.submit(Job(PROMPTS[0], 3000, GREEDY), loop)
+        await asyncio.wait_for(long.queue.get(), 30)
+        long.cancel()
+        assert engine.in_use == 0
+        short = engine.submit(Job(PROMPTS[1], 20, GREEDY), loop)  # the slot is free again
+        assert len(await collect(short)) == 20
+        produced = long.queue.qsize()
+        await asyncio.sleep(0.2)
+        assert long.queue.qsize() == produced  # the cancelled job produces nothing more
+        assert produced < 3000
+    finally:
+        await asyncio.to_thread(engine.stop, UnavailableError("test over"), 10.0)
+
+
+async def test_stopping_fails_every_job_with_the_given_error(tiny_model: Any) -> None:
+    engine = Engine(tiny_model, eos_ids=frozenset(), max_concurrency=3)
+    engine.start()
+    loop = asyncio.get_running_loop()
+    handles = [engine.submit(Job(ids, 3000, GREEDY), loop) for ids in PROMPTS[:3]]
+    await asyncio.wait_for(handles[0].queue.get(), 30)
+    assert await asyncio.to_thread(engine.stop, UnavailableError("instance unloaded"), 10.0)
+    for h in handles:
+        items = [h.queue.get_nowait() for _ in range(h.queue.qsize())]
+        assert isinstance(items[-1], Failed)
+        assert items[-1].error.message == "instance unloaded"
+    with pytest.raises(UnavailableError):
+        engine.submit(Job(PROMPTS[0], 5, GREEDY), loop)
