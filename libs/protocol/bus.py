@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -46,7 +47,7 @@ from .schema import (
     encode_json,
     error_body,
 )
-from .stream import StreamReader, StreamWriter
+from .stream import InboxMux, StreamReader, StreamWriter
 from .subjects import (
     CANCEL_SUBJECT_HEADER,
     ERROR_CODE_HEADER,
@@ -66,6 +67,8 @@ Rep = TypeVar("Rep", bound=Message)
 Chunk = TypeVar("Chunk", bound=Message)
 
 DEFAULT_REQUEST_TIMEOUT = 5.0
+# How long a stream's acknowledgement may wait to travel together with the first frame.
+ACK_COALESCE_S = 0.005
 NO_RESPONDERS_GRACE = 0.5
 
 
@@ -138,6 +141,7 @@ class Bus:
         self.instance_id = nc._nuid.next().decode().lower()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._streams: dict[str, asyncio.Task[Any]] = {}
+        self._mux: InboxMux | None = None  # the inboxes of the streams this bus consumes
         self._services: list[MicroService] = []
         self._subs: list[Subscription] = []
         self._cancel_sub: Subscription | None = None
@@ -423,17 +427,22 @@ class Bus:
             STREAM_ID_HEADER: stream_id,
             CANCEL_SUBJECT_HEADER: self.subjects.stream_cancel(self.instance_id),
         }
+        ack = _Ack(req.subject, functools.partial(req.respond, encode(result.ack), headers=headers))
         # Register the producer before acknowledging, so a cancel that races the ack finds it.
-        task = self.spawn(self._produce(endpoint, writer, result.chunks))
+        task = self.spawn(self._produce(endpoint, writer, result.chunks, ack))
         self._streams[stream_id] = task
         task.add_done_callback(lambda _: self._streams.pop(stream_id, None))
-        await req.respond(encode(result.ack), headers=headers)
+        # The acknowledgement goes out with the first frame when that comes soon (one message
+        # write and one wake-up of the consumer less), else on its own after ACK_COALESCE_S.
+        timer = asyncio.get_running_loop().call_later(ACK_COALESCE_S, lambda: self.spawn(ack()))
+        task.add_done_callback(lambda _: timer.cancel())
 
     async def _produce(
         self,
         endpoint: StreamEndpoint[Any, Any, Any],
         writer: StreamWriter,
         chunks: AsyncIterator[Message],
+        ack: _Ack,
     ) -> None:
         try:
             async for chunk in chunks:
@@ -442,17 +451,25 @@ class Bus:
                         f"{endpoint.name}: produced {type(chunk).__name__}, "
                         f"expected {endpoint.chunk.__name__}"
                     )
-                await writer.send(chunk)
+                last = endpoint.ends is not None and endpoint.ends(chunk)
+                await ack()
+                await writer.send(chunk, last=last)
+                if last:
+                    return  # the stream is over for the consumer; `finally` closes the source
+            await ack()
             await writer.end()
         except asyncio.CancelledError:
             # The consumer cancelled (or the bus is closing): nobody is listening any more.
             raise
         except BusError as exc:
+            await ack()
             await writer.fail(exc)
         except Exception as exc:
             log.exception("stream producer of %s raised", endpoint.name)
+            await ack()
             await writer.fail(InternalError(f"{endpoint.name}: {exc!r}"))
         finally:
+            await ack()  # a consumer cancelled before the ack still waits for it
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
@@ -487,7 +504,9 @@ class Bus:
         cancels the producer.
         """
         subject = endpoint.subject(self.root, **params)
-        inbox = getattr(msg, "inbox", "") or self.nc.new_inbox()
+        if self._mux is None:
+            self._mux = InboxMux(self.nc)
+        inbox = getattr(msg, "inbox", "") or self._mux.new_inbox()
         msg = msg.model_copy(update={"inbox": inbox})
         reader: StreamReader[Rep, Chunk] = StreamReader(
             self.nc,
@@ -496,7 +515,7 @@ class Bus:
             idle_timeout=idle_timeout,
             start_seq=getattr(msg, "start_seq", 0),
         )
-        await reader.open()
+        await reader.open(self._mux)
         ack = asyncio.ensure_future(self.request_msg(subject, encode(msg), timeout=timeout))
         try:
             reply = await asyncio.shield(ack)
@@ -521,6 +540,23 @@ class Bus:
             pass  # no producer was started
         finally:
             await reader.aclose()
+
+
+class _Ack:
+    """A stream's acknowledgement, sent exactly once by whoever calls first."""
+
+    def __init__(self, subject: str, send: Callable[[], Awaitable[None]]) -> None:
+        self.subject = subject
+        self._send: Callable[[], Awaitable[None]] | None = send
+
+    async def __call__(self) -> None:
+        send, self._send = self._send, None
+        if send is None:
+            return
+        try:
+            await send()
+        except Exception as exc:  # the consumer's inbox is gone or the bus is closing
+            log.warning("cannot acknowledge the stream request on %s: %r", self.subject, exc)
 
 
 def _bind_cancel(reader: StreamReader[Any, Any], reply: Msg) -> None:

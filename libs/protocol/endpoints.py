@@ -35,7 +35,12 @@ SCHED_UNDEPLOY = Endpoint("undeploy", "sched.undeploy", UndeployRequest, Undeplo
 WORKER_LOAD = Endpoint("load", "worker.{worker_id}.load", LoadRequest, LoadReply)
 WORKER_UNLOAD = Endpoint("unload", "worker.{worker_id}.unload", UnloadRequest, UnloadReply)
 WORKER_GENERATE = StreamEndpoint(
-    "generate", "worker.{worker_id}.generate", GenerateRequest, GenerateReply, TokenChunk
+    "generate",
+    "worker.{worker_id}.generate",
+    GenerateRequest,
+    GenerateReply,
+    TokenChunk,
+    ends=lambda chunk: chunk.finish_reason is not None,
 )
 
 STORAGE_ENSURE = Endpoint("ensure", "storage.{node_id}.ensure", EnsureRequest, EnsureReply)

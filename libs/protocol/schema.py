@@ -52,7 +52,8 @@ class StreamFrame(Message):
     """
 
     seq: int = Field(ge=0)
-    kind: Literal["data", "end", "error"]
+    # "last": a data frame that also ends the stream (saves the separate "end" frame).
+    kind: Literal["data", "last", "end", "error"]
     data: dict[str, Any] | None = None
     error: ErrorBody | None = None
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Generic, TypeVar
+import itertools
+from typing import Any, Generic, Literal, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATSClient
@@ -56,8 +57,10 @@ class StreamWriter:
             raise UnavailableError(f"cannot publish to stream {self.inbox}: {exc!r}") from None
         self.seq += 1
 
-    async def send(self, chunk: Message) -> None:
-        await self._put(StreamFrame(seq=self.seq, kind="data", data=chunk.model_dump()))
+    async def send(self, chunk: Message, *, last: bool = False) -> None:
+        """Publish ``chunk``; ``last`` also ends the stream (no `end` frame follows)."""
+        kind: Literal["data", "last"] = "last" if last else "data"
+        await self._put(StreamFrame(seq=self.seq, kind=kind, data=chunk.model_dump()))
 
     async def end(self) -> None:
         await self._put(StreamFrame(seq=self.seq, kind="end"))
@@ -65,6 +68,47 @@ class StreamWriter:
     async def fail(self, exc: BusError) -> None:
         with contextlib.suppress(BusError):
             await self._put(StreamFrame(seq=self.seq, kind="error", error=error_body(exc)))
+
+
+class InboxMux:
+    """One wildcard subscription that delivers the frames of every stream a connection
+    consumes to its reader: no SUB/UNSUB round of protocol messages per stream.
+
+    Each stream gets an inbox under the connection's own prefix; a frame for an inbox nobody
+    reads any more (a producer that has not heard the cancel yet) is dropped here.
+    """
+
+    def __init__(self, nc: NATSClient) -> None:
+        self.nc = nc
+        self.prefix = nc.new_inbox() + ".s"
+        self._ids = itertools.count()
+        self._readers: dict[str, StreamReader[Any, Any]] = {}
+        self._sub: Subscription | None = None
+        self._lock = asyncio.Lock()
+
+    def new_inbox(self) -> str:
+        return f"{self.prefix}.{next(self._ids)}"
+
+    def owns(self, inbox: str) -> bool:
+        return inbox.startswith(self.prefix + ".")
+
+    async def attach(self, reader: StreamReader[Any, Any]) -> None:
+        if self._sub is None:
+            async with self._lock:
+                if self._sub is None:
+                    self._sub = await self.nc.subscribe(self.prefix + ".*", cb=self._on_msg)
+        self._readers[reader.inbox] = reader
+
+    def detach(self, inbox: str) -> None:
+        self._readers.pop(inbox, None)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        reader = self._readers.get(msg.subject)
+        if reader is not None:
+            reader.feed(msg.data)
+
+    def __len__(self) -> int:
+        return len(self._readers)
 
 
 class StreamReader(Generic[Rep, Chunk]):
@@ -93,15 +137,26 @@ class StreamReader(Generic[Rep, Chunk]):
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._early: dict[int, StreamFrame] = {}
         self._sub: Subscription | None = None
+        self._mux: InboxMux | None = None
         self._cancel_subject: str | None = None
         self._stream_id: str | None = None
         self._done = False
 
-    async def open(self) -> None:
+    async def open(self, mux: InboxMux | None = None) -> None:
+        """Start receiving: through ``mux`` when it owns the inbox, else a subscription."""
+        if mux is not None and mux.owns(self.inbox):
+            await mux.attach(self)
+            self._mux = mux
+            return
+
         async def on_msg(msg: Msg) -> None:
-            self._queue.put_nowait(msg.data)
+            self.feed(msg.data)
 
         self._sub = await self.nc.subscribe(self.inbox, cb=on_msg)
+
+    def feed(self, data: bytes) -> None:
+        """One raw frame from the inbox."""
+        self._queue.put_nowait(data)
 
     def bind_cancel(self, subject: str | None, stream_id: str | None) -> None:
         self._cancel_subject, self._stream_id = subject, stream_id
@@ -130,12 +185,16 @@ class StreamReader(Generic[Rep, Chunk]):
                     )
                 continue
             self.next_seq += 1
-            if frame.kind == "data":
+            if frame.kind in ("data", "last"):
                 try:
-                    return validate(frame.data, self.chunk, error=BadReplyError)
+                    chunk = validate(frame.data, self.chunk, error=BadReplyError)
                 except BadReplyError:
                     await self._fail()
                     raise
+                if frame.kind == "last":
+                    self._done = True
+                    await self._unsubscribe()
+                return chunk
             self._done = True
             await self._unsubscribe()
             if frame.kind == "end":
@@ -162,6 +221,9 @@ class StreamReader(Generic[Rep, Chunk]):
         await self.aclose()
 
     async def _unsubscribe(self) -> None:
+        if self._mux is not None:
+            self._mux.detach(self.inbox)
+            self._mux = None
         if self._sub is not None:
             sub, self._sub = self._sub, None
             with contextlib.suppress(Exception):

@@ -7,6 +7,7 @@ that tests sharing one nats-server never see each other's traffic.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -65,9 +66,14 @@ class Endpoint(Generic[Req, Rep]):
 
 @dataclass(frozen=True)
 class StreamEndpoint(Endpoint[Req, Rep], Generic[Req, Rep, Chunk]):
-    """An endpoint whose reply is an acknowledgement followed by a stream of ``chunk`` frames."""
+    """An endpoint whose reply is an acknowledgement followed by a stream of ``chunk`` frames.
+
+    ``ends`` tells the producer which chunk is the last one, so that it travels in a frame that
+    also ends the stream (one message less per stream).
+    """
 
     chunk: type[Chunk]
+    ends: Callable[[Chunk], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,11 @@ class Subjects:
     def stream_cancel(self, server_id: str) -> str:
         """Where a stream consumer sends `CancelStream` for streams produced by ``server_id``."""
         return f"{self.root}.streams.{token(server_id)}.cancel"
+
+    @property
+    def demand(self) -> str:
+        """Where routers publish their `DemandReport` for the scheduler."""
+        return f"{self.root}.sched.demand"
 
     @property
     def events_stream(self) -> str:

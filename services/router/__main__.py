@@ -22,6 +22,7 @@ def main() -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),
+            access_log=settings.access_log,
             timeout_graceful_shutdown=10,
         )
     )

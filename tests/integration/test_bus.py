@@ -205,6 +205,59 @@ async def test_stream_delivers_chunks_in_order_then_ends(bus: Bus, server: Produ
     assert reader.next_seq == 51  # 50 data frames + the end marker
 
 
+# The same stream, but its producer marks the chunk with i == 4 as the last one.
+COUNT_TO_4 = StreamEndpoint(
+    "count4", "test.{who}.count4", CountRequest, EchoReply, CountChunk, ends=lambda c: c.i == 4
+)
+
+
+async def test_last_chunk_ends_the_stream_without_an_end_frame(bus: Bus) -> None:
+    producer = Producer()
+    await bus.serve("test4", [route(COUNT_TO_4, producer, who="a")])
+    async with await bus.stream(COUNT_TO_4, CountRequest(n=50), who="a") as reader:
+        got = [c.i async for c in reader]
+        assert reader.done
+    assert got == [0, 1, 2, 3, 4]
+    assert reader.next_seq == 5  # five data frames, the last one also ended the stream
+    await asyncio.wait_for(producer.closed.wait(), 5)  # the producer stopped at the last chunk
+
+
+async def test_many_concurrent_streams_share_one_inbox_subscription(
+    bus: Bus, server: Producer
+) -> None:
+    async def one(n: int) -> list[int]:
+        async with await bus.stream(COUNT, CountRequest(n=n), who="a") as reader:
+            return [c.i async for c in reader]
+
+    assert await one(1) == [0]  # sets up the subscriptions a first stream needs
+    subs_before = len(bus.nc._subs)
+    results = await asyncio.gather(*(one(n) for n in range(1, 41)))
+    assert results == [list(range(n)) for n in range(1, 41)]
+    assert bus._mux is not None
+    assert len(bus._mux) == 0  # every reader detached
+    assert len(bus.nc._subs) == subs_before  # no subscription per stream
+
+
+async def test_frames_for_a_closed_stream_are_dropped(bus: Bus, server: Producer) -> None:
+    async with await bus.stream(COUNT, CountRequest(n=3), who="a") as reader:
+        assert [c.i async for c in reader] == [0, 1, 2]
+    # A late producer (one that has not heard the cancel) writes to the old inbox: nobody
+    # reads it, and the next stream is unaffected.
+    await StreamWriter(bus.nc, reader.inbox, start_seq=3).send(CountChunk(i=99))
+    async with await bus.stream(COUNT, CountRequest(n=2), who="a") as again:
+        assert [c.i async for c in again] == [0, 1]
+
+
+async def test_slow_first_chunk_does_not_delay_the_ack(bus: Bus, server: Producer) -> None:
+    """The ack waits at most a few milliseconds for the first frame to travel with it."""
+    t = time.monotonic()
+    reader = await bus.stream(COUNT, CountRequest(n=2, delay=1.0), who="a")
+    acked_after = time.monotonic() - t
+    async with reader:
+        assert [c.i async for c in reader] == [0, 1]
+    assert acked_after < 0.9  # the first chunk took 1 s; the ack did not wait for it
+
+
 async def test_stream_error_mid_way_raises_typed_error_after_chunks(
     bus: Bus, server: Producer
 ) -> None:
