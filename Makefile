@@ -13,13 +13,14 @@ INSTALL_INPUTS := pyproject.toml $(wildcard setup.py) \
 	$(wildcard libs/loader/csrc/*.cpp libs/loader/csrc/*.hpp)
 PYTEST_ARGS ?=
 
-.PHONY: install test check lint format typecheck pytest up bench bench-loader bench-serving clean help
+.PHONY: install test check lint format typecheck pytest up bench bench-loader bench-serving bench-trace clean help
 
 help:
 	@echo "make up           install if needed, then run the whole system (Ctrl-C stops it)"
 	@echo "make test         install if needed, then format check, lint, types and all tests"
 	@echo "make bench-loader checkpoint loading benchmark (one table)"
 	@echo "make bench-serving time to first token: warm, cold from DRAM/SSD/registry, baseline"
+	@echo "make bench-trace   bursty many-model trace: our placement vs round-robin"
 	@echo "make format       reformat the code"
 
 # A second run skips the install unless pyproject.toml, setup.py or the native sources changed.
@@ -58,7 +59,10 @@ bench-loader: install
 bench-serving: install
 	$(BIN)/python -m benchmarks.bench_serving
 
-bench: bench-loader bench-serving
+bench-trace: install
+	$(BIN)/python -m benchmarks.bench_trace
+
+bench: bench-loader bench-serving bench-trace
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -181,7 +181,8 @@ def write_demo_model(
     Args:
         path: Target directory; it may be absent, empty, or a previous demo model.
             Missing parents are created.
-        size: A key of ``DEMO_SIZES``: ``tiny`` (default), ``small``, ``1b``, ``3b``, ``8b``.
+        size: A key of ``DEMO_SIZES``: ``tiny`` (default), ``small``, ``medium``, ``1b``, ``3b``,
+            ``8b``.
         seed: Non-negative seed of the random weights.
         dtype: Override of the size's dtype (``float32``, ``bfloat16``, ``float16``).
 

@@ -1,0 +1,1 @@
+"""The many-model trace benchmark (`make bench-trace`): see benchmarks/bench_trace.py."""
