@@ -147,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         f"the same trace replayed against a fresh cluster per policy.",
         "",
     ]
-    if len(summaries) >= 2:
-        lines += table(summaries[0], summaries[1])
-    else:
-        lines += table(summaries[0], summaries[0])
+    lines += table(summaries[0], summaries[1] if len(summaries) > 1 else None)
     report = "\n".join(lines) + "\n"
     print(report)
     results = root / "results"

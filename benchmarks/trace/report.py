@@ -60,19 +60,22 @@ def _ratio(base: float, ours: float) -> str:
     return "—" if math.isnan(base) or math.isnan(ours) or ours <= 0 else f"{base / ours:.2f}×"
 
 
-def table(ours: Summary, base: Summary) -> list[str]:
+def table(ours: Summary, base: Summary | None) -> list[str]:
+    """One row per policy, then the baseline ÷ ours ratios (without a baseline: one row)."""
     lines = [
         "| placement | requests | failed | mean TTFT s | p50 TTFT s | p99 TTFT s | cold starts "
         "| from DRAM / SSD / registry | DRAM hit rate | evictions |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for s in (ours, base):
+    for s in (ours, base) if base is not None else (ours,):
         t = s.tiers
         lines.append(
             f"| {s.policy} | {s.requests} | {s.failed} | {_s(s.mean_ttft_s)} | {_s(s.p50_ttft_s)} "
             f"| {_s(s.p99_ttft_s)} | {s.cold_starts} | {t.get('dram', 0)} / {t.get('ssd', 0)} / "
             f"{t.get('registry', 0)} | {_pct(s.dram_hit_rate)} | {s.evictions} |"
         )
+    if base is None:
+        return lines
     lines += [
         "",
         f"- {base.policy} ÷ {ours.policy}: mean TTFT {_ratio(base.mean_ttft_s, ours.mean_ttft_s)}, "

@@ -63,17 +63,17 @@ async def _one(http: httpx.AsyncClient, a: Arrival, setup: Setup, t0: float) -> 
             if resp.status_code != 200:
                 await resp.aread()
                 return Outcome(a.model, a.at_s, None, f"HTTP {resp.status_code}: {resp.text[:200]}")
-            async for line in resp.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
+            ttft: float | None = None
+            async for line in resp.aiter_lines():  # read it all, so the generation ends normally
+                if ttft is not None or not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[len("data: ") :])
                 if "error" in chunk:
                     return Outcome(a.model, a.at_s, None, str(chunk["error"])[:200])
                 if chunk.get("choices"):
                     ttft = time.perf_counter() - sent
-                    async for _ in resp.aiter_lines():
-                        pass  # read the rest, so the generation ends normally
-                    return Outcome(a.model, a.at_s, ttft)
+            if ttft is not None:
+                return Outcome(a.model, a.at_s, ttft)
         return Outcome(a.model, a.at_s, None, "the stream ended without a token")
     except (httpx.HTTPError, ValueError) as exc:
         return Outcome(a.model, a.at_s, None, repr(exc)[:200])
