@@ -7,7 +7,8 @@ single atomic script: two schedulers can never hand out the same worker.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import redis.asyncio as aioredis
@@ -20,6 +21,21 @@ from libs.protocol.state import InstanceRecord, Locality, NodeRecord, WorkerReco
 M = TypeVar("M", bound=Message)
 
 StorageTier = Literal["registry", "ssd", "dram"]
+
+# Instances in these states hold their checkpoint (read, mapped or about to be): its tier
+# copies on their node must stay.
+IN_USE_STATUSES = frozenset({"loading", "ready", "stopping"})
+
+
+@dataclass(frozen=True)
+class EstimateRecord:
+    """A placement's estimate, kept until its instance reports the real load."""
+
+    model: str
+    node_id: str
+    tier: str
+    seconds: float
+
 
 # KEYS[1] = worker hash; ARGV[1] = instance id. Take the worker only if it exists and is free.
 _RESERVE = """
@@ -37,6 +53,24 @@ if redis.call('HGET', KEYS[1], 'instance_id') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'instance_id', '')
   return 1
 end
+return 0
+"""
+
+
+# KEYS[1] = lease key; ARGV[1] = holder, ARGV[2] = ttl ms. Take the lease if it is free or
+# renew it if we hold it; 1 when we hold it afterwards.
+_LEASE = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# Give the lease up only if we hold it.
+_UNLEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -65,6 +99,19 @@ class ClusterState:
         self.keys = keys
         self._reserve = redis.register_script(_RESERVE)
         self._release = redis.register_script(_RELEASE)
+        self._lease = redis.register_script(_LEASE)
+        self._unlease = redis.register_script(_UNLEASE)
+
+    # --- leases -----------------------------------------------------------------------------
+
+    async def hold_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew the lease ``name`` for ``ttl_s`` seconds; False while another holds it."""
+        ms = max(int(ttl_s * 1000), 1)
+        return bool(await self._lease(keys=[self.keys.lease(name)], args=[holder, ms]))
+
+    async def drop_lease(self, name: str, holder: str) -> None:
+        """Give the lease up at once if ``holder`` has it (a clean stop: no wait for the TTL)."""
+        await self._unlease(keys=[self.keys.lease(name)], args=[holder])
 
     async def _get(self, key: str, cls: type[M]) -> M | None:
         raw = await self.redis.get(key)
@@ -216,3 +263,99 @@ class ClusterState:
                 t: float(bw[t.encode()]) for t in ("registry", "ssd", "dram") if t.encode() in bw
             },
         )
+
+    # --- checkpoints in use ---------------------------------------------------------------------
+
+    async def models_in_use(self, node_id: str) -> set[str]:
+        """Models that instances on ``node_id``'s workers are loading, serving or stopping."""
+        held = [w.instance_id for w in await self.workers() if w.node_id == node_id]
+        records = await self._get_many((self.keys.instance(i) for i in held if i), InstanceRecord)
+        return {r.model for r in records if r.status in IN_USE_STATUSES}
+
+    # --- calibration and estimate errors ------------------------------------------------------
+
+    async def add_load_sample(
+        self, node_id: str, tier: str, sample: tuple[int, float, float], *, keep: int
+    ) -> None:
+        """Record one real load as (bytes, data seconds, fixed seconds); newest first, only
+        the last ``keep`` stay."""
+        key = self.keys.load_samples(node_id, tier)
+        nbytes, data_s, fixed_s = sample
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(key, f"{int(nbytes)}:{float(data_s)!r}:{float(fixed_s)!r}")
+            pipe.ltrim(key, 0, max(keep, 1) - 1)
+            await pipe.execute()
+
+    async def load_samples(
+        self, node_ids: Sequence[str], tiers: Sequence[str]
+    ) -> dict[tuple[str, str], list[tuple[int, float, float]]]:
+        """Recorded loads per (node, tier) as (bytes, data seconds, fixed seconds)."""
+        pairs = [(n, t) for n in node_ids for t in tiers]
+        if not pairs:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for n, t in pairs:
+                pipe.lrange(self.keys.load_samples(n, t), 0, -1)
+            results = await pipe.execute()
+        out: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
+        for pair, raw in zip(pairs, results, strict=True):
+            samples = []
+            for item in raw:
+                try:
+                    nbytes, data_s, fixed_s = _s(item).split(":")
+                    samples.append((int(nbytes), float(data_s), float(fixed_s)))
+                except ValueError:
+                    continue  # not ours: ignore rather than fail every placement
+            if samples:
+                out[pair] = samples
+        return out
+
+    async def put_estimate(self, instance_id: str, rec: EstimateRecord, *, ttl_s: float) -> None:
+        key = self.keys.estimate(instance_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "model": rec.model,
+                    "node_id": rec.node_id,
+                    "tier": rec.tier,
+                    "seconds": repr(float(rec.seconds)),
+                },
+            )
+            pipe.expire(key, max(1, int(ttl_s)))
+            await pipe.execute()
+
+    async def pop_estimate(self, instance_id: str) -> EstimateRecord | None:
+        """Take the estimate (atomically: of several schedulers, one gets it)."""
+        key = self.keys.estimate(instance_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(key)
+            pipe.delete(key)
+            fields, _ = await pipe.execute()
+        if not fields:
+            return None
+        f = {_s(k): _s(v) for k, v in fields.items()}
+        try:
+            return EstimateRecord(f["model"], f["node_id"], f["tier"], float(f["seconds"]))
+        except (KeyError, ValueError):
+            return None
+
+    async def add_estimate_error(self, ratio: float, *, keep: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(self.keys.estimate_errors, repr(float(ratio)))
+            pipe.ltrim(self.keys.estimate_errors, 0, max(keep, 1) - 1)
+            await pipe.execute()
+
+    async def estimate_errors(self) -> list[float]:
+        """Recent relative estimate errors, newest first."""
+        out = []
+        for item in await self.redis.lrange(self.keys.estimate_errors, 0, -1):
+            try:
+                out.append(float(_s(item)))
+            except ValueError:
+                continue
+        return out
+
+    async def next_placement_turn(self) -> int:
+        """A cluster-wide counter (round-robin placement): 1, 2, 3..."""
+        return int(await self.redis.incr(self.keys.placement_turn))

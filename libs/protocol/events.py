@@ -62,6 +62,19 @@ class InstanceStoppedEvent(Event):
     reason: str = ""
 
 
+class InstanceIdleEvent(Event):
+    """An instance's last request in flight finished. ``keep_until`` (wall time) is when its
+    keep-alive ends (None: kept indefinitely); ``requests`` counts requests it has taken, so
+    that a reader can order this against other news of the same instance."""
+
+    kind: Literal["instance.idle"] = "instance.idle"
+    instance_id: str
+    model: str
+    worker_id: str
+    keep_until: float | None
+    requests: int = 0
+
+
 class InstanceFailedEvent(Event):
     kind: Literal["instance.failed"] = "instance.failed"
     instance_id: str
@@ -125,6 +138,18 @@ class PlacementEvent(Event):
     candidates: dict[str, float] = Field(default_factory=dict)
 
 
+class ScaledEvent(Event):
+    """An autoscaling decision for one model: from how many live instances to how many, why
+    (``demand``, ``min_instances``, ``idle``, ``preempted``...), and the instances it touched."""
+
+    kind: Literal["scheduler.scaled"] = "scheduler.scaled"
+    model: str
+    from_instances: int
+    to_instances: int
+    reason: str
+    instance_ids: list[str] = Field(default_factory=list)
+
+
 class DeploymentEvent(Event):
     kind: Literal["deployment.changed"] = "deployment.changed"
     name: str
@@ -151,6 +176,58 @@ class RequestCompletedEvent(Event):
     error: str = ""
 
 
+class StorageSkippedEvent(Event):
+    """A copy the storage service did not make because its tier could not make room without
+    evicting a checkpoint in use (``pinned``) or because it is larger than the whole tier."""
+
+    kind: Literal["storage.skipped"] = "storage.skipped"
+    node_id: str
+    model: str
+    tier: str
+    bytes: int
+    reason: Literal["pinned", "too_large"]
+    pinned: list[str] = Field(default_factory=list)
+
+
+class LoadReportEvent(Event):
+    """What one load cost, for calibration: ``seconds`` from the load request to ready,
+    ``one_off_s`` of it spent on a just-started worker's imports (not a per-load cost)."""
+
+    kind: Literal["load.report"] = "load.report"
+    instance_id: str
+    model: str
+    worker_id: str
+    node_id: str
+    source_tier: Tier
+    bytes: int
+    seconds: float
+    one_off_s: float = 0.0
+    phases: dict[str, float] = Field(default_factory=dict)
+
+
+class EstimateEvent(Event):
+    """A placement's estimated startup time against the measured one (seconds, without the
+    one-off worker start-up); ``error_ratio`` = (estimated - actual) / actual."""
+
+    kind: Literal["scheduler.estimate"] = "scheduler.estimate"
+    model: str
+    instance_id: str
+    node_id: str
+    source_tier: Tier
+    estimated_s: float
+    actual_s: float
+    error_ratio: float
+
+
+class PrefetchEvent(Event):
+    """The scheduler asked these nodes to hold a newly deployed model in their DRAM tier."""
+
+    kind: Literal["scheduler.prefetch"] = "scheduler.prefetch"
+    model: str
+    node_ids: list[str]
+    replicas: int
+
+
 def event_kind(cls: type[Event]) -> str:
     """The kind an event class publishes under (its ``kind`` field's default)."""
     default = cls.model_fields["kind"].default
@@ -167,13 +244,19 @@ EVENT_TYPES: dict[str, type[Event]] = {
         InstanceStartingEvent,
         InstanceReadyEvent,
         InstanceStoppedEvent,
+        InstanceIdleEvent,
         InstanceFailedEvent,
         LoadPhaseEvent,
         FetchProgressEvent,
         FetchDoneEvent,
         EvictedEvent,
         PlacementEvent,
+        ScaledEvent,
         DeploymentEvent,
         RequestCompletedEvent,
+        StorageSkippedEvent,
+        LoadReportEvent,
+        EstimateEvent,
+        PrefetchEvent,
     )
 }

@@ -63,3 +63,25 @@ class Keys:
 
     def model_instances(self, model: str) -> str:
         return self._k("instances", model)
+
+    # Calibration: recent (bytes, seconds) of real loads per node and source tier (a list).
+    def load_samples(self, node_id: str, tier: str) -> str:
+        return self._k("loads", token(node_id), token(tier))
+
+    # A placement's estimate until its instance is ready (a hash with a TTL).
+    def estimate(self, instance_id: str) -> str:
+        return self._k("estimate", token(instance_id))
+
+    # Recent relative errors of placement estimates (a list, newest first).
+    @property
+    def estimate_errors(self) -> str:
+        return self._k("estimate_errors")
+
+    # The round-robin placement policy's turn counter.
+    @property
+    def placement_turn(self) -> str:
+        return self._k("placement_turn")
+
+    # A lease that one replica of a service holds at a time (e.g. the autoscaler's leader).
+    def lease(self, name: str) -> str:
+        return self._k("lease", token(name))

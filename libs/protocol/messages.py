@@ -84,6 +84,24 @@ class PlaceReply(Message):
     estimated_startup_s: float = Field(ge=0)
 
 
+class ModelDemand(Message):
+    """One router's demand for one model: requests it holds (in flight or waiting for an
+    instance), how many of them wait for an instance, and how long the oldest has waited."""
+
+    requests: int = Field(ge=0)
+    queued: int = Field(default=0, ge=0)
+    oldest_wait_s: float = Field(default=0.0, ge=0)
+
+
+class DemandReport(Message):
+    """A router's whole demand, published when it changes (coalesced) and periodically; the
+    scheduler forgets it ``ttl_s`` after receipt unless a newer report replaces it."""
+
+    router_id: str = Field(min_length=1, max_length=256)
+    models: dict[str, ModelDemand] = Field(default_factory=dict)
+    ttl_s: float = Field(gt=0, le=86400.0)
+
+
 # --- worker ---------------------------------------------------------------------------------
 
 
@@ -105,12 +123,26 @@ class LoadReply(Message):
 
 
 class UnloadRequest(Message):
+    """Unload an instance. With ``only_if_idle`` the worker decides, race-free, whether the
+    instance may go: it refuses (``unloaded=False``) while requests are in flight, and, unless
+    ``ignore_keep_alive`` (preemption), while the keep-alive of a finished request lasts.
+    ``reason`` goes into the ``instance.stopped`` event."""
+
     instance_id: str = Field(min_length=1, max_length=128)
+    only_if_idle: bool = False
+    ignore_keep_alive: bool = False
+    reason: str = Field(default="", max_length=256)
 
 
 class UnloadReply(Message):
     instance_id: str
     freed: bool
+    unloaded: bool = True  # False: a conditional unload was refused
+    in_flight: int = Field(default=0, ge=0)
+    # When a refused unload may be asked again (the keep-alive ends); None: no known time
+    # (requests in flight, kept indefinitely, or still loading).
+    retry_after_s: float | None = Field(default=None, ge=0)
+    requests: int = Field(default=0, ge=0)  # requests this instance has taken so far
 
 
 class SamplingParams(Message):
@@ -147,6 +179,9 @@ class GenerateRequest(Message):
     params: SamplingParams = Field(default_factory=SamplingParams)
     inbox: str = ""
     start_seq: int = Field(default=0, ge=0)
+    # Seconds the instance should stay loaded after this request (Ollama's ``keep_alive``):
+    # 0 = it may unload right away, negative = indefinitely, None = the worker's default.
+    keep_alive_s: float | None = Field(default=None, le=30 * 86400.0)
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerateRequest:

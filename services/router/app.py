@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from libs.protocol.events import (
 )
 
 from .cluster import ClusterView
+from .demand import DemandTracker
 from .deployments import DeploymentsApi
 from .errors import ApiError, from_bus, to_api_error, validation_message
 from .generation import Backend
@@ -47,6 +49,7 @@ class RouterService(Service):
         self._serving: OpenAIServing | None = None
         self._deployments: DeploymentsApi | None = None
         self._starts: ColdStarts | None = None
+        self._demand: DemandTracker | None = None
 
     @property
     def serving(self) -> OpenAIServing:
@@ -63,6 +66,8 @@ class RouterService(Service):
     async def on_start(self) -> None:
         s = self.router_settings
         view = ClusterView(ClusterState(self.redis, self.keys), ttl=s.instance_cache_ttl)
+        demand = DemandTracker(self.bus, self.instance_id, refresh_s=s.demand_refresh_interval)
+        self._demand = demand
         self._starts = ColdStarts(
             self.bus,
             view,
@@ -70,8 +75,14 @@ class RouterService(Service):
             queue_size=s.queue_size,
             place_timeout=s.place_timeout,
             retry_after=s.retry_after,
+            on_change=demand.changed,
         )
-        backend = Backend(self.bus, view, self._starts, self.metrics, s, self.instance_id)
+        demand.waiting = self._starts.waiting
+        refresh = asyncio.create_task(demand.run())
+        self._stack.callback(refresh.cancel)
+        backend = Backend(
+            self.bus, view, self._starts, self.metrics, s, self.instance_id, demand=demand
+        )
         self._serving = OpenAIServing(backend)
         self._deployments = DeploymentsApi(backend)
 
@@ -104,6 +115,8 @@ class RouterService(Service):
     async def on_stop(self) -> None:
         if self._starts is not None:
             await self._starts.close()
+        if self._demand is not None:
+            await self._demand.close()
 
     async def ready(self) -> tuple[bool, str]:
         """Able to serve: connected to NATS and Redis answers."""
@@ -165,6 +178,11 @@ def create_app(svc: RouterService) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        try:  # the scheduler's estimate errors live in the cluster state
+            errors = await ClusterState(svc.redis, svc.keys).estimate_errors()
+            svc.metrics.set_estimate_errors(errors)
+        except (RedisError, OSError) as exc:
+            log.warning("estimate errors not read for /metrics: %r", exc)
         return Response(svc.metrics.render(), media_type=svc.metrics.content_type)
 
     app.include_router(v1_routes(svc))

@@ -29,6 +29,7 @@ from libs.protocol.messages import GenerateReply, GenerateRequest, TokenChunk, U
 from libs.protocol.state import InstanceRecord
 
 from .cluster import ClusterView, least_loaded
+from .demand import DemandTracker
 from .metrics import UNKNOWN_MODEL, RouterMetrics
 from .placement import BACKOFF_MAX_S, BACKOFF_MIN_S, ColdStarts
 from .settings import RouterSettings
@@ -57,6 +58,7 @@ class Backend:
     source: str
     # Generations streaming from each instance, so that the instance's end can end them.
     streaming: dict[str, set[Generation]] = field(default_factory=dict)
+    demand: DemandTracker | None = None  # the autoscaler's demand signal
 
     async def instance_gone(self, instance_id: str, why: str) -> None:
         """End the streams of an instance that stopped or failed, instead of letting each
@@ -92,6 +94,7 @@ class Generation:
         self.error: BaseException | None = None
         self._reader: StreamReader[GenerateReply, TokenChunk] | None = None
         self._finished = False
+        self._counted = False  # counted in the demand signal
 
     @property
     def model(self) -> str:
@@ -110,12 +113,20 @@ class Generation:
         to another one (or back to waiting), an unreachable one is skipped for a while.
         """
         b = self.backend
-        if await b.view.deployment(self.model) is None:
+        spec = await b.view.deployment(self.model)
+        if spec is None:
             raise NotFoundError(
                 f"the model {self.model!r} does not exist (no such deployment)",
                 detail={"param": "model"},
             )
         self.deployed = True
+        if self.request.keep_alive_s is None:
+            # The worker keeps the instance loaded this long after the request; the request's
+            # own `keep_alive` (Ollama style) was set by the caller when it gave one.
+            self.request = self.request.model_copy(update={"keep_alive_s": spec.keep_alive_s})
+        if b.demand is not None:
+            b.demand.begin(self.model)
+            self._counted = True
         avoid: set[str] = set()
         unusable = 0
         while True:
@@ -287,6 +298,8 @@ class Generation:
             return
         self._finished = True
         b = self.backend
+        if self._counted and b.demand is not None:
+            b.demand.end(self.model)
         if self._reader is not None:
             await self._reader.aclose()
         if self.instance is not None:

@@ -3,6 +3,10 @@ process in tests; the global registry would mix them)."""
 
 from __future__ import annotations
 
+import math
+import statistics
+from collections.abc import Sequence
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -29,6 +33,9 @@ LATENCY_BUCKETS = (
     120.0,
     300.0,
 )
+
+# Quantiles of the scheduler's absolute relative estimate error that /metrics shows.
+ERROR_QUANTILES = (0.5, 0.9)
 
 # Requests for models that are not deployed share one label value, so that a client cannot
 # create a time series per made-up model name.
@@ -99,6 +106,40 @@ class RouterMetrics:
             registry=r,
         )
 
+        self.estimate_error = Gauge(
+            "sllm_scheduler_estimate_error_ratio",
+            "|estimated - actual| / actual startup time of recent placements, by quantile",
+            ["quantile"],
+            registry=r,
+        )
+        self.estimate_bias = Gauge(
+            "sllm_scheduler_estimate_bias_ratio",
+            "median of (estimated - actual) / actual startup time of recent placements "
+            "(> 0: pessimistic)",
+            registry=r,
+        )
+        self.estimate_samples = Gauge(
+            "sllm_scheduler_estimate_samples",
+            "recent placements the estimate error statistics cover",
+            registry=r,
+        )
+
+    def set_estimate_errors(self, errors: Sequence[float]) -> None:
+        """Show the scheduler's recent relative estimate errors (from the cluster state)."""
+        self.estimate_samples.set(len(errors))
+        for q, value in error_quantiles(errors).items():
+            self.estimate_error.labels(quantile=str(q)).set(value)
+        self.estimate_bias.set(statistics.median(errors) if errors else 0.0)
+
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)
         return data
+
+
+def error_quantiles(errors: Sequence[float]) -> dict[float, float]:
+    """`ERROR_QUANTILES` of the absolute errors (nearest rank; 0 without errors)."""
+    ordered = sorted(abs(e) for e in errors)
+    if not ordered:
+        return dict.fromkeys(ERROR_QUANTILES, 0.0)
+    n = len(ordered)
+    return {q: ordered[max(0, min(n, math.ceil(q * n)) - 1)] for q in ERROR_QUANTILES}

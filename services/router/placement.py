@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -74,6 +75,7 @@ class ColdStarts:
         queue_size: int,
         place_timeout: float,
         retry_after: int,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.bus = bus
         self.view = view
@@ -83,6 +85,16 @@ class ColdStarts:
         self.retry_after = retry_after
         self._models: dict[str, _ModelStart] = {}
         self._closed = False
+        self._on_change = on_change
+
+    def waiting(self) -> dict[str, tuple[int, float]]:
+        """Per model: requests waiting for an instance, and when (monotonic) the oldest came."""
+        out: dict[str, tuple[int, float]] = {}
+        for model in self.queue.models():
+            joined = [w.joined for w in self.queue.peek(model)]
+            if joined:
+                out[model] = (len(joined), min(joined))
+        return out
 
     async def wait(
         self, model: str, *, deadline: float, ticket: int | None = None, request_id: str = ""
@@ -242,3 +254,5 @@ class ColdStarts:
 
     def _gauge(self, model: str) -> None:
         self.metrics.queue_depth.labels(model).set(self.queue.depth(model))
+        if self._on_change is not None:
+            self._on_change()

@@ -55,6 +55,10 @@ class WaitQueue(Generic[T]):
         waiting = self._waiting.pop(model, {})
         return [waiting[t] for t in sorted(waiting)]
 
+    def peek(self, model: str) -> list[T]:
+        """The requests waiting for ``model``, without dequeuing them."""
+        return list(self._waiting.get(model, {}).values())
+
     def depth(self, model: str) -> int:
         return len(self._waiting.get(model, ()))
 

@@ -140,6 +140,7 @@ class OpenAIServing:
             body.model,
             body.params(self.backend.settings.default_max_tokens),
             messages=[m.to_bus() for m in body.messages],
+            keep_alive_s=body.keep_alive,
         )
         fmt = _ChatFormat(request_id, body.model, body.include_usage)
         return await self._serve(req, fmt, bool(body.stream), receive)
@@ -147,10 +148,15 @@ class OpenAIServing:
     async def completion(self, body: CompletionRequest, receive: Receive) -> Response:
         request_id = f"cmpl-{uuid.uuid4().hex}"
         prompt = body.text_or_ids()
+        keep = body.keep_alive
         if isinstance(prompt, str):
-            req = self._request(request_id, body.model, body.params(), prompt=prompt)
+            req = self._request(
+                request_id, body.model, body.params(), prompt=prompt, keep_alive_s=keep
+            )
         else:
-            req = self._request(request_id, body.model, body.params(), prompt_token_ids=prompt)
+            req = self._request(
+                request_id, body.model, body.params(), prompt_token_ids=prompt, keep_alive_s=keep
+            )
         fmt = _CompletionFormat(request_id, body.model, body.include_usage)
         return await self._serve(req, fmt, bool(body.stream), receive)
 
@@ -163,6 +169,7 @@ class OpenAIServing:
         prompt: str | None = None,
         messages: list[ChatMessage] | None = None,
         prompt_token_ids: list[int] | None = None,
+        keep_alive_s: float | None = None,
     ) -> GenerateRequest:
         try:
             req = GenerateRequest(
@@ -172,6 +179,7 @@ class OpenAIServing:
                 messages=messages,
                 prompt_token_ids=prompt_token_ids,
                 params=params,
+                keep_alive_s=keep_alive_s,
             )
         except ValidationError as exc:
             message, param = validation_message(exc.errors())

@@ -35,6 +35,11 @@ class RouterSettings(CommonSettings):
     instance_cache_ttl: float = setting(
         1.0, "seconds the router trusts its cached list of a model's ready instances"
     )
+    demand_refresh_interval: float = setting(
+        5.0,
+        "seconds between re-publications of the router's demand for the autoscaler (changes "
+        "go out at once); the scheduler forgets a router silent for 3 of these",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -42,7 +47,12 @@ class RouterSettings(CommonSettings):
             raise SettingsError(f"SLLM_PORT must be a TCP port, got {self.port}")
         if self.queue_size < 1:
             raise SettingsError("SLLM_QUEUE_SIZE must be at least 1")
-        for name in ("start_timeout", "stream_idle_timeout", "place_timeout"):
+        for name in (
+            "start_timeout",
+            "stream_idle_timeout",
+            "place_timeout",
+            "demand_refresh_interval",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"SLLM_{name.upper()} must be positive")
         if not 1 <= self.default_max_tokens <= MAX_TOKENS_LIMIT:

@@ -20,7 +20,12 @@ from libs.protocol.endpoints import (
     WORKER_UNLOAD,
 )
 from libs.protocol.errors import NotFoundError, UnavailableError
-from libs.protocol.events import DeploymentEvent, InstanceStoppedEvent, PlacementEvent
+from libs.protocol.events import (
+    DeploymentEvent,
+    InstanceStoppedEvent,
+    LoadReportEvent,
+    PlacementEvent,
+)
 from libs.protocol.messages import (
     DeploymentSpec,
     DeployReply,
@@ -34,7 +39,11 @@ from libs.protocol.messages import (
 )
 from libs.protocol.state import InstanceRecord
 
-from .placement import NodeView, SourceTier, WorkerView, rank
+from .autoscaler import may_take_worker, remaining_load_s, start_beside_loading
+from .loads import LoadFeedback
+from .placement import NodeView, SourceTier, WorkerView, rank, round_robin
+from .prefetch import prefetch
+from .scaling import ScaleLoop
 from .settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -69,8 +78,29 @@ class SchedulerService(Service):
 
     async def on_start(self) -> None:
         self.state = ClusterState(self.redis, self.keys)
+        self.feedback = LoadFeedback(self.bus, self.state, window=self.sched.calibration_window)
+        await self.bus.subscribe(
+            self.bus.subjects.event("load.report"),
+            LoadReportEvent,
+            self.feedback.on_report,
+            queue="scheduler-load-report",
+            json=True,
+        )
         task = asyncio.create_task(self._housekeeping())
         self._stack.callback(task.cancel)
+        self.scaler = ScaleLoop(
+            bus=self.bus,
+            state=self.state,
+            locks=self._model_locks,
+            place_new=self._place_new,
+            live_instances=self._live_instances,
+            forget=self._forget,
+            unload_timeout=max(self.settings.request_timeout, 30.0),
+        )
+        await self.scaler.subscribe()
+        scaling = asyncio.create_task(self.scaler.run())
+        self._stack.push_async_callback(self.scaler.close)
+        self._stack.callback(scaling.cancel)
 
     # --- deployments ------------------------------------------------------------------------
 
@@ -83,17 +113,21 @@ class SchedulerService(Service):
         await self.bus.emit(
             DeploymentEvent(name=spec.name, action="created" if created else "updated")
         )
+        if existing is None or existing.checkpoint_uri != spec.checkpoint_uri:
+            self.bus.spawn(self._prefetch(spec))
         if spec.min_instances:
             self.bus.spawn(self._ensure_min_instances(spec))
         return DeployReply(spec=spec, created=created)
 
+    async def _prefetch(self, spec: DeploymentSpec) -> None:
+        s = self.sched
+        await prefetch(
+            self.bus, self.state, spec, replicas=s.prefetch_replicas, timeout=s.prefetch_timeout
+        )
+
     async def _ensure_min_instances(self, spec: DeploymentSpec) -> None:
-        for _ in range(spec.min_instances):
-            try:
-                await self._place_new(spec, request_id="min_instances")
-            except BusError as exc:
-                log.warning("cannot start a minimum instance of %s: %s", spec.name, exc)
-                return
+        """The scaling loop keeps every deployment at ``min_instances`` or more."""
+        self.scaler.wake()
 
     async def undeploy(self, req: UndeployRequest) -> UndeployReply:
         if not await self.state.delete_deployment(req.name):
@@ -111,7 +145,7 @@ class SchedulerService(Service):
         try:
             await self.bus.request(
                 WORKER_UNLOAD,
-                UnloadRequest(instance_id=rec.instance_id),
+                UnloadRequest(instance_id=rec.instance_id, reason=reason),
                 worker_id=rec.worker_id,
                 timeout=max(self.settings.request_timeout, 10.0),
             )
@@ -143,18 +177,57 @@ class SchedulerService(Service):
             live = await self._live_instances(req.model)
             ready = [i for i in live if i.status == "ready"]
             loading = [i for i in live if i.status == "loading"]
-            # A load under way is the fastest way to an instance: never start a second one
-            # beside it (the autoscaler adds capacity on load, not this path).
-            for rec in ready + loading:
-                return PlaceReply(
-                    instance_id=rec.instance_id,
-                    worker_id=rec.worker_id,
-                    node_id=rec.node_id,
-                    status=rec.status,
-                    source_tier=rec.source_tier or "gpu",
-                    estimated_startup_s=0.0,
-                )
+            if ready:
+                return _existing(ready[0], 0.0)
+            if loading:
+                # Waiting for a load under way usually beats starting another; start one
+                # beside it only when a free worker would have the model ready sooner.
+                remaining = self._remaining_loads(loading)
+                if len(live) < spec.max_instances and await self._sooner(spec, remaining):
+                    return await self._place_new(spec, req.request_id)
+                soonest = min(range(len(loading)), key=lambda k: remaining[k])
+                return _existing(loading[soonest], remaining[soonest])
+            await self._take_turn(req.model)
             return await self._place_new(spec, req.request_id)
+
+    def _remaining_loads(self, loading: list[InstanceRecord]) -> list[float]:
+        """Expected seconds left of each load (0 where no estimate is known: assume soon)."""
+        now = time.time()
+        out = []
+        for rec in loading:
+            placed_at, estimated_s = self.scaler.estimates.get(rec.instance_id, (now, 0.0))
+            out.append(remaining_load_s(estimated_s, placed_at, now))
+        return out
+
+    async def _sooner(self, spec: DeploymentSpec, remaining: list[float]) -> bool:
+        """Whether a new instance on the best free worker beats every load under way (and
+        the model may take a worker, see `_take_turn`)."""
+        if min(remaining, default=0.0) <= 0.0:
+            return False
+        workers, nodes = await self._snapshot()
+        free = sum(1 for w in workers if w.free)
+        demand = self.scaler.demand.get(spec.name)
+        if not may_take_worker(spec.name, demand.waiting_since, self.scaler.starved, free):
+            return False
+        default_bytes = int(self.sched.default_model_gb * 1e9)
+        ranked = rank(spec.name, workers, nodes, default_bytes=default_bytes, priors=self.priors)
+        return start_beside_loading(remaining, ranked[0].seconds if ranked else None)
+
+    async def _take_turn(self, model: str) -> None:
+        """Fairness across models: a free worker goes to the model that has waited longest
+        for one; a model whose turn it is not gets `UnavailableError` (its router retries, and
+        the scaling loop starts it when its turn comes)."""
+        starved = self.scaler.starved
+        if not starved or set(starved) == {model}:
+            return
+        free = sum(1 for w in await self.state.workers() if w.alive and not w.instance_id)
+        demand = self.scaler.demand.get(model)
+        if not may_take_worker(model, demand.waiting_since, starved, free):
+            self.scaler.wake()
+            raise UnavailableError(
+                f"no free worker for {model!r}: models that waited longer go first",
+                detail={"model": model, "waiting_models": len(starved)},
+            )
 
     async def _live_instances(self, model: str) -> list[InstanceRecord]:
         alive = {w.worker_id for w in await self.state.workers() if w.alive}
@@ -168,12 +241,15 @@ class SchedulerService(Service):
         workers = await self.state.workers()
         node_ids = sorted({w.node_id for w in workers})
         localities = await asyncio.gather(*(self.state.locality(n) for n in node_ids))
+        calibration = await self.feedback.calibration(node_ids)
         nodes = [
             NodeView(
                 loc.node_id,
                 dram=loc.dram,
                 ssd=loc.ssd,
                 bandwidth={str(k): v for k, v in loc.bandwidth.items()},
+                loads=calibration.get(loc.node_id, ({}, 0.0))[0],
+                fixed_s=calibration.get(loc.node_id, ({}, 0.0))[1],
             )
             for loc in localities
         ]
@@ -183,13 +259,16 @@ class SchedulerService(Service):
     async def _place_new(self, spec: DeploymentSpec, request_id: str) -> PlaceReply:
         instance_id = "i-" + uuid.uuid4().hex[:16]
         workers, nodes = await self._snapshot()
-        ranked = rank(
-            spec.name,
-            workers,
-            nodes,
-            default_bytes=int(self.sched.default_model_gb * 1e9),
-            priors=self.priors,
-        )
+        default_bytes = int(self.sched.default_model_gb * 1e9)
+        if self.sched.placement_policy == "round_robin":
+            turn = await self.state.next_placement_turn()
+            ranked = round_robin(
+                spec.name, workers, nodes, turn, default_bytes=default_bytes, priors=self.priors
+            )
+        else:
+            ranked = rank(
+                spec.name, workers, nodes, default_bytes=default_bytes, priors=self.priors
+            )
         for choice in ranked[:RESERVE_ATTEMPTS]:
             if await self.state.reserve_worker(choice.worker_id, instance_id):
                 break
@@ -207,6 +286,9 @@ class SchedulerService(Service):
             created_at=time.time(),
         )
         await self.state.put_instance(rec)
+        await self.feedback.placed(
+            instance_id, spec.name, choice.node_id, choice.tier, choice.seconds
+        )
         await self.bus.emit(
             PlacementEvent(
                 model=spec.name,
@@ -276,3 +358,14 @@ class SchedulerService(Service):
             if now - first_seen > STALE_RESERVATION_S:
                 await self.state.release_worker(w.worker_id, w.instance_id)
                 self._orphans.pop((w.worker_id, w.instance_id), None)
+
+
+def _existing(rec: InstanceRecord, remaining_s: float) -> PlaceReply:
+    return PlaceReply(
+        instance_id=rec.instance_id,
+        worker_id=rec.worker_id,
+        node_id=rec.node_id,
+        status=rec.status,
+        source_tier=rec.source_tier or "gpu",
+        estimated_startup_s=remaining_s,
+    )

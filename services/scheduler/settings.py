@@ -20,8 +20,28 @@ class SchedulerSettings(CommonSettings):
     housekeeping_interval: float = setting(
         2.0, "seconds between sweeps for instances of dead workers and stale reservations"
     )
+    placement_policy: str = setting(
+        "startup_time",
+        "startup_time: the smallest estimated startup; round_robin: rotate over free workers, "
+        "blind to locality and bandwidth (a baseline for benchmarks)",
+    )
+    prefetch_replicas: int = setting(
+        1, "nodes whose DRAM tier a newly deployed model is copied into at once; 0: none"
+    )
+    prefetch_timeout: float = setting(
+        600.0, "seconds one node's prefetch on deploy may take before it is given up"
+    )
+    calibration_window: int = setting(
+        16, "recent loads per node and tier that calibrate startup estimates; 0: no calibration"
+    )
 
     def validate(self) -> None:
         super().validate()
         if min(self.prior_dram_gbps, self.prior_ssd_gbps, self.prior_registry_gbps) <= 0:
             raise SettingsError("SLLM_PRIOR_*_GBPS must be > 0")
+        if self.placement_policy not in ("startup_time", "round_robin"):
+            raise SettingsError("SLLM_PLACEMENT_POLICY must be startup_time or round_robin")
+        if self.prefetch_replicas < 0 or self.calibration_window < 0:
+            raise SettingsError("SLLM_PREFETCH_REPLICAS and SLLM_CALIBRATION_WINDOW must be >= 0")
+        if self.prefetch_timeout <= 0:
+            raise SettingsError("SLLM_PREFETCH_TIMEOUT must be positive")

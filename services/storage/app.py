@@ -1,7 +1,8 @@
 """The storage service: one per node; owns the node's SSD and DRAM tier directories.
 
 ``ensure`` makes a model's checkpoint available in a tier (fetched from the registry into the
-SSD tier, promoted from SSD into the DRAM tier with LRU eviction); ``evict`` removes it.
+SSD tier, promoted from SSD into the DRAM tier with LRU eviction that never takes a copy a live
+instance on this node uses); ``evict`` removes it.
 Locality and measured bandwidths go to Redis through `ClusterState`; every step is an event.
 """
 
@@ -100,7 +101,10 @@ class StorageService(Service):
             self.instance_id,
             min_sample_bytes=int(self.storage_settings.bandwidth_min_sample_mb * (1 << 20)),
         )
-        self.tiers = TierManager(self.ssd, self.dram, self.publisher, self.pool, s.fetch_timeout)
+        self.state = state
+        self.tiers = TierManager(
+            self.ssd, self.dram, self.publisher, self.pool, s.fetch_timeout, in_use=self._in_use
+        )
         for catalog in (self.ssd, self.dram):
             root = catalog.root
             for found in await self.pool.run(functools.partial(_scan, root)):
@@ -126,6 +130,14 @@ class StorageService(Service):
             task.cancel()
         if self._background:
             await asyncio.wait(self._background, timeout=5)
+
+    async def _in_use(self) -> set[str] | None:
+        """Models live instances on this node use (their copies are pinned); None if unknown."""
+        try:
+            return await self.state.models_in_use(self.node_id)
+        except (RedisError, OSError) as exc:
+            log.warning("cannot read the instances on this node (evicting nothing): %r", exc)
+            return None
 
     def _node_record(self) -> NodeRecord:
         return NodeRecord(

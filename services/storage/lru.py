@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 TierName = Literal["ssd", "dram"]
+Refusal = Literal["too_large", "pinned"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,14 @@ def plan_eviction(
         if used + need <= capacity:
             return victims
     return None
+
+
+def refusal_reason(capacity: int | None, need: int) -> Refusal:
+    """Why `plan_eviction` found no plan: the copy is larger than the whole tier, or the room
+    is held by pinned copies (in use, or being written) and copies in progress."""
+    if capacity is not None and need > capacity:
+        return "too_large"
+    return "pinned"
 
 
 @dataclass

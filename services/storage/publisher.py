@@ -8,17 +8,23 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Collection
 from typing import Literal
 
 from redis.exceptions import RedisError
 
 from libs.cluster import ClusterState
 from libs.protocol import Bus
-from libs.protocol.events import EvictedEvent, FetchDoneEvent, FetchProgressEvent
+from libs.protocol.events import (
+    EvictedEvent,
+    FetchDoneEvent,
+    FetchProgressEvent,
+    StorageSkippedEvent,
+)
 from libs.protocol.state import NodeRecord
 
 from .bandwidth import BandwidthEstimator, ProgressThrottle
-from .lru import TierCatalog, TierEntry
+from .lru import Refusal, TierCatalog, TierEntry
 from .transfer import ProgressFn
 
 log = logging.getLogger(__name__)
@@ -136,5 +142,33 @@ class NodePublisher:
                 tier=catalog.name,
                 bytes=entry.bytes,
                 reason=reason,
+            )
+        )
+
+    async def skipped(
+        self,
+        model: str,
+        catalog: TierCatalog,
+        nbytes: int,
+        reason: Refusal,
+        pinned: Collection[str],
+    ) -> None:
+        held = sorted(m for m in pinned if m in catalog.entries)
+        log.info(
+            "%s: no room in the %s tier (%s; pinned: %s); not copied there",
+            model,
+            catalog.name,
+            reason,
+            ", ".join(held) or "-",
+        )
+        await self.bus.emit(
+            StorageSkippedEvent(
+                source=self.source,
+                node_id=self.node_id,
+                model=model,
+                tier=catalog.name,
+                bytes=nbytes,
+                reason=reason,
+                pinned=held,
             )
         )

@@ -8,15 +8,16 @@ import contextlib
 import logging
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
-from libs.protocol.errors import CorruptError, StorageFullError
+from libs.protocol.errors import ConflictError, CorruptError, StorageFullError
 from libs.protocol.messages import Tier
 
 from .checkpoint import INDEX_FILE, Marker, parse_index, read_index_bytes
 from .concurrency import BlockingPool, KeyedLocks
-from .lru import TierCatalog, TierEntry
+from .lru import TierCatalog, TierEntry, refusal_reason
 from .names import MARKER_FILE, checkpoint_dirname
 from .publisher import NodePublisher
 from .sources import FetchPlan, copy_checkpoint, fetch, prepare
@@ -26,6 +27,12 @@ from .uri import RegistrySource
 log = logging.getLogger(__name__)
 
 Served = tuple[TierEntry, Literal["dram", "ssd"], Tier]  # the copy, its tier, the source tier
+# Models that live instances on this node use; None when that cannot be known right now.
+InUse = Callable[[], Awaitable[set[str] | None]]
+
+
+async def _nothing_in_use() -> set[str]:
+    return set()
 
 
 class TierManager:
@@ -36,12 +43,14 @@ class TierManager:
         publisher: NodePublisher,
         pool: BlockingPool,
         fetch_timeout: float,
+        in_use: InUse = _nothing_in_use,
     ) -> None:
         self.ssd = ssd
         self.dram = dram
         self.publisher = publisher
         self.pool = pool
         self.fetch_timeout = fetch_timeout
+        self.in_use = in_use
         # Concurrent requests for one model queue on its lock: the first fetches, the others
         # then find the copy. Models whose lock is taken are never LRU victims.
         self.locks = KeyedLocks()
@@ -56,8 +65,15 @@ class TierManager:
             return await self._ensure_locked(model, source, tier)
 
     async def evict(self, model: str, tier: Literal["dram", "ssd"]) -> bool:
-        """Remove from ``tier``; removing the SSD copy removes the DRAM copy too."""
+        """Remove from ``tier``; removing the SSD copy removes the DRAM copy too. A copy a
+        live instance on this node uses stays (`ConflictError`)."""
         async with self.locks.hold(model):
+            in_use = await self.in_use()
+            if in_use is None or model in in_use:
+                raise ConflictError(
+                    f"{model} is in use on this node (or that cannot be checked now); "
+                    "stop its instances first"
+                )
             evicted = await self._evict(model, self.dram, "requested")
             if tier == "ssd":
                 evicted = await self._evict(model, self.ssd, "requested") or evicted
@@ -139,10 +155,14 @@ class TierManager:
     async def _fetch_once(self, model: str, source: RegistrySource) -> TierEntry:
         plan = await self.pool.run(lambda _: prepare(source, self.fetch_timeout))
         need = plan.need_bytes
-        victims = self.ssd.plan(need, pinned=self.locks.busy())
+        pinned = await self._pinned(self.ssd)
+        victims = self.ssd.plan(need, pinned=pinned)
         if victims is None:
+            reason = refusal_reason(self.ssd.capacity, need)
+            await self.publisher.skipped(model, self.ssd, need, reason, pinned)
             raise StorageFullError(
-                f"ssd tier cannot hold {model} ({need} bytes; capacity {self.ssd.capacity})"
+                f"ssd tier cannot hold {model} ({need} bytes; capacity {self.ssd.capacity}; "
+                f"{'larger than the tier' if reason == 'too_large' else 'the rest is in use'})"
             )
         # Taking the victims and reserving the room happen without an await in between, so
         # that concurrent fetches of other models cannot plan with the same free bytes.
@@ -192,9 +212,11 @@ class TierManager:
     async def _promote(self, model: str, ssd_entry: TierEntry) -> TierEntry | None:
         """SSD -> DRAM; None when the DRAM tier cannot make room (the caller serves SSD)."""
         need = ssd_entry.bytes
-        victims = self.dram.plan(need, pinned=self.locks.busy() - {model})
+        pinned = await self._pinned(self.dram, model)
+        victims = self.dram.plan(need, pinned=pinned)
         if victims is None:
-            log.info("%s: %d bytes do not fit the DRAM tier; serving from SSD", model, need)
+            reason = refusal_reason(self.dram.capacity, need)
+            await self.publisher.skipped(model, self.dram, need, reason, pinned)
             return None
         taken = [(e, self.dram) for v in victims if (e := self._take(v, self.dram))]
         self.dram.reserve(need)
@@ -251,6 +273,19 @@ class TierManager:
         return files.total_bytes, meter.read_s
 
     # --- eviction --------------------------------------------------------------------------
+
+    async def _pinned(self, catalog: TierCatalog, model: str = "") -> set[str]:
+        """Copies in ``catalog`` that must not be evicted now: those of models live instances
+        on this node use, and those whose lock is taken (being written or read), except
+        ``model``'s own. If what is in use cannot be read, nothing is evicted.
+
+        The caller plans and takes its victims without an await after this, so that the
+        answer still holds when it acts on it.
+        """
+        in_use = await self.in_use()
+        if in_use is None:
+            in_use = set(catalog.entries)
+        return (in_use | self.locks.busy()) - {model}
 
     def _take(self, model: str, catalog: TierCatalog) -> TierEntry | None:
         """Drop ``model`` from the catalog now and start deleting its directory."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from libs.cluster import ClusterState
@@ -90,7 +90,10 @@ class WorkerService(Service):
     # --- generate -----------------------------------------------------------------------------
 
     async def generate(self, req: GenerateRequest) -> Stream[GenerateReply, TokenChunk]:
-        """Check the request, take a slot, and stream its tokens (see `GenerationStream`)."""
+        """Check the request, take a slot, and stream its tokens (see `GenerationStream`).
+
+        The instance counts the request as in flight from here until its stream ends, so that
+        an idle unload cannot take the instance from under it (see `Host.unload`)."""
         hosted, rt = self.host.ready(req.model)
         if rt.engine.in_use >= rt.engine.max_concurrency:  # cheap early answer; submit decides
             raise OverloadedError(
@@ -99,6 +102,18 @@ class WorkerService(Service):
             )
         if not req.inbox:
             raise BadRequestError("generate needs an inbox to stream to")
+        host = self.host
+        host.begin(hosted)
+        try:
+            ack, chunks = await self._generate(req, hosted.instance_id, rt)
+        except BaseException:
+            host.end(hosted, req.keep_alive_s)
+            raise
+        return Stream(ack=ack, chunks=_Tracked(chunks, lambda: host.end(hosted, req.keep_alive_s)))
+
+    async def _generate(
+        self, req: GenerateRequest, instance_id: str, rt: Runtime
+    ) -> tuple[GenerateReply, AsyncIterator[TokenChunk]]:
         big = len(req.prompt or "") > INLINE_PROMPT_CHARS
         if big or len(req.generated_token_ids) > INLINE_PRIOR_TOKENS:
             prompt_ids, detok = await asyncio.to_thread(_prepare_request, rt, req)
@@ -107,7 +122,7 @@ class WorkerService(Service):
         ack = GenerateReply(
             request_id=req.request_id,
             worker_id=self.instance_id,
-            instance_id=hosted.instance_id,
+            instance_id=instance_id,
             prompt_token_ids=prompt_ids,
         )
         prior = len(req.generated_token_ids)
@@ -118,7 +133,7 @@ class WorkerService(Service):
             last = TokenChunk(
                 token_ids=[], text=detok.finish(), finish_reason=reason, usage=usage, decode_s=0.0
             )
-            return Stream(ack=ack, chunks=_single(last))
+            return ack, _single(last)
 
         # Imported here, not at the top: they import torch, which the service loads in the
         # background at start-up (and which is loaded by now: an instance is ready).
@@ -141,7 +156,32 @@ class WorkerService(Service):
             prior_tokens=prior,
             token_timeout=self.worker_settings.token_timeout,
         )
-        return Stream(ack=ack, chunks=stream)
+        return ack, stream
+
+
+class _Tracked:
+    """A generation's chunks that call ``done`` once when the stream ends, however it ends
+    (the bus closes every stream it produces)."""
+
+    def __init__(self, chunks: AsyncIterator[TokenChunk], done: Callable[[], None]) -> None:
+        self._chunks = chunks
+        self._done: Callable[[], None] | None = done
+
+    def __aiter__(self) -> _Tracked:
+        return self
+
+    async def __anext__(self) -> TokenChunk:
+        return await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            aclose = getattr(self._chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            done, self._done = self._done, None
+            if done is not None:
+                done()
 
 
 def _prepare_request(rt: Runtime, req: GenerateRequest) -> tuple[list[int], IncrementalDetokenizer]:

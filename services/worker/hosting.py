@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Literal, TypeVar
 
@@ -32,10 +33,12 @@ from libs.protocol.errors import (
 from libs.protocol.events import (
     Event,
     InstanceFailedEvent,
+    InstanceIdleEvent,
     InstanceReadyEvent,
     InstanceStartingEvent,
     InstanceStoppedEvent,
     LoadPhaseEvent,
+    LoadReportEvent,
 )
 from libs.protocol.messages import (
     EnsureRequest,
@@ -79,6 +82,14 @@ class Hosted:
     requested_at: float  # time.perf_counter() when the load request arrived
     runtime: Runtime | None = None
     task: asyncio.Task[None] | None = None
+    # Idleness, for keep-alive: requests in flight and taken so far, when the last one
+    # finished (wall time), and until when finished requests asked to keep it loaded.
+    in_flight: int = 0
+    requests: int = 0
+    idle_since: float = 0.0
+    keep_until: float = 0.0  # math.inf: a request asked to keep it indefinitely
+    phases: dict[str, float] = field(default_factory=dict)  # the load's phases, for its report
+    load_bytes: int = 0
 
 
 class Host:
@@ -170,6 +181,7 @@ class Host:
                 raise LoadFailedError(f"load did not finish within {timeout:g}s") from None
             load_s = time.perf_counter() - hosted.requested_at
             hosted.status = "ready"
+            hosted.idle_since = time.time()
             rec = await self.state.update_instance(
                 hosted.instance_id,
                 status="ready",
@@ -190,6 +202,19 @@ class Host:
                 )
             )
             log.info("instance %s of %s ready in %.3fs", hosted.instance_id, hosted.model, load_s)
+            await self._emit(
+                LoadReportEvent(
+                    instance_id=hosted.instance_id,
+                    model=hosted.model,
+                    worker_id=self.worker_id,
+                    node_id=self.node_id,
+                    source_tier=source_tier,
+                    bytes=hosted.load_bytes,
+                    seconds=load_s,
+                    one_off_s=hosted.phases.get("startup", 0.0),
+                    phases=dict(hosted.phases),
+                )
+            )
             if source_tier != "dram":
                 self.bus.spawn(self._promote(req))
         except asyncio.CancelledError:
@@ -262,6 +287,8 @@ class Host:
     async def _phase(
         self, hosted: Hosted, phase: str, seconds: float, nbytes: int = 0, tier: str = ""
     ) -> None:
+        hosted.phases[phase] = hosted.phases.get(phase, 0.0) + seconds
+        hosted.load_bytes = max(hosted.load_bytes, nbytes)
         await self._emit(
             LoadPhaseEvent(
                 instance_id=hosted.instance_id,
@@ -289,6 +316,54 @@ class Host:
         )
         await self._teardown(hosted)
 
+    # --- requests in flight (keep-alive) ---------------------------------------------------
+
+    def begin(self, hosted: Hosted) -> None:
+        """A request was accepted: the instance is busy until `end`."""
+        hosted.in_flight += 1
+        hosted.requests += 1
+
+    def end(self, hosted: Hosted, keep_alive_s: float | None) -> None:
+        """A request finished; it keeps the instance loaded ``keep_alive_s`` more seconds
+        (negative: indefinitely; None: no wish of its own). The last one out says so."""
+        now = time.time()
+        hosted.in_flight = max(hosted.in_flight - 1, 0)
+        if keep_alive_s is not None:
+            until = math.inf if keep_alive_s < 0 else now + keep_alive_s
+            hosted.keep_until = max(hosted.keep_until, until)
+        if hosted.in_flight or hosted.status != "ready":
+            return
+        hosted.idle_since = now
+        self.bus.spawn(
+            self._emit(
+                InstanceIdleEvent(
+                    instance_id=hosted.instance_id,
+                    model=hosted.model,
+                    worker_id=self.worker_id,
+                    keep_until=hosted.keep_until if math.isfinite(hosted.keep_until) else None,
+                    requests=hosted.requests,
+                )
+            )
+        )
+
+    def _refusal(self, hosted: Hosted, req: UnloadRequest) -> UnloadReply | None:
+        """Why a conditional unload must not happen now, as the reply; None: it may."""
+        if hosted.status == "ready" and not hosted.in_flight:
+            left = 0.0 if req.ignore_keep_alive else hosted.keep_until - time.time()
+            if left <= 0:
+                return None
+            retry: float | None = left if math.isfinite(left) else None
+        else:
+            retry = None
+        return UnloadReply(
+            instance_id=hosted.instance_id,
+            freed=False,
+            unloaded=False,
+            in_flight=hosted.in_flight,
+            retry_after_s=retry,
+            requests=hosted.requests,
+        )
+
     # --- unload -----------------------------------------------------------------------------
 
     async def unload(self, req: UnloadRequest) -> UnloadReply:
@@ -296,8 +371,13 @@ class Host:
             hosted = self.hosted
             if hosted is None or hosted.instance_id != req.instance_id:
                 raise NotFoundError(f"worker {self.worker_id} has no instance {req.instance_id}")
-            freed = await self._stop(hosted, "unloaded")
-        return UnloadReply(instance_id=req.instance_id, freed=freed)
+            if req.only_if_idle and (refused := self._refusal(hosted, req)) is not None:
+                return refused
+            # No await between the check and `_stop` marking the instance as stopping: a
+            # request cannot slip in between (it would find the instance not ready).
+            requests = hosted.requests
+            freed = await self._stop(hosted, req.reason or "unloaded")
+        return UnloadReply(instance_id=req.instance_id, freed=freed, requests=requests)
 
     async def shutdown(self) -> None:
         """Unload whatever is hosted (the worker is stopping)."""

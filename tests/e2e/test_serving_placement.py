@@ -30,11 +30,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
     # No start-up bandwidth probe: the three nodes share this machine's disk and cores, so what
     # they would measure is noise. Every node then uses the same documented priors and the test
     # checks the decision from locality alone (measured bandwidths are covered by unit tests).
+    # No prefetch on deploy either: the test stages every copy itself.
     with up_cluster(
         tmp_path_factory.mktemp("placement"),
         nodes=3,
         SLLM_MAX_CONCURRENCY="1",
         SLLM_BANDWIDTH_PROBE_MB="0",
+        SLLM_PREFETCH_REPLICAS="0",
     ) as c:
         yield c
 

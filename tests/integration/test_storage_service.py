@@ -20,6 +20,7 @@ from libs.protocol.endpoints import STORAGE_ENSURE, STORAGE_EVICT
 from libs.protocol.errors import (
     BadRequestError,
     BusTimeoutError,
+    ConflictError,
     CorruptError,
     NoRespondersError,
     NotFoundError,
@@ -27,6 +28,7 @@ from libs.protocol.errors import (
     UnavailableError,
 )
 from libs.protocol.messages import EnsureReply, EnsureRequest, EvictReply, EvictRequest
+from libs.protocol.state import InstanceRecord
 from services.storage.app import StorageService
 from services.storage.names import checkpoint_dirname
 from services.storage.settings import StorageSettings
@@ -472,3 +474,64 @@ async def test_a_copy_deleted_behind_the_services_back_is_restored(
     assert (again.tier, again.source_tier, again.path) == ("dram", "ssd", r.path)
     (ev,) = await events.wait("storage.evicted", reason="missing")
     assert ev["tier"] == "dram"
+
+
+async def _instance_on_node(state: ClusterState, model: str, status: str = "ready") -> None:
+    """A live instance of ``model`` on a worker of this node, as the scheduler records it."""
+    worker, instance = f"w-{model}", f"i-{model}"
+    await state.register_worker(worker, NODE, "cpu")
+    assert await state.reserve_worker(worker, instance)
+    await state.put_instance(
+        InstanceRecord(
+            instance_id=instance,
+            model=model,
+            worker_id=worker,
+            node_id=NODE,
+            status=status,  # type: ignore[arg-type]
+            created_at=time.time(),
+        )
+    )
+
+
+async def test_a_copy_in_use_is_never_evicted_and_lru_takes_the_next(
+    start_storage: Storages, bus: Bus, events: Events, redis: aioredis.Redis, keys: Keys,
+    registry: Path,
+) -> None:  # fmt: skip
+    await start_storage()
+    state = ClusterState(redis, keys)
+    uris = {m: fake(registry, m, seed=i) for i, m in enumerate(("a", "b", "c", "d"))}
+    await ensure(bus, "a", uris["a"], "dram")
+    await ensure(bus, "b", uris["b"], "dram")
+    await _instance_on_node(state, "a")  # "a" is the least recently used, but in use
+    await ensure(bus, "c", uris["c"], "dram")
+    (ev,) = await events.wait("storage.evicted")
+    assert (ev["model"], ev["tier"], ev["reason"]) == ("b", "dram", "lru")
+    assert set((await state.locality(NODE)).dram) == {"a", "c"}
+    # Now "c" is in use too: a new copy finds no room it may take, and is not made.
+    await _instance_on_node(state, "c", status="loading")
+    rd = await ensure(bus, "d", uris["d"], "dram")
+    assert (rd.tier, rd.source_tier) == ("ssd", "registry")
+    (skip,) = await events.wait("storage.skipped")
+    assert (skip["model"], skip["tier"], skip["reason"]) == ("d", "dram", "pinned")
+    assert skip["pinned"] == ["a", "c"]
+    assert len(events.of("storage.evicted")) == 1
+    assert set((await state.locality(NODE)).dram) == {"a", "c"}
+
+
+async def test_an_unloaded_instance_leaves_its_copy_evictable_and_in_place(
+    start_storage: Storages, bus: Bus, events: Events, redis: aioredis.Redis, keys: Keys,
+    registry: Path,
+) -> None:  # fmt: skip
+    await start_storage()
+    state = ClusterState(redis, keys)
+    uri = fake(registry, "m")
+    await ensure(bus, "m", uri, "dram")
+    await _instance_on_node(state, "m")
+    with pytest.raises(ConflictError):
+        await evict(bus, "m", "dram")
+    rec = await state.get_instance("i-m")
+    assert rec is not None
+    await state.delete_instance(rec)  # the instance is unloaded: the copy stays until asked
+    await state.release_worker("w-m", "i-m")
+    assert set((await state.locality(NODE)).dram) == {"m"}
+    assert (await evict(bus, "m", "dram")).evicted

@@ -445,3 +445,59 @@ async def test_stopping_the_worker_unloads_its_instance(
     assert stopped.reason == "worker stopping"
     assert await state.get_instance("i9") is None
     assert await state.get_worker(WORKER) is None
+
+
+async def test_idle_unload_waits_for_requests_in_flight_and_their_keep_alive(
+    nats_server, redis_server, root, bus: Bus, state: ClusterState, events: Events, checkpoint
+) -> None:
+    async with running_worker(
+        nats_server.url, redis_server.url, root, bus, ensure_from(checkpoint)
+    ):
+
+        async def ask(iid: str, **kw: Any) -> UnloadReply:
+            req = UnloadRequest(instance_id=iid, only_if_idle=True, **kw)
+            return await bus.request(WORKER_UNLOAD, req, worker_id=WORKER, timeout=20)
+
+        async def idle_after(iid: str, requests: int) -> None:
+            deadline = time.monotonic() + 20
+            while not any(e.requests >= requests for e in events.of("instance.idle", iid)):
+                assert time.monotonic() < deadline, f"{iid} never idle after {requests}"
+                await asyncio.sleep(0.01)
+
+        await place(bus, state, "i10")
+        await wait_status(state, "i10", "ready")
+        reader = await bus.stream(
+            WORKER_GENERATE, gen(max_tokens=3000, keep_alive_s=30.0), worker_id=WORKER, timeout=20
+        )
+        async with reader:
+            await reader.__anext__()
+            busy = await ask("i10", reason="idle")
+            assert (busy.unloaded, busy.in_flight, busy.retry_after_s) == (False, 1, None)
+        idle = await events.wait("instance.idle", "i10")
+        assert idle.requests == 1
+        assert idle.keep_until > time.time() + 20
+        kept = await ask("i10", reason="idle")
+        assert not kept.unloaded
+        assert kept.retry_after_s is not None
+        assert 20 < kept.retry_after_s <= 30
+        # keep_alive 0 does not cut another request's keep-alive short; negative: indefinitely.
+        await collect(bus, gen(keep_alive_s=0.0))
+        await idle_after("i10", 2)
+        assert not (await ask("i10")).unloaded
+        await collect(bus, gen(keep_alive_s=-1.0))
+        await idle_after("i10", 3)
+        forever = await ask("i10")
+        assert (forever.unloaded, forever.retry_after_s, forever.requests) == (False, None, 3)
+        # Preemption ignores keep-alive (but, like every idle unload, not requests in flight).
+        pre = await ask("i10", ignore_keep_alive=True, reason="preempted")
+        assert pre.unloaded
+        assert (await events.wait("instance.stopped", "i10")).reason == "preempted"
+        assert await worker_holds(state) == ""
+
+        # Requests that ask for no keep-alive leave the instance free to go at once.
+        await place(bus, state, "i11")
+        await wait_status(state, "i11", "ready")
+        await collect(bus, gen(keep_alive_s=0.0))
+        await idle_after("i11", 1)
+        assert (await ask("i11", reason="idle")).unloaded
+        assert (await events.wait("instance.stopped", "i11")).reason == "idle"

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from services.scheduler.placement import NodeView, WorkerView, checkpoint_bytes, estimate, rank
+from services.scheduler.placement import (
+    NodeView,
+    WorkerView,
+    checkpoint_bytes,
+    estimate,
+    rank,
+    round_robin,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -86,3 +93,38 @@ def test_checkpoint_size_comes_from_any_node_or_default() -> None:
 def test_unknown_node_is_treated_as_registry_only() -> None:
     ranked = rank("m", [WorkerView("w", "ghost", True)], [])
     assert ranked[0].tier == "registry"
+
+
+def test_round_robin_rotates_over_free_workers_blind_to_locality() -> None:
+    workers = [WorkerView(f"w{i}", f"n{i}", True) for i in range(3)]
+    nodes = [NodeView("n2", dram={"m": GB})]  # locality the baseline ignores
+    firsts = [round_robin("m", workers, nodes, turn)[0].worker_id for turn in range(1, 7)]
+    assert firsts == ["w1", "w2", "w0", "w1", "w2", "w0"]
+    order = round_robin("m", workers, nodes, 1)
+    assert [e.worker_id for e in order] == ["w1", "w2", "w0"]
+    assert order[1].tier == "dram"  # estimates are still computed, for the record
+
+
+def test_round_robin_skips_busy_workers() -> None:
+    workers = [
+        WorkerView("w0", "n", True),
+        WorkerView("w1", "n", False),
+        WorkerView("w2", "n", True),
+    ]
+    assert [round_robin("m", workers, [], t)[0].worker_id for t in range(4)] == [
+        "w0",
+        "w2",
+        "w0",
+        "w2",
+    ]
+    assert round_robin("m", [WorkerView("w", "n", False)], [], 5) == []
+
+
+def test_a_fixed_load_cost_applies_to_every_tier_alike() -> None:
+    nodes = [
+        NodeView("a", dram={"m": GB}, fixed_s=0.5),
+        NodeView("b", ssd={"m": GB}, fixed_s=0.5),
+    ]
+    ranked = rank("m", [WorkerView("wa", "a", True), WorkerView("wb", "b", True)], nodes)
+    assert [(e.worker_id, e.tier) for e in ranked] == [("wa", "dram"), ("wb", "ssd")]
+    assert ranked[0].seconds == pytest.approx(0.5 + 1 / 8)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.storage.bandwidth import BandwidthEstimator, ProgressThrottle
-from services.storage.lru import TierCatalog, TierEntry, plan_eviction
+from services.storage.lru import TierCatalog, TierEntry, plan_eviction, refusal_reason
 
 pytestmark = pytest.mark.unit
 
@@ -31,6 +31,20 @@ def test_pinned_checkpoints_are_never_victims() -> None:
     e = _entries(("a", 30, 3), ("b", 30, 1), ("c", 30, 2))
     assert plan_eviction(e, capacity=100, reserved=0, need=40, pinned={"b"}) == ["c"]
     assert plan_eviction(e, capacity=100, reserved=0, need=70, pinned={"b", "c"}) is None
+
+
+def test_an_in_use_lru_copy_is_skipped_and_the_next_oldest_goes() -> None:
+    """The least recently used copy serves a live instance: the eviction passes it over and
+    takes the next ones, in LRU order."""
+    e = _entries(("in-use", 30, 1), ("b", 30, 2), ("c", 30, 3))
+    assert plan_eviction(e, capacity=100, reserved=0, need=60, pinned={"in-use"}) == ["b", "c"]
+
+
+def test_refusal_says_whether_the_copy_is_too_large_or_the_room_is_pinned() -> None:
+    e = _entries(("a", 60, 1))
+    assert plan_eviction(e, capacity=100, reserved=0, need=50, pinned={"a"}) is None
+    assert refusal_reason(100, 50) == "pinned"
+    assert refusal_reason(100, 101) == "too_large"
 
 
 def test_reservations_count_as_used() -> None:
