@@ -85,6 +85,12 @@ def _models(root: Path, size: str, n: int) -> dict[str, Path]:
     return out
 
 
+def _kept(event: dict[str, object]) -> bool:
+    """Events worth keeping with the results: decisions and instance life, not every request."""
+    kind = str(event.get("kind", ""))
+    return kind.split(".")[0] in ("scheduler", "instance", "storage") and kind != "storage.progress"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     when = dt.datetime.now()
@@ -160,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 "args": {k: str(v) for k, v in vars(args).items()},
                 "summaries": [dataclasses.asdict(s) for s in summaries],
                 "outcomes": {r.policy: [dataclasses.asdict(o) for o in r.outcomes] for r in runs},
+                "events": {r.policy: [e for e in r.events if _kept(e)] for r in runs},
             },
             indent=1,
         )

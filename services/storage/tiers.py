@@ -54,6 +54,8 @@ class TierManager:
         # Concurrent requests for one model queue on its lock: the first fetches, the others
         # then find the copy. Models whose lock is taken are never LRU victims.
         self.locks = KeyedLocks()
+        # Per model, held while its DRAM copy is being made (see `ensure`).
+        self.promotions = KeyedLocks()
         self._retiring: dict[Path, asyncio.Task[None]] = {}
 
     # --- entry points ----------------------------------------------------------------------
@@ -61,13 +63,47 @@ class TierManager:
     async def ensure(
         self, model: str, source: RegistrySource, tier: Literal["dram", "ssd"]
     ) -> Served:
-        async with self.locks.hold(model):
-            return await self._ensure_locked(model, source, tier)
+        """The fastest copy of ``model`` at least as fast as ``tier``, fetching and promoting
+        as needed.
+
+        The SSD step and the DRAM promotion hold different locks: a reader that only needs
+        the SSD copy (a worker about to load) does not wait behind a promotion in progress
+        (a prefetch, or a promotion after another load). Lock order: the model's lock, then
+        its promotion lock, never the other way round.
+        """
+        refetched = [False]  # the one refetch a failed verification earns, per request
+        while True:
+            async with self.locks.hold(model):
+                served = await self._ssd_or_better(model, source, refetched)
+            if tier == "ssd" or served[1] == "dram":
+                return served
+            ssd_entry, _, source_tier = served
+            async with self.promotions.hold(model):
+                hit = await self._usable(self.dram, model, source.uri)
+                if hit is not None:  # another promotion finished while we waited
+                    return hit, "dram", source_tier
+                try:
+                    promoted = await self._promote(model, ssd_entry)
+                except CorruptError as exc:
+                    # The SSD copy rotted (or was tampered with) since it was verified.
+                    if refetched[0]:
+                        raise CorruptError(
+                            f"{model}: SSD copy failed verification: {exc.message}"
+                        ) from None
+                    log.warning("%s: SSD copy failed verification, fetching again: %s", model, exc)
+                    refetched[0] = True
+                    promoted = None
+                else:
+                    if promoted is None:
+                        return ssd_entry, "ssd", source_tier
+                    return promoted, "dram", source_tier
+            async with self.locks.hold(model):  # the corrupt copy goes; the loop fetches again
+                await self._evict(model, self.ssd, "corrupt")
 
     async def evict(self, model: str, tier: Literal["dram", "ssd"]) -> bool:
         """Remove from ``tier``; removing the SSD copy removes the DRAM copy too. A copy a
         live instance on this node uses stays (`ConflictError`)."""
-        async with self.locks.hold(model):
+        async with self.locks.hold(model), self.promotions.hold(model):
             in_use = await self.in_use()
             if in_use is None or model in in_use:
                 raise ConflictError(
@@ -81,10 +117,10 @@ class TierManager:
 
     # --- ensure ----------------------------------------------------------------------------
 
-    async def _ensure_locked(
-        self, model: str, source: RegistrySource, tier: Literal["dram", "ssd"]
+    async def _ssd_or_better(
+        self, model: str, source: RegistrySource, refetched: list[bool]
     ) -> Served:
-        refetched = [False]  # the one refetch a failed verification earns, per request
+        """The DRAM copy if there is one, else the SSD copy, fetched if needed (model lock held)."""
         # "At least as fast as ``tier``": a DRAM copy also satisfies an SSD request, and the
         # reader gets the fastest copy there is.
         hit = await self._usable(self.dram, model, source.uri)
@@ -93,32 +129,10 @@ class TierManager:
             self.ssd.touch(model)
             return hit, "dram", "dram"
         ssd_entry = await self._usable(self.ssd, model, source.uri)
-        source_tier: Tier = "ssd"
         if ssd_entry is None:
-            ssd_entry = await self._fetch(model, source, refetched)
-            source_tier = "registry"
-        else:
-            self.ssd.touch(model)
-        if tier == "ssd":
-            return ssd_entry, "ssd", source_tier
-        while True:
-            try:
-                promoted = await self._promote(model, ssd_entry)
-            except CorruptError as exc:
-                # The SSD copy rotted (or was tampered with) since it was verified.
-                if refetched[0]:
-                    raise CorruptError(
-                        f"{model}: SSD copy failed verification: {exc.message}"
-                    ) from None
-                log.warning("%s: SSD copy failed verification, fetching again: %s", model, exc)
-                refetched[0] = True
-                await self._evict(model, self.ssd, "corrupt")
-                ssd_entry = await self._fetch_once(model, source)
-                source_tier = "registry"
-                continue
-            if promoted is None:
-                return ssd_entry, "ssd", source_tier
-            return promoted, "dram", source_tier
+            return await self._fetch(model, source, refetched), "ssd", "registry"
+        self.ssd.touch(model)
+        return ssd_entry, "ssd", "ssd"
 
     async def _usable(self, catalog: TierCatalog, model: str, uri: str) -> TierEntry | None:
         """The tier's copy of ``model`` if it came from ``uri`` and is still on disk. A copy of
@@ -285,7 +299,7 @@ class TierManager:
         in_use = await self.in_use()
         if in_use is None:
             in_use = set(catalog.entries)
-        return (in_use | self.locks.busy()) - {model}
+        return (in_use | self.locks.busy() | self.promotions.busy()) - {model}
 
     def _take(self, model: str, catalog: TierCatalog) -> TierEntry | None:
         """Drop ``model`` from the catalog now and start deleting its directory."""

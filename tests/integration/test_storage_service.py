@@ -221,6 +221,36 @@ async def test_ensure_ssd_fetches_then_dram_promotes_then_hits(
     assert len(events.of("storage.fetched")) == 2  # the hit moved nothing
 
 
+async def test_ssd_reader_does_not_wait_behind_a_promotion_in_progress(
+    start_storage: Storages, bus: Bus, registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker about to load asks for the SSD copy while a prefetch promotes the model to
+    DRAM: it gets the SSD copy at once, and the promotion still completes."""
+    svc = await start_storage()
+    uri = fake(registry, "m")
+    await ensure(bus, "m", uri, "ssd")
+    gate = threading.Event()
+    promote = svc.tiers._promote_blocking
+
+    def held(*args: Any) -> Any:
+        assert gate.wait(30), "the test never opened the gate"
+        return promote(*args)
+
+    monkeypatch.setattr(svc.tiers, "_promote_blocking", held)
+    promoting = asyncio.ensure_future(ensure(bus, "m", uri, "dram"))
+    try:
+        await asyncio.sleep(0.2)  # the promotion is now blocked inside the copy
+        assert not promoting.done()
+        reader = await asyncio.wait_for(ensure(bus, "m", uri, "ssd"), 5)
+        assert (reader.tier, reader.source_tier) == ("ssd", "ssd")
+    finally:
+        gate.set()
+    promoted = await asyncio.wait_for(promoting, 30)
+    assert promoted.tier == "dram"
+    again = await ensure(bus, "m", uri, "ssd")  # "at least as fast": the DRAM copy now
+    assert (again.tier, again.path) == ("dram", promoted.path)
+
+
 async def test_probe_publishes_tier_bandwidths_at_start(
     start_storage: Storages, redis: aioredis.Redis, keys: Keys
 ) -> None:
