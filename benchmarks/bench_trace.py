@@ -28,7 +28,7 @@ from pathlib import Path
 from benchmarks.serving.common import REPO_ROOT, log
 from benchmarks.serving.models import prepare_model
 from benchmarks.trace.report import summarise, table
-from benchmarks.trace.run import PolicyRun, Setup, run_policy
+from benchmarks.trace.run import PolicyRun, Setup, pool, run_policy
 from benchmarks.trace.workload import TraceSpec, burstiness, make_trace
 
 DEFAULT_DIR = REPO_ROOT / ".bench" / "trace"
@@ -50,12 +50,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--reps", type=int, default=2, help="replays per policy (alternating), pooled in the table"
+    )
     p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated")
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="cache and results directory")
     args = p.parse_args(argv)
     args.policies = [x.strip() for x in args.policies.split(",") if x.strip()]
-    if args.nodes < 1 or args.models < 1 or not args.policies:
-        p.error("need at least one node, one model and one policy")
+    if args.nodes < 1 or args.models < 1 or not args.policies or args.reps < 1:
+        p.error("need at least one node, one model, one policy and one rep")
     return args
 
 
@@ -130,12 +133,19 @@ def main(argv: list[str] | None = None) -> int:
         "SLLM_STREAM_IDLE_TIMEOUT": "600",
     }
     runs: list[PolicyRun] = []
-    for policy in args.policies:
-        state = root / "run" / policy
-        shutil.rmtree(state, ignore_errors=True)
-        runs.append(run_policy(policy, trace, setup, state / "state", env))
-        shutil.rmtree(state, ignore_errors=True)
-    summaries = [summarise(r) for r in runs]
+    for rep in range(1, args.reps + 1):
+        for policy in args.policies:  # alternating, so that background load hits both alike
+            log(f"rep {rep}/{args.reps}: {policy}")
+            state = root / "run" / policy
+            shutil.rmtree(state, ignore_errors=True)
+            runs.append(run_policy(policy, trace, setup, state / "state", env))
+            shutil.rmtree(state, ignore_errors=True)
+    pooled = [pool([r for r in runs if r.policy == policy]) for policy in args.policies]
+    summaries = [summarise(r) for r in pooled]
+    per_rep = {
+        policy: [round(summarise(r).mean_ttft_s, 3) for r in runs if r.policy == policy]
+        for policy in args.policies
+    }
     cvs = [c for c in (burstiness(t) for t in per_model.values()) if c == c]
     lines = [
         f"## Trace benchmark: {args.models} models, bursty arrivals, {args.nodes} nodes",
@@ -154,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     lines += table(summaries[0], summaries[1] if len(summaries) > 1 else None)
+    lines.append(
+        f"- {args.reps} replay(s) per policy, pooled; mean TTFT of each replay: "
+        + "; ".join(f"{p}: {', '.join(f'{x:.3f}' for x in xs)} s" for p, xs in per_rep.items())
+    )
     report = "\n".join(lines) + "\n"
     print(report)
     results = root / "results"
@@ -165,8 +179,14 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "args": {k: str(v) for k, v in vars(args).items()},
                 "summaries": [dataclasses.asdict(s) for s in summaries],
-                "outcomes": {r.policy: [dataclasses.asdict(o) for o in r.outcomes] for r in runs},
-                "events": {r.policy: [e for e in r.events if _kept(e)] for r in runs},
+                "runs": [
+                    {
+                        "policy": r.policy,
+                        "outcomes": [dataclasses.asdict(o) for o in r.outcomes],
+                        "events": [e for e in r.events if _kept(e)],
+                    }
+                    for r in runs
+                ],
             },
             indent=1,
         )

@@ -164,3 +164,13 @@ def run_policy(
             bus.close()
         cluster.stop()
     return run
+
+
+def pool(runs: list[PolicyRun]) -> PolicyRun:
+    """Several replays of one policy as one: outcomes and events together, wall times summed."""
+    out = PolicyRun(runs[0].policy)
+    for r in runs:
+        out.outcomes += r.outcomes
+        out.events += r.events
+        out.wall_s += r.wall_s
+    return out
