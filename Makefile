@@ -13,7 +13,7 @@ INSTALL_INPUTS := pyproject.toml $(wildcard setup.py) \
 	$(wildcard libs/loader/csrc/*.cpp libs/loader/csrc/*.hpp)
 PYTEST_ARGS ?=
 
-.PHONY: install test check lint format typecheck pytest up bench bench-loader bench-serving bench-trace clean help
+.PHONY: install test check lint format typecheck pytest up bench bench-loader bench-serving bench-trace bench-migration clean help
 
 help:
 	@echo "make up           install if needed, then run the whole system (Ctrl-C stops it)"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench-loader checkpoint loading benchmark (one table)"
 	@echo "make bench-serving time to first token: warm, cold from DRAM/SSD/registry, baseline"
 	@echo "make bench-trace   bursty many-model trace: our placement vs round-robin"
+	@echo "make bench-migration  live-migration pause vs context length, vs a KV-cache transfer"
 	@echo "make format       reformat the code"
 
 # A second run skips the install unless pyproject.toml, setup.py or the native sources changed.
@@ -62,7 +63,10 @@ bench-serving: install
 bench-trace: install
 	$(BIN)/python -m benchmarks.bench_trace
 
-bench: bench-loader bench-serving bench-trace
+bench-migration: install
+	$(BIN)/python -m benchmarks.bench_migration
+
+bench: bench-loader bench-serving bench-trace bench-migration
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

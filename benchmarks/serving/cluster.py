@@ -132,6 +132,8 @@ class BusClient:
     async def _connect(self, url: str, root: str) -> None:
         from libs.protocol import Bus
 
+        self.url = url
+
         self.bus = await Bus.connect(url, name="bench-serving", root=root, request_timeout=60)
 
         async def on_msg(msg: Any) -> None:
@@ -152,6 +154,49 @@ class BusClient:
                 self._call(self.bus.close(), 10.0)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+    def request(self, endpoint: Any, msg: Any, timeout: float, **params: str) -> Any:
+        """One typed request/reply on the bus (see `libs.protocol.Bus.request`)."""
+        return self._call(self.bus.request(endpoint, msg, timeout=timeout, **params), timeout + 10)
+
+    def throughput(self, nbytes: int, chunk: int, timeout: float = 300.0) -> float:
+        """Bytes/s from this connection to a second one through the NATS server, in
+        ``chunk``-byte messages (8 MiB windows, so no side is ever a slow consumer)."""
+        return self._call(self._throughput(nbytes, chunk), timeout)
+
+    async def _throughput(self, nbytes: int, chunk: int) -> float:
+        import nats
+
+        receiver = await nats.connect(self.url, name="bench-throughput")
+        subject = receiver.new_inbox()
+        got = [0]
+        caught_up = asyncio.Event()
+        want = [0]
+
+        async def on_msg(msg: Any) -> None:
+            got[0] += len(msg.data)
+            if got[0] >= want[0]:
+                caught_up.set()
+
+        await receiver.subscribe(subject, cb=on_msg)
+        await receiver.flush()
+        payload = os.urandom(chunk)
+        window = max(chunk, 8 << 20)
+        t0 = time.perf_counter()
+        sent = 0
+        try:
+            while sent < nbytes:
+                batch_end = min(sent + window, nbytes)
+                while sent < batch_end:
+                    await self.bus.nc.publish(subject, payload)
+                    sent += chunk
+                want[0] = sent
+                caught_up.clear()
+                if got[0] < sent:
+                    await asyncio.wait_for(caught_up.wait(), 60)
+            return sent / (time.perf_counter() - t0)
+        finally:
+            await receiver.close()
 
     # --- storage --------------------------------------------------------------------------
 

@@ -37,13 +37,14 @@ class EstimateRecord:
     seconds: float
 
 
-# KEYS[1] = worker hash; ARGV[1] = instance id. Take the worker only if it exists and is free.
+# KEYS[1] = worker hash; ARGV[1] = instance id. Take the worker only if it exists and is free;
+# 0 when not, else its epoch + 1 (which registration of the worker the instance belongs to).
 _RESERVE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local cur = redis.call('HGET', KEYS[1], 'instance_id')
 if cur and cur ~= '' then return 0 end
 redis.call('HSET', KEYS[1], 'instance_id', ARGV[1])
-return 1
+return (tonumber(redis.call('HGET', KEYS[1], 'epoch')) or 0) + 1
 """
 
 # Free the worker only if it still holds this instance (a stale release must not free a
@@ -54,6 +55,16 @@ if redis.call('HGET', KEYS[1], 'instance_id') == ARGV[1] then
   return 1
 end
 return 0
+"""
+
+# KEYS[1] = instance record, KEYS[2] = the model's instance set, KEYS[3] = its worker hash;
+# ARGV[1] = instance id. Delete the record only if the worker no longer holds the instance.
+_FORGET_ORPHAN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[3], 'instance_id') == ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
 """
 
 
@@ -90,6 +101,7 @@ def _worker_record(worker_id: str, fields: dict[Any, Any], alive: Any) -> Worker
         device=f.get("device", ""),
         instance_id=f.get("instance_id", ""),
         alive=bool(alive),
+        epoch=int(f.get("epoch") or 0),
     )
 
 
@@ -101,6 +113,7 @@ class ClusterState:
         self._release = redis.register_script(_RELEASE)
         self._lease = redis.register_script(_LEASE)
         self._unlease = redis.register_script(_UNLEASE)
+        self._forget_orphan = redis.register_script(_FORGET_ORPHAN)
 
     # --- leases -----------------------------------------------------------------------------
 
@@ -179,6 +192,17 @@ class ClusterState:
             pipe.srem(self.keys.model_instances(rec.model), rec.instance_id)
             await pipe.execute()
 
+    async def forget_orphaned_instance(self, rec: InstanceRecord) -> bool:
+        """Delete the record of an instance whose worker no longer holds it (the worker
+        restarted, which frees it, or was given to another instance); atomic, so that it never
+        deletes an instance its worker holds. True if the record was deleted."""
+        keys = [
+            self.keys.instance(rec.instance_id),
+            self.keys.model_instances(rec.model),
+            self.keys.worker(rec.worker_id),
+        ]
+        return bool(await self._forget_orphan(keys=keys, args=[rec.instance_id]))
+
     # --- workers ----------------------------------------------------------------------------
 
     async def register_worker(self, worker_id: str, node_id: str, device: str) -> None:
@@ -188,6 +212,7 @@ class ClusterState:
                 self.keys.worker(worker_id),
                 mapping={"node_id": node_id, "device": device, "instance_id": ""},
             )
+            pipe.hincrby(self.keys.worker(worker_id), "epoch", 1)
             pipe.sadd(self.keys.workers, worker_id)
             await pipe.execute()
 
@@ -222,7 +247,13 @@ class ClusterState:
 
     async def reserve_worker(self, worker_id: str, instance_id: str) -> bool:
         """Atomically give a free worker to ``instance_id``; False if it is taken or gone."""
-        return bool(await self._reserve(keys=[self.keys.worker(worker_id)], args=[instance_id]))
+        return await self.reserve(worker_id, instance_id) is not None
+
+    async def reserve(self, worker_id: str, instance_id: str) -> int | None:
+        """`reserve_worker`, returning the worker's epoch (None: not reserved), for the
+        instance record: a record whose epoch is not its worker's is from before a restart."""
+        got = int(await self._reserve(keys=[self.keys.worker(worker_id)], args=[instance_id]))
+        return got - 1 if got else None
 
     async def release_worker(self, worker_id: str, instance_id: str) -> bool:
         """Free the worker if it still holds ``instance_id``."""

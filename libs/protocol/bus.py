@@ -33,6 +33,7 @@ from .errors import (
     InternalError,
     NoRespondersError,
     OverloadedError,
+    StreamHandedOver,
     UnavailableError,
     error_for_code,
 )
@@ -461,6 +462,8 @@ class Bus:
         except asyncio.CancelledError:
             # The consumer cancelled (or the bus is closing): nobody is listening any more.
             raise
+        except StreamHandedOver:
+            return  # another producer continues the stream at the next sequence number
         except BusError as exc:
             await ack()
             await writer.fail(exc)
@@ -474,6 +477,31 @@ class Bus:
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
+
+    def continue_stream(
+        self,
+        endpoint: StreamEndpoint[Any, Any, Any],
+        chunks: AsyncIterator[Message],
+        *,
+        inbox: str,
+        start_seq: int,
+    ) -> tuple[str, str]:
+        """Produce ``chunks`` into a stream another producer began (live migration): frames
+        numbered from ``start_seq`` go to ``inbox``, exactly as `serve` would publish them.
+
+        The stream can be cancelled like any this bus produces (when it serves a stream
+        endpoint); returns the ``(cancel subject, stream id)`` a consumer would cancel it with.
+        """
+
+        async def no_ack() -> None:
+            return None
+
+        writer = StreamWriter(self.nc, inbox, start_seq=start_seq)
+        stream_id = self.nc._nuid.next().decode()
+        task = self.spawn(self._produce(endpoint, writer, chunks, _Ack(inbox, no_ack)))
+        self._streams[stream_id] = task
+        task.add_done_callback(lambda _: self._streams.pop(stream_id, None))
+        return self.subjects.stream_cancel(self.instance_id), stream_id
 
     async def _serve_cancels(self) -> None:
         if self._cancel_sub is not None:

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from .messages import (
+    AdoptAbortReply,
+    AdoptAbortRequest,
+    AdoptCommitRequest,
+    AdoptDeltaRequest,
+    AdoptReply,
+    AdoptRequest,
     DeployReply,
     DeployRequest,
     EnsureReply,
@@ -14,6 +20,10 @@ from .messages import (
     InfoRequest,
     LoadReply,
     LoadRequest,
+    MigrateInstanceReply,
+    MigrateInstanceRequest,
+    MigrateReply,
+    MigrateRequest,
     PlaceReply,
     PlaceRequest,
     ServiceInfoReply,
@@ -45,3 +55,20 @@ WORKER_GENERATE = StreamEndpoint(
 
 STORAGE_ENSURE = Endpoint("ensure", "storage.{node_id}.ensure", EnsureRequest, EnsureReply)
 STORAGE_EVICT = Endpoint("evict", "storage.{node_id}.evict", EvictRequest, EvictReply)
+
+# Live migration: the scheduler asks the source worker (migrate); the source drives the
+# destination worker (adopt, then deltas, then commit or abort).
+SCHED_MIGRATE = Endpoint(
+    "migrate_instance", "sched.migrate", MigrateInstanceRequest, MigrateInstanceReply
+)
+WORKER_MIGRATE = Endpoint("migrate", "worker.{worker_id}.migrate", MigrateRequest, MigrateReply)
+WORKER_ADOPT = Endpoint("adopt", "worker.{worker_id}.adopt", AdoptRequest, AdoptReply)
+WORKER_ADOPT_DELTA = Endpoint(
+    "adopt_delta", "worker.{worker_id}.adopt_delta", AdoptDeltaRequest, AdoptReply
+)
+WORKER_ADOPT_COMMIT = Endpoint(
+    "adopt_commit", "worker.{worker_id}.adopt_commit", AdoptCommitRequest, AdoptReply
+)
+WORKER_ADOPT_ABORT = Endpoint(
+    "adopt_abort", "worker.{worker_id}.adopt_abort", AdoptAbortRequest, AdoptAbortReply
+)

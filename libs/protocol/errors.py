@@ -124,3 +124,8 @@ def error_for_code(code: str, message: str, detail: dict[str, object] | None = N
         detail = {**(detail or {}), "raw_code": code}
         cls = InternalError
     return cls(message, detail=detail)
+
+
+class StreamHandedOver(Exception):
+    """Raised by a stream's chunk iterator when another producer continues the stream (a live
+    migration): the producer stops without sending an end, last or error frame."""

@@ -174,6 +174,24 @@ class RequestCompletedEvent(Event):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str = ""
+    failovers: int = 0  # times the generation was resumed elsewhere after its instance died
+
+
+class RequestFailoverEvent(Event):
+    """A generation whose instance died mid-stream, resumed on another instance from the prompt
+    plus the ``tokens`` already sent (the client's stream goes on unbroken)."""
+
+    kind: Literal["request.failover"] = "request.failover"
+    request_id: str
+    model: str
+    from_instance_id: str
+    from_worker_id: str
+    to_instance_id: str
+    to_worker_id: str
+    tokens: int  # generated before the failure: recomputed, not generated again
+    attempt: int  # 1 for the first failover of this request
+    reason: str  # why the old instance counts as gone
+    wait_s: float  # from the failure to the new instance's acknowledgement
 
 
 class StorageSkippedEvent(Event):
@@ -228,6 +246,67 @@ class PrefetchEvent(Event):
     replicas: int
 
 
+class MigrationStartedEvent(Event):
+    """The source began moving one generation to another worker."""
+
+    kind: Literal["migration.started"] = "migration.started"
+    migration_id: str
+    request_id: str
+    instance_id: str  # the source instance
+    worker_id: str
+    destination_instance_id: str
+    destination_worker_id: str
+    tokens: int  # prompt + generated tokens at the start
+
+
+class MigrationRoundEvent(Event):
+    """One round done: ``round`` 0 is the first prefill of everything so far, later rounds
+    are catch-up deltas; ``gap`` is how many tokens the source is ahead afterwards."""
+
+    kind: Literal["migration.round"] = "migration.round"
+    migration_id: str
+    request_id: str
+    instance_id: str
+    round: int
+    tokens_sent: int
+    gap: int
+    seconds: float
+
+
+class MigrationCommittedEvent(Event):
+    """The destination took over the stream (emitted by the destination once its first frame
+    is out). ``pause_s``: from the source's last published frame to the destination's first
+    (wall clocks of two machines: as good as their sync). ``cancel_subject`` and ``stream_id``
+    name the new producer, for a consumer that wants to cancel it."""
+
+    kind: Literal["migration.committed"] = "migration.committed"
+    migration_id: str
+    request_id: str
+    source_instance_id: str
+    source_worker_id: str
+    instance_id: str  # the destination instance, now producing
+    worker_id: str
+    inbox: str
+    start_seq: int
+    rounds: int
+    tokens_recomputed: int
+    pause_s: float | None = None
+    cancel_subject: str = ""
+    stream_id: str = ""
+
+
+class MigrationAbortedEvent(Event):
+    """The generation stays where it was (or, when the source died, with whoever resumes it);
+    ``side`` says who gave up."""
+
+    kind: Literal["migration.aborted"] = "migration.aborted"
+    migration_id: str
+    request_id: str
+    instance_id: str
+    side: Literal["source", "destination"]
+    reason: str
+
+
 def event_kind(cls: type[Event]) -> str:
     """The kind an event class publishes under (its ``kind`` field's default)."""
     default = cls.model_fields["kind"].default
@@ -254,9 +333,14 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ScaledEvent,
         DeploymentEvent,
         RequestCompletedEvent,
+        RequestFailoverEvent,
         StorageSkippedEvent,
         LoadReportEvent,
         EstimateEvent,
         PrefetchEvent,
+        MigrationStartedEvent,
+        MigrationRoundEvent,
+        MigrationCommittedEvent,
+        MigrationAbortedEvent,
     )
 }

@@ -23,6 +23,7 @@ class InstanceRecord(Message):
     source_tier: Tier | None = None
     load_s: float | None = None
     error: str = ""
+    worker_epoch: int = 0  # the worker's epoch when it was reserved (0: unknown)
 
 
 class WorkerRecord(Message):
@@ -33,6 +34,7 @@ class WorkerRecord(Message):
     device: str
     instance_id: str = ""
     alive: bool = False
+    epoch: int = 0  # how many times it registered: a restarted worker has a new epoch
 
 
 class NodeRecord(Message):

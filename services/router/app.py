@@ -23,6 +23,7 @@ from libs.protocol.events import (
     InstanceFailedEvent,
     InstanceReadyEvent,
     InstanceStoppedEvent,
+    MigrationCommittedEvent,
 )
 
 from .cluster import ClusterView
@@ -84,6 +85,8 @@ class RouterService(Service):
             self.bus, view, self._starts, self.metrics, s, self.instance_id, demand=demand
         )
         self._serving = OpenAIServing(backend)
+        watch = asyncio.create_task(backend.watch())  # liveness of silent instances
+        self._stack.callback(watch.cancel)
         self._deployments = DeploymentsApi(backend)
 
         async def on_instance(ev: InstanceReadyEvent) -> None:
@@ -93,6 +96,16 @@ class RouterService(Service):
             view.changed(ev.model)
             why = ev.reason if isinstance(ev, InstanceStoppedEvent) else ev.error
             await backend.instance_gone(ev.instance_id, why or ev.kind)
+
+        async def on_migrated(ev: MigrationCommittedEvent) -> None:
+            await backend.migrated(
+                ev.request_id,
+                inbox=ev.inbox,
+                instance_id=ev.instance_id,
+                worker_id=ev.worker_id,
+                cancel_subject=ev.cancel_subject,
+                stream_id=ev.stream_id,
+            )
 
         async def on_deployment(ev: DeploymentEvent) -> None:
             view.forget_deployment(ev.name)
@@ -110,6 +123,9 @@ class RouterService(Service):
         )
         await bus.subscribe(
             subjects.event("deployment.changed"), DeploymentEvent, on_deployment, json=True
+        )
+        await bus.subscribe(
+            subjects.event("migration.committed"), MigrationCommittedEvent, on_migrated, json=True
         )
 
     async def on_stop(self) -> None:

@@ -1,8 +1,12 @@
 """One request's generation: finding an instance, the worker's token stream, and its accounting.
 
-A `Generation` keeps the prompt's token ids and every generated token id, so that a later
-failover or migration can resume it elsewhere with ``generated_token_ids`` and the stream's
-next sequence number (see `resume_request`).
+A `Generation` keeps the prompt's token ids and every generated token id, so that it can be
+resumed elsewhere with ``generated_token_ids`` and the stream's next sequence number (see
+`resume_request`). Failover: when the instance dies mid-stream (its stop or failure event, a
+liveness check of its worker after a silence, or the idle timeout), the generation goes on
+on another ready instance, or one started for it, and the client sees one unbroken stream.
+Sampling is a pure function of (seed, position) and the router always sends a seed, so a
+resumed sampled generation continues exactly as the uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from redis.exceptions import RedisError
+
 from libs.protocol import Bus, StreamReader, StreamWriter
-from libs.protocol.endpoints import WORKER_GENERATE
+from libs.protocol.endpoints import SERVICE_INFO, WORKER_GENERATE
 from libs.protocol.errors import (
     BusError,
+    BusTimeoutError,
     ConflictError,
     InternalError,
     NoRespondersError,
@@ -24,12 +31,23 @@ from libs.protocol.errors import (
     OverloadedError,
     UnavailableError,
 )
-from libs.protocol.events import RequestCompletedEvent
-from libs.protocol.messages import GenerateReply, GenerateRequest, TokenChunk, Usage
+from libs.protocol.events import (
+    InstanceStoppedEvent,
+    RequestCompletedEvent,
+    RequestFailoverEvent,
+)
+from libs.protocol.messages import (
+    GenerateReply,
+    GenerateRequest,
+    InfoRequest,
+    TokenChunk,
+    Usage,
+)
 from libs.protocol.state import InstanceRecord
 
-from .cluster import ClusterView, least_loaded
+from .cluster import ClusterView, least_loaded, read
 from .demand import DemandTracker
+from .failover import GONE_ERRORS, Probe, gone_reason, latest, may_fail_over, silent
 from .metrics import UNKNOWN_MODEL, RouterMetrics
 from .placement import BACKOFF_MAX_S, BACKOFF_MIN_S, ColdStarts
 from .settings import RouterSettings
@@ -42,6 +60,12 @@ INSTANCE_UNUSABLE = (NotFoundError, ConflictError, NoRespondersError, Unavailabl
 SUSPECT_S = 5.0
 # Unusable instances tolerated per request before it fails.
 MAX_UNUSABLE = 3
+# How long an instance found dead stays out of the ready list (ids are never reused).
+DEAD_S = 600.0
+# How long a liveness check waits for the worker's answer (no answer proves nothing).
+PROBE_TIMEOUT_S = 2.0
+# How often the record of a dead instance is checked for a worker that came back without it.
+ORPHAN_POLL_S = 0.25
 
 Status = Literal["ok", "error", "cancelled"]
 
@@ -59,12 +83,140 @@ class Backend:
     # Generations streaming from each instance, so that the instance's end can end them.
     streaming: dict[str, set[Generation]] = field(default_factory=dict)
     demand: DemandTracker | None = None  # the autoscaler's demand signal
+    # Started generations by request id (a migration names its request).
+    by_request: dict[str, Generation] = field(default_factory=dict)
+    _probed: dict[str, float] = field(default_factory=dict)  # instance -> last liveness check
+    _probing: set[str] = field(default_factory=set)
 
     async def instance_gone(self, instance_id: str, why: str) -> None:
         """End the streams of an instance that stopped or failed, instead of letting each
-        wait for the idle timeout (a dead worker sends nothing more)."""
+        wait for the idle timeout (a dead worker sends nothing more); each then fails over."""
+        self.view.suspect(instance_id, DEAD_S)
         for gen in list(self.streaming.get(instance_id, ())):
             await gen.abort(UnavailableError(f"instance {instance_id} ended: {why}"))
+
+    async def migrated(
+        self,
+        request_id: str,
+        *,
+        inbox: str,
+        instance_id: str,
+        worker_id: str,
+        cancel_subject: str = "",
+        stream_id: str = "",
+    ) -> None:
+        """A live migration moved a generation's stream to another instance: follow it, so
+        that the old instance's end does not end the stream and a cancel reaches the new
+        producer. Ignored when the generation has since moved on (failover: another inbox)."""
+        gen = self.by_request.get(request_id)
+        old = gen.instance if gen is not None else None
+        if gen is None or old is None or gen.inbox != inbox or old.instance_id == instance_id:
+            return
+        try:
+            rec = await self.view.instance(instance_id)
+        except UnavailableError:
+            rec = None
+        if rec is None:
+            rec = old.model_copy(update={"instance_id": instance_id, "worker_id": worker_id})
+        gen.moved(rec, cancel_subject, stream_id)
+
+    # --- liveness ---------------------------------------------------------------------------
+
+    async def watch(self) -> None:
+        """Check the worker of every instance whose streams have all gone silent for
+        ``liveness_probe_interval``: a dead one is found within about that time, rather than
+        when its heartbeat lapses and the scheduler's sweep reports it (seconds later)."""
+        interval = self.settings.liveness_probe_interval
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(max(interval / 2, 0.05))
+            try:
+                self.check_silent(time.monotonic())
+            except Exception:  # a bug here must not end the watch
+                log.exception("liveness sweep failed")
+
+    def check_silent(self, now: float) -> None:
+        """Start a liveness check of each instance `silent` names (one at a time each)."""
+        interval = self.settings.liveness_probe_interval
+        last = latest(
+            (iid, gen.last_frame_at) for iid, gens in self.streaming.items() for gen in gens
+        )
+        for iid in list(self._probed):
+            if iid not in last:
+                del self._probed[iid]
+        for iid in silent(last, now, interval, self._probed):
+            gens = self.streaming.get(iid)
+            inst = next(iter(gens)).instance if gens else None
+            if inst is None or iid in self._probing:
+                continue
+            self._probed[iid] = now
+            self._probing.add(iid)
+            self.bus.spawn(self._check(inst))
+
+    async def _check(self, inst: InstanceRecord) -> None:
+        try:
+            why = await self.liveness(inst)
+        except Exception as exc:  # a check that cannot be made proves nothing
+            log.warning("liveness check of %s failed: %r", inst.instance_id, exc)
+            return
+        finally:
+            self._probing.discard(inst.instance_id)
+        if why is None:
+            return
+        log.warning("instance %s of %s is gone: %s", inst.instance_id, inst.model, why)
+        self.view.changed(inst.model)
+        self.bus.spawn(self._forget_when_orphaned(inst, why))
+        await self.instance_gone(inst.instance_id, why)
+
+    async def _forget_when_orphaned(self, inst: InstanceRecord, why: str) -> None:
+        """The scheduler forgets the instances of a worker whose heartbeat lapses, but not
+        those of a worker that restarted in time (alive again, and free): placement would
+        keep offering such an instance. Forget it here once its worker is seen not to hold
+        it (a restarting worker registers within seconds), until the record is gone anyway."""
+        state = self.view.state
+        deadline = time.monotonic() + 3 * self.settings.heartbeat_ttl
+        while time.monotonic() < deadline:
+            try:
+                if await state.forget_orphaned_instance(inst):
+                    await self.bus.emit(
+                        InstanceStoppedEvent(
+                            source=self.source,
+                            instance_id=inst.instance_id,
+                            model=inst.model,
+                            worker_id=inst.worker_id,
+                            reason=f"worker died: {why}",
+                        )
+                    )
+                    return
+                if await state.get_instance(inst.instance_id) is None:
+                    return  # the scheduler forgot it
+            except (RedisError, OSError, BusError) as exc:
+                log.warning("instance %s not forgotten yet: %r", inst.instance_id, exc)
+            await asyncio.sleep(ORPHAN_POLL_S)
+
+    async def liveness(self, inst: InstanceRecord) -> str | None:
+        """Why ``inst`` is gone, or None when it may be alive (see `gone_reason`)."""
+        probe: Probe
+        try:
+            await self.bus.request(
+                SERVICE_INFO,
+                InfoRequest(),
+                timeout=min(PROBE_TIMEOUT_S, self.settings.request_timeout),
+                kind="worker",
+                instance_id=inst.worker_id,
+            )
+            probe = "answered"
+        except NoRespondersError:
+            probe = "no_responders"
+        except BusTimeoutError:
+            probe = "timeout"
+        except BusError:
+            probe = "error"
+        if probe == "no_responders":
+            return gone_reason(probe, None, inst.instance_id)
+        worker = await read("a worker", lambda: self.view.state.get_worker(inst.worker_id))
+        return gone_reason(probe, worker, inst.instance_id)
 
 
 @dataclass
@@ -86,7 +238,10 @@ class Generation:
         self.times = Timings()
         self.deadline = self.times.arrived + backend.settings.start_timeout
         self.deployed = False
-        self.instance: InstanceRecord | None = None
+        self.instance: InstanceRecord | None = None  # the instance streaming now
+        self.served_by: InstanceRecord | None = None  # the latest instance that streamed
+        self.failovers = 0
+        self.last_frame_at = self.times.arrived  # the stream's start or its latest frame
         self.prompt_token_ids: list[int] = []
         self.generated_token_ids: list[int] = []
         self.finish_reason: str | None = None
@@ -95,6 +250,7 @@ class Generation:
         self._reader: StreamReader[GenerateReply, TokenChunk] | None = None
         self._finished = False
         self._counted = False  # counted in the demand signal
+        self._in_flight = False  # counted in the in-flight gauge
 
     @property
     def model(self) -> str:
@@ -103,6 +259,10 @@ class Generation:
     @property
     def label(self) -> str:
         return self.model if self.deployed else UNKNOWN_MODEL
+
+    @property
+    def inbox(self) -> str:
+        return self._reader.inbox if self._reader is not None else ""
 
     # --- start ----------------------------------------------------------------------------
 
@@ -127,13 +287,24 @@ class Generation:
         if b.demand is not None:
             b.demand.begin(self.model)
             self._counted = True
-        avoid: set[str] = set()
+        reader = await self._connect(self.request, set())
+        self.prompt_token_ids = list(reader.ack.prompt_token_ids)
+        b.metrics.in_flight.labels(self.model).inc()
+        self._in_flight = True
+        b.by_request[self.request.request_id] = self
+
+    async def _connect(
+        self, request: GenerateRequest, avoid: set[str]
+    ) -> StreamReader[GenerateReply, TokenChunk]:
+        """Open ``request``'s stream on a ready instance (waiting for one, bounded by the
+        deadline) and make it this generation's stream."""
+        b = self.backend
         unusable = 0
         while True:
             inst = await self._acquire(avoid)
             b.view.begin(inst.instance_id)
             try:
-                reader = await self._open(inst)
+                reader = await self._open(inst, request)
             except OverloadedError:
                 b.view.end(inst.instance_id)
                 avoid.add(inst.instance_id)
@@ -154,19 +325,46 @@ class Generation:
             except BaseException:
                 b.view.end(inst.instance_id)
                 raise
-            self.instance = inst
             self._reader = reader
-            b.streaming.setdefault(inst.instance_id, set()).add(self)
-            self.prompt_token_ids = list(reader.ack.prompt_token_ids)
-            b.metrics.in_flight.labels(self.model).inc()
-            return
+            self._bind(inst)
+            return reader
 
-    async def _open(self, inst: InstanceRecord) -> StreamReader[GenerateReply, TokenChunk]:
+    def _bind(self, inst: InstanceRecord) -> None:
+        """Stream from ``inst`` (already counted in the view's in-flight counts)."""
+        self.instance = self.served_by = inst
+        self.last_frame_at = time.monotonic()
+        self.backend.streaming.setdefault(inst.instance_id, set()).add(self)
+
+    def _unbind(self) -> None:
+        inst, self.instance = self.instance, None
+        if inst is None:
+            return
+        b = self.backend
+        b.view.end(inst.instance_id)
+        streams = b.streaming.get(inst.instance_id)
+        if streams is not None:
+            streams.discard(self)
+            if not streams:
+                del b.streaming[inst.instance_id]
+
+    def moved(self, inst: InstanceRecord, cancel_subject: str = "", stream_id: str = "") -> None:
+        """The stream now comes from ``inst`` (a live migration; same inbox, same numbering)."""
+        if self.instance is None or self._reader is None:
+            return
+        self._unbind()
+        self.backend.view.begin(inst.instance_id)
+        self._bind(inst)
+        if cancel_subject and stream_id:
+            self._reader.bind_cancel(cancel_subject, stream_id)
+
+    async def _open(
+        self, inst: InstanceRecord, request: GenerateRequest
+    ) -> StreamReader[GenerateReply, TokenChunk]:
         b = self.backend
         opening = asyncio.ensure_future(
             b.bus.stream(
                 WORKER_GENERATE,
-                self.request,
+                request,
                 worker_id=inst.worker_id,
                 timeout=b.settings.request_timeout,
                 idle_timeout=b.settings.stream_idle_timeout,
@@ -219,29 +417,102 @@ class Generation:
     # --- tokens ---------------------------------------------------------------------------
 
     async def next_chunk(self) -> TokenChunk | None:
-        """The next chunk from the worker, or None after the last one."""
-        if self._reader is None or self.finish_reason is not None:
-            return None
+        """The next chunk from the worker, or None after the last one; resumes the generation
+        on another instance when its instance dies (see `_fail_over`)."""
+        while True:
+            reader = self._reader
+            if reader is None or self.finish_reason is not None:
+                return None
+            try:
+                chunk = await reader.__anext__()
+            except StopAsyncIteration:
+                # A producer that ends without saying why has nothing more to give.
+                self.finish_reason = "stop"
+                return None
+            except GONE_ERRORS as exc:
+                await self._fail_over(exc)
+                continue
+            self.last_frame_at = time.monotonic()
+            if chunk.finish_reason in ("cancelled", "error"):
+                # The worker gave up on it (stopping): what came with it stands, the rest
+                # comes from elsewhere.
+                cut = chunk.model_copy(update={"finish_reason": None, "usage": None})
+                self._record(cut)
+                await self._fail_over(
+                    UnavailableError(
+                        f"the worker ended the generation ({chunk.finish_reason})",
+                        detail={"instance": self.instance.instance_id if self.instance else ""},
+                    )
+                )
+                if cut.token_ids or cut.text:
+                    return cut
+                continue
+            self._record(chunk)
+            return chunk
+
+    async def _fail_over(self, exc: BusError) -> None:
+        """Resume the generation on another instance from the prompt plus the tokens already
+        received, on a fresh inbox (a producer that is not quite dead can never interleave
+        with the new one) numbered on from the old stream; raise ``exc`` when not allowed or
+        when no instance can take it in time."""
+        b = self.backend
+        old, reader = self.instance, self._reader
+        allowed = may_fail_over(
+            done=self.failovers,
+            limit=b.settings.failover_attempts,
+            finished=self.finish_reason is not None,
+            started=old is not None and reader is not None,
+        )
+        if not allowed or old is None or reader is None:
+            raise exc
+        self.failovers += 1
+        failed_at = time.monotonic()
+        log.warning(
+            "request %s: instance %s gone after %d tokens (%s); resuming elsewhere",
+            self.request.request_id,
+            old.instance_id,
+            len(self.generated_token_ids),
+            exc.message,
+        )
+        b.view.suspect(old.instance_id, DEAD_S)
+        b.view.changed(self.model)
+        resume = self.resume_request().model_copy(update={"inbox": ""})
+        await reader.aclose()
+        self._unbind()
+        self.deadline = failed_at + b.settings.start_timeout
         try:
-            chunk = await self._reader.__anext__()
-        except StopAsyncIteration:
-            # A producer that ends without saying why has nothing more to give.
-            self.finish_reason = "stop"
-            return None
-        self._record(chunk)
-        if chunk.finish_reason in ("cancelled", "error"):
+            await self._connect(resume, {old.instance_id})
+        except BusError as err:
             raise UnavailableError(
-                f"the worker ended the generation ({chunk.finish_reason})",
-                detail={"instance": self.instance.instance_id if self.instance else ""},
+                f"{exc.message}; resuming the generation elsewhere failed: {err.message}",
+                detail={"instance": old.instance_id, "model": self.model},
+            ) from None
+        new = self.instance
+        if new is None:  # _connect binds an instance or raises
+            raise InternalError("failover connected to no instance")
+        await b.bus.emit(
+            RequestFailoverEvent(
+                source=b.source,
+                request_id=self.request.request_id,
+                model=self.model,
+                from_instance_id=old.instance_id,
+                from_worker_id=old.worker_id,
+                to_instance_id=new.instance_id,
+                to_worker_id=new.worker_id,
+                tokens=len(self.generated_token_ids),
+                attempt=self.failovers,
+                reason=exc.message[:1000],
+                wait_s=round(time.monotonic() - failed_at, 6),
             )
-        return chunk
+        )
 
     def _record(self, chunk: TokenChunk) -> None:
         now = time.monotonic()
         if chunk.token_ids and self.times.first_token_at is None:
             self.times.first_token_at = now
             self.backend.metrics.ttft.labels(self.model).observe(now - self.times.arrived)
-        if chunk.prefill_s is not None:
+        if chunk.prefill_s is not None and not self.failovers:
+            # After a failover the new worker's "prefill" recomputes the tokens so far too.
             self.times.prefill_s = chunk.prefill_s
         if chunk.decode_s is not None:
             self.times.decode_s = chunk.decode_s
@@ -258,11 +529,17 @@ class Generation:
         )
 
     def resume_request(self) -> GenerateRequest:
-        """The request that continues this generation elsewhere (failover, migration)."""
+        """The request that continues this generation elsewhere (failover, migration): the
+        prompt as the token ids the first worker made of it, the tokens generated so far, the
+        same sampling (seed included) and the stream's inbox and next sequence number."""
         if self._reader is None:
             raise InternalError("nothing to resume: the generation never started")
+        prompt: dict[str, object] = {}
+        if self.prompt_token_ids:
+            prompt = {"prompt": None, "messages": None, "prompt_token_ids": self.prompt_token_ids}
         return self.request.model_copy(
             update={
+                **prompt,
                 "generated_token_ids": list(self.generated_token_ids),
                 "inbox": self._reader.inbox,
                 "start_seq": self._reader.next_seq,
@@ -302,15 +579,14 @@ class Generation:
             b.demand.end(self.model)
         if self._reader is not None:
             await self._reader.aclose()
-        if self.instance is not None:
-            iid = self.instance.instance_id
-            b.view.end(iid)
-            streams = b.streaming.get(iid)
-            if streams is not None:
-                streams.discard(self)
-                if not streams:
-                    del b.streaming[iid]
+        self._unbind()
+        if b.by_request.get(self.request.request_id) is self:
+            del b.by_request[self.request.request_id]
+        if self._in_flight:
             b.metrics.in_flight.labels(self.model).dec()
+        if self.failovers and self.times.first_token_at is not None:
+            # No worker saw the whole decode: the router's view of it.
+            self.times.decode_s = max(self.last_frame_at - self.times.first_token_at, 0.0)
         total_s = time.monotonic() - self.times.arrived
         status = self.status
         code = _code(self.error)
@@ -322,13 +598,14 @@ class Generation:
             b.metrics.queue_wait.labels(self.model).observe(self.times.queue_s)
             b.metrics.tokens.labels(self.model).inc(len(self.generated_token_ids))
         usage = self.final_usage()
+        served = self.served_by
         await b.bus.emit(
             RequestCompletedEvent(
                 source=b.source,
                 request_id=self.request.request_id,
                 model=self.model,
-                instance_id=self.instance.instance_id if self.instance else "",
-                worker_id=self.instance.worker_id if self.instance else "",
+                instance_id=served.instance_id if served else "",
+                worker_id=served.worker_id if served else "",
                 status=status,
                 finish_reason=self.finish_reason or "",
                 queue_s=round(self.times.queue_s, 6),
@@ -339,6 +616,7 @@ class Generation:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 error=_describe(self.error),
+                failovers=self.failovers,
             )
         )
 

@@ -333,7 +333,7 @@ class InstanceOut(_Response):
 
     @classmethod
     def of(cls, rec: InstanceRecord) -> InstanceOut:
-        return cls.model_validate(rec.model_dump(exclude={"model"}))
+        return cls.model_validate(rec.model_dump(exclude={"model", "worker_epoch"}))
 
 
 class DeploymentOut(_Response):

@@ -3,6 +3,7 @@ of `Generation`."""
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -171,6 +172,10 @@ class OpenAIServing:
         prompt_token_ids: list[int] | None = None,
         keep_alive_s: float | None = None,
     ) -> GenerateRequest:
+        if params.seed is None:
+            # Fixed here, not by the worker: a generation resumed elsewhere after a failover
+            # then samples exactly what the uninterrupted one would have.
+            params = params.model_copy(update={"seed": secrets.randbits(63)})
         try:
             req = GenerateRequest(
                 request_id=request_id,

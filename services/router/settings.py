@@ -40,6 +40,16 @@ class RouterSettings(CommonSettings):
         "seconds between re-publications of the router's demand for the autoscaler (changes "
         "go out at once); the scheduler forgets a router silent for 3 of these",
     )
+    failover_attempts: int = setting(
+        2,
+        "times one generation whose instance dies mid-stream is resumed on another instance "
+        "from the prompt plus the tokens already sent (0: off; the request fails instead)",
+    )
+    liveness_probe_interval: float = setting(
+        1.0,
+        "seconds without a token on any stream of an instance after which the router checks "
+        "that its worker is alive (0: rely on the scheduler's instance events only)",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -57,5 +67,9 @@ class RouterSettings(CommonSettings):
                 raise SettingsError(f"SLLM_{name.upper()} must be positive")
         if not 1 <= self.default_max_tokens <= MAX_TOKENS_LIMIT:
             raise SettingsError(f"SLLM_DEFAULT_MAX_TOKENS must be in 1..{MAX_TOKENS_LIMIT}")
+        if self.failover_attempts < 0:
+            raise SettingsError("SLLM_FAILOVER_ATTEMPTS must be 0 or more")
+        if self.liveness_probe_interval < 0:
+            raise SettingsError("SLLM_LIVENESS_PROBE_INTERVAL must be 0 or more")
         if any(any(c.isspace() for c in k) for k in self.api_keys):
             raise SettingsError("SLLM_API_KEYS: keys must not contain whitespace")

@@ -14,6 +14,7 @@ from libs.common.service import Service, ServiceKind
 from libs.protocol import BusError, Route, route
 from libs.protocol.endpoints import (
     SCHED_DEPLOY,
+    SCHED_MIGRATE,
     SCHED_PLACE,
     SCHED_UNDEPLOY,
     WORKER_LOAD,
@@ -31,6 +32,8 @@ from libs.protocol.messages import (
     DeployReply,
     DeployRequest,
     LoadRequest,
+    MigrateInstanceReply,
+    MigrateInstanceRequest,
     PlaceReply,
     PlaceRequest,
     UndeployReply,
@@ -41,6 +44,7 @@ from libs.protocol.state import InstanceRecord
 
 from .autoscaler import may_take_worker, remaining_load_s, start_beside_loading
 from .loads import LoadFeedback
+from .migration import Orchestrator
 from .placement import NodeView, SourceTier, WorkerView, rank, round_robin
 from .prefetch import prefetch
 from .scaling import ScaleLoop
@@ -74,7 +78,12 @@ class SchedulerService(Service):
             route(SCHED_PLACE, self.place),
             route(SCHED_DEPLOY, self.deploy),
             route(SCHED_UNDEPLOY, self.undeploy),
+            route(SCHED_MIGRATE, self.migrate_instance),
         ]
+
+    async def migrate_instance(self, req: MigrateInstanceRequest) -> MigrateInstanceReply:
+        """Move an instance's running generations to another worker (see `Orchestrator`)."""
+        return await self.migrations.migrate(req)
 
     async def on_start(self) -> None:
         self.state = ClusterState(self.redis, self.keys)
@@ -95,6 +104,13 @@ class SchedulerService(Service):
             place_new=self._place_new,
             live_instances=self._live_instances,
             forget=self._forget,
+            unload_timeout=max(self.settings.request_timeout, 30.0),
+        )
+        self.migrations = Orchestrator(
+            bus=self.bus,
+            state=self.state,
+            place_new=self._place_new,
+            timeout=self.sched.migration_load_timeout,
             unload_timeout=max(self.settings.request_timeout, 30.0),
         )
         await self.scaler.subscribe()
@@ -158,6 +174,13 @@ class SchedulerService(Service):
         return rec.instance_id
 
     async def _forget(self, rec: InstanceRecord, reason: str) -> None:
+        log.info(
+            "forgetting instance %s of %s on %s: %s",
+            rec.instance_id,
+            rec.model,
+            rec.worker_id,
+            reason,
+        )
         await self.state.delete_instance(rec)
         await self.state.release_worker(rec.worker_id, rec.instance_id)
         await self.bus.emit(
@@ -256,9 +279,14 @@ class SchedulerService(Service):
         views = [WorkerView(w.worker_id, w.node_id, w.alive and not w.instance_id) for w in workers]
         return views, nodes
 
-    async def _place_new(self, spec: DeploymentSpec, request_id: str) -> PlaceReply:
+    async def _place_new(
+        self, spec: DeploymentSpec, request_id: str, worker_id: str = ""
+    ) -> PlaceReply:
+        """A new instance on the best free worker (only ``worker_id``, when given)."""
         instance_id = "i-" + uuid.uuid4().hex[:16]
         workers, nodes = await self._snapshot()
+        if worker_id:
+            workers = [w for w in workers if w.worker_id == worker_id]
         default_bytes = int(self.sched.default_model_gb * 1e9)
         if self.sched.placement_policy == "round_robin":
             turn = await self.state.next_placement_turn()
@@ -270,7 +298,8 @@ class SchedulerService(Service):
                 spec.name, workers, nodes, default_bytes=default_bytes, priors=self.priors
             )
         for choice in ranked[:RESERVE_ATTEMPTS]:
-            if await self.state.reserve_worker(choice.worker_id, instance_id):
+            epoch = await self.state.reserve(choice.worker_id, instance_id)
+            if epoch is not None:
                 break
         else:
             raise UnavailableError(
@@ -284,6 +313,7 @@ class SchedulerService(Service):
             node_id=choice.node_id,
             status="loading",
             created_at=time.time(),
+            worker_epoch=epoch,
         )
         await self.state.put_instance(rec)
         await self.feedback.placed(
@@ -343,10 +373,15 @@ class SchedulerService(Service):
         """Forget instances whose worker died; free reservations nobody recorded."""
         workers = await self.state.workers()
         alive = {w.worker_id for w in workers if w.alive}
+        epochs = {w.worker_id: w.epoch for w in workers}
         for dep in await self.state.deployments():
             for rec in await self.state.instances(dep.name):
                 if rec.worker_id not in alive:
                     await self._forget(rec, "worker died")
+                elif rec.worker_epoch and rec.worker_epoch != epochs.get(rec.worker_id):
+                    # Its worker is alive but registered again since the instance was placed:
+                    # it was restarted, and came back free, before its heartbeat lapsed.
+                    await self._forget(rec, "worker restarted")
         now = time.monotonic()
         for w in workers:
             if not w.instance_id:

@@ -31,6 +31,9 @@ class SchedulerSettings(CommonSettings):
     prefetch_timeout: float = setting(
         600.0, "seconds one node's prefetch on deploy may take before it is given up"
     )
+    migration_load_timeout: float = setting(
+        600.0, "seconds a requested live migration waits for its destination instance's load"
+    )
     calibration_window: int = setting(
         16, "recent loads per node and tier that calibrate startup estimates; 0: no calibration"
     )
@@ -45,3 +48,5 @@ class SchedulerSettings(CommonSettings):
             raise SettingsError("SLLM_PREFETCH_REPLICAS and SLLM_CALIBRATION_WINDOW must be >= 0")
         if self.prefetch_timeout <= 0:
             raise SettingsError("SLLM_PREFETCH_TIMEOUT must be positive")
+        if self.migration_load_timeout <= 0:
+            raise SettingsError("SLLM_MIGRATION_LOAD_TIMEOUT must be positive")

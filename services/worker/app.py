@@ -12,7 +12,16 @@ from libs.cluster import ClusterState
 from libs.common.service import Service, ServiceKind
 from libs.protocol import Route, route
 from libs.protocol.bus import Stream
-from libs.protocol.endpoints import WORKER_GENERATE, WORKER_LOAD, WORKER_UNLOAD
+from libs.protocol.endpoints import (
+    WORKER_ADOPT,
+    WORKER_ADOPT_ABORT,
+    WORKER_ADOPT_COMMIT,
+    WORKER_ADOPT_DELTA,
+    WORKER_GENERATE,
+    WORKER_LOAD,
+    WORKER_MIGRATE,
+    WORKER_UNLOAD,
+)
 from libs.protocol.errors import BadRequestError, OverloadedError
 from libs.protocol.messages import (
     FinishReason,
@@ -22,8 +31,10 @@ from libs.protocol.messages import (
     Usage,
 )
 
+from .adoption import Adoptions
 from .detok import IncrementalDetokenizer
 from .hosting import Host, prepare
+from .migration import Migrations, Running
 from .settings import WorkerSettings
 from .validate import check_fits_context, check_generated, check_token_ids
 
@@ -47,6 +58,10 @@ class WorkerService(Service):
         super().__init__(settings, instance_id=settings.instance_id, node_id=settings.node_id)
         self.worker_settings = settings
         self._host: Host | None = None
+        # Generations this worker produces, by request id: what a live migration can move.
+        self.running: dict[str, Running] = {}
+        self._adoptions: Adoptions | None = None
+        self._migrations: Migrations | None = None
 
     @property
     def host(self) -> Host:
@@ -61,7 +76,24 @@ class WorkerService(Service):
             route(WORKER_LOAD, self.host.load, worker_id=wid),
             route(WORKER_UNLOAD, self.host.unload, worker_id=wid),
             route(WORKER_GENERATE, self.generate, worker_id=wid),
+            route(WORKER_MIGRATE, self.migrations.migrate, worker_id=wid),
+            route(WORKER_ADOPT, self.adoptions.adopt, worker_id=wid),
+            route(WORKER_ADOPT_DELTA, self.adoptions.delta, worker_id=wid),
+            route(WORKER_ADOPT_COMMIT, self.adoptions.commit, worker_id=wid),
+            route(WORKER_ADOPT_ABORT, self.adoptions.abort, worker_id=wid),
         ]
+
+    @property
+    def adoptions(self) -> Adoptions:
+        if self._adoptions is None:
+            raise RuntimeError("worker is not started")
+        return self._adoptions
+
+    @property
+    def migrations(self) -> Migrations:
+        if self._migrations is None:
+            raise RuntimeError("worker is not started")
+        return self._migrations
 
     async def on_start(self) -> None:
         s = self.worker_settings
@@ -80,9 +112,26 @@ class WorkerService(Service):
             node_id=self.node_id,
             prepared=prepared,
         )
+        self._migrations = Migrations(
+            bus=self.bus,
+            worker_id=self.instance_id,
+            running=self.running,
+            timeout=s.migration_timeout,
+        )
+        self._adoptions = Adoptions(
+            bus=self.bus,
+            host=self._host,
+            worker_id=self.instance_id,
+            timeout=s.migration_timeout,
+            token_timeout=s.token_timeout,
+            prepare=_prepare_request,
+            running=self.running,
+        )
         await self.state.register_worker(self.instance_id, self.node_id, s.device)
 
     async def on_stop(self) -> None:
+        if self._adoptions is not None:
+            await self._adoptions.close()
         if self._host is not None:
             await self._host.shutdown()
         await self.state.unregister_worker(self.instance_id)
@@ -102,6 +151,13 @@ class WorkerService(Service):
             )
         if not req.inbox:
             raise BadRequestError("generate needs an inbox to stream to")
+        if req.params.seed is None:
+            # Chosen here and kept with the request: a migration carries it to the destination,
+            # so a sampled generation continues there exactly as it would have here.
+            from .sampling import random_seed
+
+            params = req.params.model_copy(update={"seed": random_seed()})
+            req = req.model_copy(update={"params": params})
         host = self.host
         host.begin(hosted)
         try:
@@ -109,7 +165,30 @@ class WorkerService(Service):
         except BaseException:
             host.end(hosted, req.keep_alive_s)
             raise
-        return Stream(ack=ack, chunks=_Tracked(chunks, lambda: host.end(hosted, req.keep_alive_s)))
+        run = self._running(req, hosted.instance_id, chunks)
+
+        def done() -> None:
+            if run is not None:
+                if self.running.get(req.request_id) is run:
+                    del self.running[req.request_id]
+                run.ended.set()
+            # A generation that moved elsewhere did not finish here: no keep-alive from it.
+            moved = run is not None and run.stream.handed_over
+            host.end(hosted, None if moved else req.keep_alive_s)
+
+        return Stream(ack=ack, chunks=_Tracked(chunks, done))
+
+    def _running(
+        self, req: GenerateRequest, instance_id: str, chunks: AsyncIterator[TokenChunk]
+    ) -> Running | None:
+        """Register a generation the engine runs, so that a live migration can find it."""
+        from .generation import GenerationStream
+
+        if not isinstance(chunks, GenerationStream):
+            return None  # answered without the engine: nothing to move
+        run = Running(req, instance_id, chunks)
+        self.running[req.request_id] = run
+        return run
 
     async def _generate(
         self, req: GenerateRequest, instance_id: str, rt: Runtime

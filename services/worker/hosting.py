@@ -276,6 +276,7 @@ class Host:
             # them again would only cost. An SSD copy is checked on every read (disks rot).
             verify=reply.tier != "dram",
             prefault=reply.tier != "dram",
+            step_delay=self.settings.decode_delay,
         )
         runtime, report = await run_cancellable(fn, token.cancel, _dispose_loaded)
         hosted.runtime = runtime
@@ -387,6 +388,7 @@ class Host:
 
     async def _stop(self, hosted: Hosted, reason: str) -> bool:
         """Stop ``hosted``; returns whether its teardown finished."""
+        log.info("stopping instance %s of %s: %s", hosted.instance_id, hosted.model, reason)
         task = hosted.task
         freed = True
         if task is not None and not task.done():

@@ -37,7 +37,15 @@ class LoadReport:
 class Runtime:
     """One loaded model and its engine; the worker hosts at most one."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_concurrency: int, name: str) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_concurrency: int,
+        name: str,
+        step_delay: float = 0.0,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         config = model.config
@@ -48,7 +56,11 @@ class Runtime:
         self.context = context_length(config)
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         self.engine = Engine(
-            model, eos_ids=self.eos_ids, max_concurrency=max_concurrency, name=name
+            model,
+            eos_ids=self.eos_ids,
+            max_concurrency=max_concurrency,
+            name=name,
+            step_delay=step_delay,
         )
         self.engine.start()
 
@@ -99,6 +111,7 @@ def load_runtime(
     name: str,
     verify: bool = True,
     prefault: bool = True,
+    step_delay: float = 0.0,
 ) -> tuple[Runtime, LoadReport]:
     """Load the checkpoint at ``path`` (blocking: run it in a thread) and start its engine."""
     stats = LoadStats()
@@ -129,7 +142,10 @@ def load_runtime(
         build_s=max(loaded - t0 - stats.seconds, 0.0),
         tokenizer_s=done - loaded,
     )
-    return Runtime(model, tokenizer, max_concurrency=max_concurrency, name=name), report
+    runtime = Runtime(
+        model, tokenizer, max_concurrency=max_concurrency, name=name, step_delay=step_delay
+    )
+    return runtime, report
 
 
 def prepare(torch_threads: int, host_pool_gb: float) -> HostPool | None:

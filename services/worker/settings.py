@@ -20,6 +20,14 @@ class WorkerSettings(CommonSettings):
     host_pool_gb: float = setting(
         0.0, "pinned/pre-touched host memory (GB) a worker reads checkpoints into; 0: none"
     )
+    migration_timeout: float = setting(
+        30.0,
+        "seconds one generation's live migration may take before the source aborts it and "
+        "carries on; a destination drops a shadow it hears nothing about for this long",
+    )
+    decode_delay: float = setting(
+        0.0, "seconds a worker pauses after each decode step: simulates a slower device (tests)"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -29,3 +37,5 @@ class WorkerSettings(CommonSettings):
             raise SettingsError("SLLM_MAX_CONCURRENCY must be at least 1")
         if self.load_timeout <= 0 or self.token_timeout <= 0:
             raise SettingsError("SLLM_LOAD_TIMEOUT and SLLM_TOKEN_TIMEOUT must be positive")
+        if self.migration_timeout <= 0 or self.decode_delay < 0:
+            raise SettingsError("SLLM_MIGRATION_TIMEOUT must be > 0 and SLLM_DECODE_DELAY >= 0")

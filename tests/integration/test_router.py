@@ -347,15 +347,18 @@ async def test_error_mid_stream_is_an_sse_error_event(
 
 
 async def test_instance_stopping_mid_stream_ends_the_answer_at_once(
-    warm: StubWorker, router: RunningRouter, bus: Bus
+    warm: StubWorker, nats_server, redis_server, root: str, bus: Bus
 ) -> None:
     # A worker that dies sends nothing more; the scheduler's instance.stopped must end the
-    # stream rather than the 10 s idle timeout.
+    # stream rather than the 10 s idle timeout. With failover off: resuming the generation
+    # elsewhere is tested in test_router_failover.py.
     warm.pieces = [f"t{i} " for i in range(400)]
     warm.delay = 0.05
     body = {"model": MODEL, "prompt": "x", "max_tokens": 400, "stream": True}
+    settings = router_settings(nats_server.url, redis_server.url, root, SLLM_FAILOVER_ATTEMPTS="0")
     started = time.monotonic()
     async with (
+        running_router(settings) as router,
         httpx.AsyncClient(base_url=router.url, timeout=TIMEOUT) as http,
         http.stream("POST", "/v1/completions", json=body) as resp,
     ):

@@ -201,6 +201,28 @@ async def test_sweep_forgets_instances_of_dead_workers(
     assert w.instance_id == ""
 
 
+async def test_sweep_forgets_instances_of_a_worker_restarted_free(
+    scheduler: SchedulerService, bus: Bus, state, redis, keys
+) -> None:
+    """`sllm up` restarts a killed worker under the same id before its heartbeat lapses; it
+    registers again (a new epoch, free), so its old instance record is stale although the
+    worker is alive."""
+    await _add_worker(bus, state, redis, keys, "w0", "n0")
+    await _deploy(bus)
+    placed = await bus.request(SCHED_PLACE, PlaceRequest(model="m"))
+    rec = await state.get_instance(placed.instance_id)
+    assert rec is not None
+    (w,) = await state.workers()
+    assert rec.worker_epoch == w.epoch > 0
+    await scheduler.sweep()  # same epoch: kept
+    assert await state.get_instance(placed.instance_id) is not None
+    await state.register_worker("w0", "n0", "cpu")  # the restarted worker comes back free
+    await scheduler.sweep()
+    assert await state.get_instance(placed.instance_id) is None
+    (w,) = await state.workers()
+    assert w.instance_id == ""
+
+
 # --- autoscaling ----------------------------------------------------------------------------
 
 

@@ -50,6 +50,7 @@ async def collect(handle: Handle) -> list[Token]:
             item = await asyncio.wait_for(handle.queue.get(), 60)
             if isinstance(item, Failed):
                 raise item.error
+            assert isinstance(item, Token)
             out.append(item)
             if item.finish is not None:
                 return out

@@ -1,0 +1,1 @@
+"""The live-migration benchmark (`make bench-migration`): see benchmarks/bench_migration.py."""

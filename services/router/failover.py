@@ -1,0 +1,79 @@
+"""Failover decisions, pure: which stream errors mean "the instance is gone", which instances
+have been silent long enough to check, and what a liveness check's answers add up to.
+
+A generation whose instance dies mid-stream is resumed elsewhere from the prompt plus the
+tokens already sent (`services.router.generation`); these functions decide when.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+from libs.protocol.errors import BusTimeoutError, UnavailableError
+from libs.protocol.state import WorkerRecord
+
+# Stream errors that mean the producer is gone (an instance that stopped or failed, a worker
+# that died or went silent), not that the request is bad: the generation may go on elsewhere.
+GONE_ERRORS = (UnavailableError, BusTimeoutError)
+
+# What asking the worker for its info over the bus gave.
+Probe = Literal["answered", "no_responders", "timeout", "error"]
+
+
+def resumable(exc: BaseException) -> bool:
+    """Whether a stream that ended in ``exc`` may be resumed on another instance."""
+    return isinstance(exc, GONE_ERRORS)
+
+
+def may_fail_over(*, done: int, limit: int, finished: bool, started: bool) -> bool:
+    """Another failover is allowed: the generation started, has not finished, and has used
+    fewer than ``limit`` failovers (``limit`` 0: failover is off)."""
+    return started and not finished and done < limit
+
+
+def silent(
+    last_frame: Mapping[str, float], now: float, interval: float, last_probe: Mapping[str, float]
+) -> list[str]:
+    """The instances worth a liveness check: every stream from them has been silent for
+    ``interval`` seconds, and they were not checked within the last ``interval``.
+
+    ``last_frame`` maps an instance to the latest frame (or stream start) of any of its
+    streams; ``last_probe`` to when it was last checked. ``interval`` <= 0: never.
+    """
+    if interval <= 0:
+        return []
+    return sorted(
+        iid
+        for iid, at in last_frame.items()
+        if now - at >= interval and now - last_probe.get(iid, float("-inf")) >= interval
+    )
+
+
+def gone_reason(probe: Probe, worker: WorkerRecord | None, instance_id: str) -> str | None:
+    """Why the instance is gone, from a bus probe of its worker and the worker's Redis record
+    (read after the probe); None when it may still be alive.
+
+    "No responders" is definitive: the worker's connection, hence its process, is gone. A
+    worker that answers may still have lost the instance: restarted (it comes back free) or
+    given to another instance. A timeout alone proves nothing (a busy worker); its record
+    then decides.
+    """
+    if probe == "no_responders":
+        return "its worker does not answer on the bus (no responders)"
+    if worker is None:
+        return "its worker is no longer registered"
+    if not worker.alive:
+        return "its worker's heartbeat lapsed"
+    if worker.instance_id != instance_id:
+        return "its worker no longer holds it (restarted or reassigned)"
+    return None
+
+
+def latest(times: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """The latest time per key."""
+    out: dict[str, float] = {}
+    for key, at in times:
+        if at > out.get(key, float("-inf")):
+            out[key] = at
+    return out

@@ -1,0 +1,282 @@
+"""Live migration end to end: `sllm up` (2 nodes x 1 CPU worker), the REST API, and the
+scheduler's ``sched.migrate`` endpoint on the bus, as the migration policy calls it.
+
+Each request runs once without interruption (the reference), then again with its running
+generation migrated to the other worker early, midway or near the end: the client gets the
+identical answer, streamed or whole, and the events show every round. Last, the destination
+is killed (`kill -9`) mid-migration: the source carries on and the answer is still identical.
+Workers decode with ``SLLM_DECODE_DELAY`` so that a migration lands where the test wants it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from libs.protocol import Bus
+from libs.protocol.endpoints import SCHED_MIGRATE
+from libs.protocol.messages import MigratedGeneration, MigrateInstanceRequest
+
+from .cluster import UpCluster, up_cluster
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+MAX_TOKENS = 64
+DELAY_S = 0.03  # per decode step: a generation takes about 2 s
+PATH = "/v1/completions"
+BODY: dict[str, Any] = {
+    "model": "demo",
+    "prompt": "Tell me a long story about the sea.",
+    "max_tokens": MAX_TOKENS,
+    "temperature": 0,
+}
+TIMEOUT_S = 300.0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
+    with up_cluster(
+        tmp_path_factory.mktemp("migration"), nodes=2, SLLM_DECODE_DELAY=str(DELAY_S)
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+async def bus(cluster: UpCluster) -> AsyncIterator[Bus]:
+    b = await Bus.connect(cluster.nats_url, name="e2e", root=cluster.root, request_timeout=60)
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+async def events(bus: Bus) -> Events:
+    return await Events().start(bus)
+
+
+class Events:
+    """Every event of the cluster from now on, as plain JSON (what any subscriber sees)."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    async def start(self, bus: Bus) -> Events:
+        async def on_msg(msg: Any) -> None:
+            self.items.append(json.loads(msg.data))
+
+        await bus.nc.subscribe(bus.subjects.all_events, cb=on_msg)
+        await bus.nc.flush()
+        return self
+
+    def of(self, kind: str, migration_id: str) -> list[dict[str, Any]]:
+        return [
+            e for e in self.items if e["kind"] == kind and e.get("migration_id") == migration_id
+        ]
+
+    async def wait_for(self, pred: Any, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.items:
+                if pred(e):
+                    return e
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"event did not arrive; kinds seen: {[e['kind'] for e in self.items]}")
+
+
+@dataclass
+class Answer:
+    text: str
+    finish: str | None
+    completion_tokens: int
+
+
+async def streamed(cluster: UpCluster, *, on_chunk: Any = None) -> Answer:
+    """A streamed answer, read to the end; ``on_chunk(n)`` runs after the n-th chunk."""
+    parts: list[str] = []
+    finish, usage, n = None, 0, 0
+    body = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
+    async with (
+        httpx.AsyncClient(timeout=TIMEOUT_S) as client,
+        client.stream("POST", cluster.base_url + PATH, json=body) as resp,
+    ):
+        assert resp.status_code == 200, await resp.aread()
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line.removeprefix("data: "))
+            assert "error" not in chunk, chunk
+            if chunk.get("usage"):
+                usage = chunk["usage"]["completion_tokens"]
+            for choice in chunk["choices"]:
+                parts.append(choice.get("text") or "")
+                finish = choice.get("finish_reason") or finish
+            n += 1
+            if on_chunk is not None:
+                on_chunk(n)
+    return Answer("".join(parts), finish, usage)
+
+
+async def whole(cluster: UpCluster) -> Answer:
+    async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
+        resp = await client.post(cluster.base_url + PATH, json=BODY)
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    choice = out["choices"][0]
+    return Answer(choice["text"], choice["finish_reason"], out["usage"]["completion_tokens"])
+
+
+async def instances(cluster: UpCluster) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        resp = await client.get(cluster.base_url + "/v1/deployments/demo")
+    assert resp.status_code == 200, resp.text
+    return [i for i in resp.json()["instances"] if i["status"] == "ready"]
+
+
+async def migrate_running(
+    cluster: UpCluster, bus: Bus, **kw: Any
+) -> list[tuple[str, MigratedGeneration]]:
+    """Move whatever runs on each ready instance of the model to the other worker; returns
+    (destination worker, outcome) of each generation found."""
+    # Both instances stay up between tests; once (1 run in ~10) one was briefly not listed as
+    # ready here, for no reason the logs showed: allow a few seconds before failing.
+    deadline = time.monotonic() + 10
+    while True:
+        ready = await instances(cluster)
+        if len(ready) == 2 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert len(ready) == 2, ready
+
+    async def one(src: dict[str, Any], dst: dict[str, Any]) -> list[tuple[str, Any]]:
+        reply = await bus.request(
+            SCHED_MIGRATE,
+            MigrateInstanceRequest(
+                instance_id=src["instance_id"], destination_worker_id=dst["worker_id"], **kw
+            ),
+            timeout=120,
+        )
+        return [(reply.destination_worker_id, g) for g in reply.generations]
+
+    a, b = ready
+    found = await asyncio.gather(one(a, b), one(b, a))
+    return [g for gs in found for g in gs]
+
+
+async def migrate_when_running(
+    cluster: UpCluster, bus: Bus, **kw: Any
+) -> list[tuple[str, MigratedGeneration]]:
+    """`migrate_running`, again until it finds the generation (a whole answer gives no sign
+    of when its generation has started)."""
+    deadline = time.monotonic() + 30
+    while not (found := await migrate_running(cluster, bus, **kw)):
+        assert time.monotonic() < deadline, "the generation never showed up on a worker"
+        await asyncio.sleep(0.05)
+    return found
+
+
+def check_rounds(events: Events, moved: MigratedGeneration) -> dict[str, Any]:
+    """The events of one committed migration: started, rounds 0..n, committed after n."""
+    mid = moved.migration_id
+    assert len(events.of("migration.started", mid)) == 1
+    rounds = [e["round"] for e in events.of("migration.round", mid)]
+    assert rounds == list(range(len(rounds)))
+    assert rounds, "no round event"
+    (committed,) = events.of("migration.committed", mid)
+    assert committed["rounds"] == len(rounds) - 1
+    assert committed["tokens_recomputed"] == moved.tokens
+    assert committed["pause_s"] is not None
+    return committed
+
+
+@pytest.fixture(scope="module")
+def reference(cluster: UpCluster) -> Answer:
+    """The answer without a migration (this cold-starts the model on one worker)."""
+    ref = asyncio.run(whole(cluster))
+    assert ref.completion_tokens == MAX_TOKENS  # a long answer: no early stop
+    assert asyncio.run(streamed(cluster)) == ref
+    return ref
+
+
+async def test_a_second_instance_comes_up_for_migrations(
+    cluster: UpCluster, bus: Bus, reference: Answer
+) -> None:
+    # Nothing runs: the scheduler starts the model on the best free worker, moves nothing.
+    (only,) = await instances(cluster)
+    reply = await bus.request(
+        SCHED_MIGRATE, MigrateInstanceRequest(instance_id=only["instance_id"]), timeout=180
+    )
+    assert reply.generations == []
+    assert reply.destination_worker_id != only["worker_id"]
+    assert len(await instances(cluster)) == 2
+
+
+@pytest.mark.parametrize("after", [2, MAX_TOKENS // 2, MAX_TOKENS - 20])
+async def test_streamed_answer_is_identical_with_a_migration(
+    cluster: UpCluster, bus: Bus, events: Events, reference: Answer, after: int
+) -> None:
+    started: list[asyncio.Task[list[tuple[str, MigratedGeneration]]]] = []
+
+    def on_chunk(n: int) -> None:
+        if n == after:
+            started.append(asyncio.ensure_future(migrate_running(cluster, bus)))
+
+    answer = await streamed(cluster, on_chunk=on_chunk)
+    assert answer == reference
+    ((dest, moved),) = await started[0]
+    assert moved.outcome == "committed", moved
+    committed = check_rounds(events, moved)
+    assert committed["worker_id"] == dest
+    # Recomputed: the prompt and at least the tokens the client had when it asked.
+    assert moved.tokens > after
+
+
+@pytest.mark.parametrize("delay_s", [0.1, 1.0, 1.6])
+async def test_whole_answer_is_identical_with_a_migration(
+    cluster: UpCluster, bus: Bus, events: Events, reference: Answer, delay_s: float
+) -> None:
+    answering = asyncio.ensure_future(whole(cluster))
+    await asyncio.sleep(delay_s)
+    ((_, moved),) = await migrate_when_running(cluster, bus)
+    answer = await answering
+    assert answer == reference
+    assert moved.outcome == "committed", moved
+    check_rounds(events, moved)
+
+
+async def test_destination_killed_mid_migration_leaves_the_answer_identical(
+    cluster: UpCluster, bus: Bus, events: Events, reference: Answer
+) -> None:
+    started: list[asyncio.Task[list[tuple[str, MigratedGeneration]]]] = []
+    killed: list[str] = []
+
+    def on_chunk(n: int) -> None:
+        if n == 4:
+            # Rounds go on while the source decodes (gap 0 is never reached) ...
+            migrating = migrate_running(cluster, bus, target_gap=0, max_rounds=64)
+            started.append(asyncio.ensure_future(migrating))
+            started.append(asyncio.ensure_future(kill_destination()))
+
+    async def kill_destination() -> list[tuple[str, MigratedGeneration]]:
+        # ... until the destination dies after its first round.
+        first = await events.wait_for(lambda e: e["kind"] == "migration.started")
+        await events.wait_for(
+            lambda e: e["kind"] == "migration.round" and e["migration_id"] == first["migration_id"]
+        )
+        cluster.child(first["destination_worker_id"]).kill()
+        killed.append(first["destination_worker_id"])
+        return []
+
+    answer = await streamed(cluster, on_chunk=on_chunk)
+    assert answer == reference
+    await started[1]
+    ((dest, moved),) = await started[0]
+    assert dest == killed[0]
+    assert moved.outcome == "aborted", moved
+    (aborted,) = events.of("migration.aborted", moved.migration_id)
+    assert aborted["side"] == "source"
