@@ -7,9 +7,7 @@ One cluster (one node, three CPU workers, one generation per worker at a time) f
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -18,6 +16,7 @@ import pytest
 from libs.protocol import Bus
 
 from .cluster import UpCluster, up_cluster
+from .events import Events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -41,30 +40,6 @@ async def bus(cluster: UpCluster) -> AsyncIterator[Bus]:
     b = await Bus.connect(cluster.nats_url, name="e2e", root=cluster.root, request_timeout=60)
     yield b
     await b.close()
-
-
-class Events:
-    """Every event of the cluster from now on, as plain JSON (what any subscriber sees)."""
-
-    def __init__(self) -> None:
-        self.items: list[Event] = []
-
-    async def start(self, bus: Bus) -> Events:
-        async def on_msg(msg: Any) -> None:
-            self.items.append(json.loads(msg.data))
-
-        await bus.nc.subscribe(bus.subjects.all_events, cb=on_msg)
-        await bus.nc.flush()
-        return self
-
-    def of(self, kind: str, model: str) -> list[Event]:
-        return [e for e in self.items if e["kind"] == kind and e.get("model") == model]
-
-    async def until(self, pred: Callable[[], bool], what: str, timeout: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not pred():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.05)
 
 
 def _deploy(cluster: UpCluster, name: str, **knobs: Any) -> None:
@@ -103,19 +78,19 @@ async def test_a_burst_scales_from_zero_to_max_and_back_to_zero(
 
     # Demand 6 with target concurrency 1 wants 6 instances: capped at max_instances = 3.
     await events.until(
-        lambda: len({e["instance_id"] for e in events.of("instance.ready", "burst")}) == 3,
+        lambda: len({e["instance_id"] for e in events.of("instance.ready", model="burst")}) == 3,
         "three ready instances",
     )
-    ups = [e for e in events.of("scheduler.scaled", "burst") if e["to_instances"] > 0]
+    ups = [e for e in events.of("scheduler.scaled", model="burst") if e["to_instances"] > 0]
     assert max(e["to_instances"] for e in ups) == 3
-    assert len({e["instance_id"] for e in events.of("scheduler.placed", "burst")}) == 3
+    assert len({e["instance_id"] for e in events.of("scheduler.placed", model="burst")}) == 3
 
     # Idle past the 3 s keep-alive, every instance unloads: scale to zero.
     await events.until(
-        lambda: len(events.of("instance.stopped", "burst")) == 3, "three stopped instances"
+        lambda: len(events.of("instance.stopped", model="burst")) == 3, "three stopped instances"
     )
-    assert {e["reason"] for e in events.of("instance.stopped", "burst")} == {"idle"}
-    downs = [e for e in events.of("scheduler.scaled", "burst") if e["reason"] == "idle"]
+    assert {e["reason"] for e in events.of("instance.stopped", model="burst")} == {"idle"}
+    downs = [e for e in events.of("scheduler.scaled", model="burst") if e["reason"] == "idle"]
     assert min(e["to_instances"] for e in downs) == 0
     assert _instances(cluster, "burst") == []
 
@@ -132,9 +107,9 @@ async def test_a_request_keep_alive_overrides_the_deployment(cluster: UpCluster,
         assert (await _complete(client, cluster, "long", keep_alive=0)).status_code == 200
         # "short" would go after 1 s; a negative keep_alive keeps it loaded.
         assert (await _complete(client, cluster, "short", keep_alive="-1")).status_code == 200
-    await events.until(lambda: bool(events.of("instance.stopped", "long")), "long to unload")
-    assert events.of("instance.stopped", "long")[0]["reason"] == "idle"
-    await events.until(lambda: bool(events.of("instance.idle", "short")), "short to be idle")
+    await events.until(lambda: bool(events.of("instance.stopped", model="long")), "long to unload")
+    assert events.of("instance.stopped", model="long")[0]["reason"] == "idle"
+    await events.until(lambda: bool(events.of("instance.idle", model="short")), "short to be idle")
     await asyncio.sleep(3.0)  # three times its deployment's keep-alive
-    assert events.of("instance.stopped", "short") == []
+    assert events.of("instance.stopped", model="short") == []
     assert [i["status"] for i in _instances(cluster, "short")] == ["ready"]

@@ -7,9 +7,6 @@ One cluster (2 nodes x 1 CPU worker) whose DRAM tiers hold two demo models but n
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from libs.protocol.endpoints import STORAGE_ENSURE, STORAGE_EVICT
 from libs.protocol.messages import EnsureReply, EnsureRequest, EvictRequest
 
 from .cluster import UpCluster, up_cluster
+from .events import Events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -63,35 +61,6 @@ async def state(cluster: UpCluster) -> AsyncIterator[ClusterState]:
     client: aioredis.Redis = aioredis.Redis.from_url(cluster.redis_url, socket_timeout=10)
     yield ClusterState(client, Keys(cluster.root))
     await client.aclose()
-
-
-class Events:
-    """Every event of the cluster from now on, as plain JSON (what any subscriber sees)."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-
-    async def start(self, bus: Bus) -> Events:
-        async def on_msg(msg: Any) -> None:
-            self.items.append(json.loads(msg.data))
-
-        await bus.nc.subscribe(bus.subjects.all_events, cb=on_msg)
-        await bus.nc.flush()
-        return self
-
-    def of(self, kind: str, **match: Any) -> list[dict[str, Any]]:
-        return [
-            e
-            for e in self.items
-            if e["kind"] == kind and all(e.get(k) == v for k, v in match.items())
-        ]
-
-    async def wait(self, kind: str, count: int = 1, timeout: float = 120, **match: Any) -> Any:
-        deadline = time.monotonic() + timeout
-        while len(self.of(kind, **match)) < count:
-            assert time.monotonic() < deadline, f"no {count}x {kind} {match}"
-            await asyncio.sleep(0.05)
-        return self.of(kind, **match)
 
 
 async def _ensure(bus: Bus, node: str, model: str, path: Path, tier: str) -> EnsureReply:

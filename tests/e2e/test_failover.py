@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from libs.protocol import Bus
 
 from .cluster import UpCluster, up_cluster
+from .events import Events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -42,29 +42,6 @@ async def bus(cluster: UpCluster) -> AsyncIterator[Bus]:
     b = await Bus.connect(cluster.nats_url, name="e2e", root=cluster.root, request_timeout=60)
     yield b
     await b.close()
-
-
-class Events:
-    """Every event of the cluster from now on, as plain JSON (what any subscriber sees)."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-
-    async def start(self, bus: Bus) -> Events:
-        async def on_msg(msg: Any) -> None:
-            self.items.append(json.loads(msg.data))
-
-        await bus.nc.subscribe(bus.subjects.all_events, cb=on_msg)
-        return self
-
-    async def wait_for(self, pred: Any, timeout: float = TIMEOUT_S) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for e in self.items:
-                if pred(e):
-                    return e
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"event did not arrive; kinds seen: {[e['kind'] for e in self.items]}")
 
 
 @dataclass

@@ -25,6 +25,7 @@ from libs.protocol.endpoints import SCHED_MIGRATE
 from libs.protocol.messages import MigratedGeneration, MigrateInstanceRequest
 
 from .cluster import UpCluster, up_cluster
+from .events import Events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -58,35 +59,6 @@ async def bus(cluster: UpCluster) -> AsyncIterator[Bus]:
 @pytest.fixture
 async def events(bus: Bus) -> Events:
     return await Events().start(bus)
-
-
-class Events:
-    """Every event of the cluster from now on, as plain JSON (what any subscriber sees)."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-
-    async def start(self, bus: Bus) -> Events:
-        async def on_msg(msg: Any) -> None:
-            self.items.append(json.loads(msg.data))
-
-        await bus.nc.subscribe(bus.subjects.all_events, cb=on_msg)
-        await bus.nc.flush()
-        return self
-
-    def of(self, kind: str, migration_id: str) -> list[dict[str, Any]]:
-        return [
-            e for e in self.items if e["kind"] == kind and e.get("migration_id") == migration_id
-        ]
-
-    async def wait_for(self, pred: Any, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for e in self.items:
-                if pred(e):
-                    return e
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"event did not arrive; kinds seen: {[e['kind'] for e in self.items]}")
 
 
 @dataclass
@@ -183,11 +155,11 @@ async def migrate_when_running(
 def check_rounds(events: Events, moved: MigratedGeneration) -> dict[str, Any]:
     """The events of one committed migration: started, rounds 0..n, committed after n."""
     mid = moved.migration_id
-    assert len(events.of("migration.started", mid)) == 1
-    rounds = [e["round"] for e in events.of("migration.round", mid)]
+    assert len(events.of("migration.started", migration_id=mid)) == 1
+    rounds = [e["round"] for e in events.of("migration.round", migration_id=mid)]
     assert rounds == list(range(len(rounds)))
     assert rounds, "no round event"
-    (committed,) = events.of("migration.committed", mid)
+    (committed,) = events.of("migration.committed", migration_id=mid)
     assert committed["rounds"] == len(rounds) - 1
     assert committed["tokens_recomputed"] == moved.tokens
     assert committed["pause_s"] is not None
@@ -278,5 +250,5 @@ async def test_destination_killed_mid_migration_leaves_the_answer_identical(
     ((dest, moved),) = await started[0]
     assert dest == killed[0]
     assert moved.outcome == "aborted", moved
-    (aborted,) = events.of("migration.aborted", moved.migration_id)
+    (aborted,) = events.of("migration.aborted", migration_id=moved.migration_id)
     assert aborted["side"] == "source"

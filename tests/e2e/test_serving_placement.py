@@ -6,11 +6,9 @@ One cluster (3 nodes x 1 CPU worker, one generation per worker at a time) for th
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +19,7 @@ from libs.protocol.endpoints import STORAGE_ENSURE
 from libs.protocol.messages import EnsureRequest
 
 from .cluster import UpCluster, up_cluster
+from .events import Events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -30,13 +29,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
     # No start-up bandwidth probe: the three nodes share this machine's disk and cores, so what
     # they would measure is noise. Every node then uses the same documented priors and the test
     # checks the decision from locality alone (measured bandwidths are covered by unit tests).
-    # No prefetch on deploy either: the test stages every copy itself.
+    # No prefetch on deploy either: the test stages every copy itself. Decoding is slowed to
+    # >= 10 ms a token, so that a long generation cannot finish (into the socket's buffers)
+    # before a slow client on a loaded machine has read its first lines and left.
     with up_cluster(
         tmp_path_factory.mktemp("placement"),
         nodes=3,
         SLLM_MAX_CONCURRENCY="1",
         SLLM_BANDWIDTH_PROBE_MB="0",
         SLLM_PREFETCH_REPLICAS="0",
+        SLLM_DECODE_DELAY="0.01",
     ) as c:
         yield c
 
@@ -46,29 +48,6 @@ async def bus(cluster: UpCluster) -> AsyncIterator[Bus]:
     b = await Bus.connect(cluster.nats_url, name="e2e", root=cluster.root, request_timeout=60)
     yield b
     await b.close()
-
-
-class Events:
-    """Every event of the cluster from now on, as plain JSON (what any subscriber sees)."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-
-    async def start(self, bus: Bus) -> Events:
-        async def on_msg(msg: Any) -> None:
-            self.items.append(json.loads(msg.data))
-
-        await bus.nc.subscribe(bus.subjects.all_events, cb=on_msg)
-        return self
-
-    async def wait_for(self, pred: Any, timeout: float = 120.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for e in self.items:
-                if pred(e):
-                    return e
-            await asyncio.sleep(0.05)
-        raise AssertionError("event did not arrive")
 
 
 def _deploy(cluster: UpCluster, name: str, model_dir: Path) -> None:
@@ -141,7 +120,7 @@ async def test_client_disconnect_frees_the_slot(cluster: UpCluster, bus: Bus) ->
     done = await events.wait_for(
         lambda e: e["kind"] == "request.completed" and e["model"] == "p", timeout=60
     )
-    assert done["status"] == "cancelled"
+    assert done["status"] == "cancelled", done
     assert done["completion_tokens"] < 3000
     # The worker serves one generation at a time: the next request gets the freed slot.
     assert (await _complete(cluster, "p")).status_code == 200
