@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--contexts", default="256,1024,2048", help="prompt lengths in tokens")
     p.add_argument("--reps", type=int, default=2, help="trials per context length")
     p.add_argument("--after", type=int, default=8, help="tokens streamed before migrating")
-    p.add_argument("--max-tokens", type=int, default=96, help="max_tokens of each generation")
+    p.add_argument("--max-tokens", type=int, default=480, help="max_tokens of each generation")
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="cache and results directory")
     args = p.parse_args(argv)
     args.contexts = [int(x) for x in args.contexts.split(",") if x.strip()]
@@ -217,13 +217,14 @@ def _report(
         "",
         "| context tokens | moved | rounds | tokens recomputed | pause in the stream s | "
         "pause (destination's measure) s | usual gap between tokens s | time to free the source s "
-        "| KV cache MB | KV transfer at the bus bandwidth s | token ids KB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| of which loading the destination s | KV cache MB | KV transfer at the bus bandwidth s "
+        "| token ids KB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ctx in args.contexts:
         ts = [t for t in trials if t.context_tokens == ctx]
         if not ts:
-            lines.append(f"| {ctx} | 0/{args.reps} | — | — | — | — | — | — | — | — | — |")
+            lines.append(f"| {ctx} | 0/{args.reps} |" + " — |" * 10)
             continue
         moved = sum(t.outcome == "committed" for t in ts)
         ev = [t.pause_event_s for t in ts if t.pause_event_s is not None]
@@ -235,6 +236,7 @@ def _report(
             f"| {statistics.median(t.pause_s for t in ts):.3f} | {ev_cell} "
             f"| {statistics.median(t.median_gap_s for t in ts):.3f} "
             f"| {statistics.median(t.migrate_s for t in ts):.3f} "
+            f"| {statistics.median(t.load_s for t in ts):.3f} "
             f"| {kv / 1e6:.1f} | {kv / bandwidth:.3f} | {(ctx + args.after) * 4 / 1e3:.1f} |"
         )
     lines += [
