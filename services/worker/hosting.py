@@ -59,6 +59,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# An instance that went idle says so (`instance.idle`) if it is still idle this much later.
+IDLE_NEWS_DELAY_S = 0.1
+
 T = TypeVar("T")
 
 # How long an unload waits for the engine's current forward pass, for a cancelled load to
@@ -88,6 +91,7 @@ class Hosted:
     requests: int = 0
     idle_since: float = 0.0
     keep_until: float = 0.0  # math.inf: a request asked to keep it indefinitely
+    idle_news: asyncio.TimerHandle | None = None  # the pending `instance.idle` announcement
     phases: dict[str, float] = field(default_factory=dict)  # the load's phases, for its report
     load_bytes: int = 0
 
@@ -323,6 +327,9 @@ class Host:
         """A request was accepted: the instance is busy until `end`."""
         hosted.in_flight += 1
         hosted.requests += 1
+        if hosted.idle_news is not None:  # it did not stay idle: nothing to announce
+            hosted.idle_news.cancel()
+            hosted.idle_news = None
 
     def end(self, hosted: Hosted, keep_alive_s: float | None) -> None:
         """A request finished; it keeps the instance loaded ``keep_alive_s`` more seconds
@@ -335,6 +342,16 @@ class Host:
         if hosted.in_flight or hosted.status != "ready":
             return
         hosted.idle_since = now
+        # Announced only if it stays idle a moment: back-to-back requests (a busy instance)
+        # cost no event each, and the scheduler's keep-alive clock loses nothing that matters.
+        if hosted.idle_news is None:
+            loop = asyncio.get_running_loop()
+            hosted.idle_news = loop.call_later(IDLE_NEWS_DELAY_S, self._announce_idle, hosted)
+
+    def _announce_idle(self, hosted: Hosted) -> None:
+        hosted.idle_news = None
+        if hosted.in_flight or hosted.status != "ready":
+            return
         self.bus.spawn(
             self._emit(
                 InstanceIdleEvent(
