@@ -17,7 +17,11 @@ MiB = 1 << 20
 
 def log(msg: str) -> None:
     """One progress line on stderr (stdout carries only the report)."""
-    print(f"[bench-serving {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    print(
+        f"[{Path(sys.argv[0]).stem or 'bench'} {time.strftime('%H:%M:%S')}] {msg}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def median(xs: Sequence[float]) -> float:
