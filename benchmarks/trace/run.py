@@ -124,6 +124,29 @@ def _warm_up(cluster: UpCluster, bus: BusClient, http: httpx.Client, setup: Setu
             bus.evict(name, node)
 
 
+def _settle(bus: BusClient, models: int, timeout: float = 300.0) -> None:
+    """Wait for the prefetches that deploying started (one `scheduler.prefetch` event per
+    deployment, then a DRAM copy each) and for the storage services to go quiet: the replay
+    measures a cluster whose deployments were made a while ago, not a deploy storm."""
+    deadline = time.monotonic() + timeout
+    asked = time.monotonic() + 30.0
+    while len(bus.snapshot(_is_prefetch)) < models and time.monotonic() < asked:
+        time.sleep(0.1)
+    quiet_since, last = time.monotonic(), -1
+    while time.monotonic() < deadline:
+        n = len(bus.snapshot(lambda e: str(e.get("kind", "")).startswith("storage.")))
+        if n != last:
+            quiet_since, last = time.monotonic(), n
+        elif time.monotonic() - quiet_since >= 3.0:
+            return
+        time.sleep(0.2)
+    log("storage did not settle after deploying; replaying anyway")
+
+
+def _is_prefetch(event: dict[str, Any]) -> bool:
+    return event.get("kind") == "scheduler.prefetch"
+
+
 def run_policy(
     policy: str, trace: list[Arrival], setup: Setup, state_dir: Path, env: dict[str, str]
 ) -> PolicyRun:
@@ -149,7 +172,7 @@ def run_policy(
             _warm_up(cluster, bus, http, setup)
             for name, path in setup.models.items():
                 _deploy(http, name, path.as_uri(), setup.keep_alive_s)
-        time.sleep(2.0)  # let prefetches (if the scheduler does them) start like in real life
+        _settle(bus, len(setup.models))
         log(f"{policy}: replaying {len(trace)} requests over {trace[-1].at_s:.0f}s")
         start = time.time()
         t = time.monotonic()
