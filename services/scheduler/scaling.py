@@ -258,12 +258,17 @@ class ScaleLoop:
                 keep_until=since + spec.keep_alive_s,
                 stopping=stopping,
             )
+        keep_until = max(act.keep_until, act.retry_at)
+        if act.keep_until == 0.0:
+            # No finished request asked for a keep-alive of its own (the instance never served
+            # one, or only generations that moved in or out): the deployment's applies.
+            keep_until = max(keep_until, act.idle_since + spec.keep_alive_s)
         return InstanceView(
             rec.instance_id,
             "ready",
             busy=act.busy,
             idle_since=act.idle_since,
-            keep_until=max(act.keep_until, act.retry_at),
+            keep_until=keep_until,
             stopping=stopping,
         )
 

@@ -7,7 +7,7 @@ One cluster (one node, three CPU workers, one generation per worker at a time) f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -33,13 +33,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
         SLLM_BANDWIDTH_PROBE_MB="0",
     ) as c:
         yield c
-
-
-@pytest.fixture
-async def bus(cluster: UpCluster) -> AsyncIterator[Bus]:
-    b = await Bus.connect(cluster.nats_url, name="e2e", root=cluster.root, request_timeout=60)
-    yield b
-    await b.close()
 
 
 def _deploy(cluster: UpCluster, name: str, **knobs: Any) -> None:

@@ -50,13 +50,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-async def bus(cluster: UpCluster) -> AsyncIterator[Bus]:
-    b = await Bus.connect(cluster.nats_url, name="e2e", root=cluster.root, request_timeout=60)
-    yield b
-    await b.close()
-
-
-@pytest.fixture
 async def state(cluster: UpCluster) -> AsyncIterator[ClusterState]:
     client: aioredis.Redis = aioredis.Redis.from_url(cluster.redis_url, socket_timeout=10)
     yield ClusterState(client, Keys(cluster.root))

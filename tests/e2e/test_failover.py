@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,13 +35,6 @@ TIMEOUT_S = 300.0
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
     with up_cluster(tmp_path_factory.mktemp("failover"), nodes=2) as c:
         yield c
-
-
-@pytest.fixture
-async def bus(cluster: UpCluster) -> AsyncIterator[Bus]:
-    b = await Bus.connect(cluster.nats_url, name="e2e", root=cluster.root, request_timeout=60)
-    yield b
-    await b.close()
 
 
 @dataclass

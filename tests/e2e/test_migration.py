@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,13 +47,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
         tmp_path_factory.mktemp("migration"), nodes=2, SLLM_DECODE_DELAY=str(DELAY_S)
     ) as c:
         yield c
-
-
-@pytest.fixture
-async def bus(cluster: UpCluster) -> AsyncIterator[Bus]:
-    b = await Bus.connect(cluster.nats_url, name="e2e", root=cluster.root, request_timeout=60)
-    yield b
-    await b.close()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -41,13 +41,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
         SLLM_DECODE_DELAY="0.01",
     ) as c:
         yield c
-
-
-@pytest.fixture
-async def bus(cluster: UpCluster) -> AsyncIterator[Bus]:
-    b = await Bus.connect(cluster.nats_url, name="e2e", root=cluster.root, request_timeout=60)
-    yield b
-    await b.close()
 
 
 def _deploy(cluster: UpCluster, name: str, model_dir: Path) -> None:
