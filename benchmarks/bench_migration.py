@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import os
 import platform
 import random
@@ -29,7 +28,7 @@ from pathlib import Path
 
 from benchmarks.migration.trial import Trial, bus_bandwidth, measure
 from benchmarks.serving.cluster import BusClient, UpCluster
-from benchmarks.serving.common import REPO_ROOT, log
+from benchmarks.serving.common import REPO_ROOT, log, save_results
 from benchmarks.serving.models import prepare_model
 
 DEFAULT_DIR = REPO_ROOT / ".bench" / "migration"
@@ -176,22 +175,17 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(state, ignore_errors=True)
     report = _report(args, when, trials, failures, bandwidth)
     print(report)
-    results = root / "results"
-    results.mkdir(exist_ok=True)
-    stem = results / f"migration-{when:%Y%m%d-%H%M%S}"
-    stem.with_suffix(".md").write_text(report)
-    stem.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "args": {k: str(v) for k, v in vars(args).items()},
-                "bandwidth_bps": bandwidth,
-                "trials": [dataclasses.asdict(t) for t in trials],
-                "failures": failures,
-            },
-            indent=1,
-        )
+    save_results(
+        root,
+        f"migration-{when:%Y%m%d-%H%M%S}",
+        report,
+        {
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "bandwidth_bps": bandwidth,
+            "trials": [dataclasses.asdict(t) for t in trials],
+            "failures": failures,
+        },
     )
-    log(f"saved {stem}.md and .json")
     return 1 if failures else 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import os
 import platform
 import shutil
@@ -25,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.serving.common import REPO_ROOT, log
+from benchmarks.serving.common import REPO_ROOT, log, save_results
 from benchmarks.serving.models import prepare_model
 from benchmarks.trace.report import summarise, table
 from benchmarks.trace.run import PolicyRun, Setup, pool, run_policy
@@ -170,28 +169,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     report = "\n".join(lines) + "\n"
     print(report)
-    results = root / "results"
-    results.mkdir(exist_ok=True)
-    stem = results / f"trace-{when:%Y%m%d-%H%M%S}"
-    stem.with_suffix(".md").write_text(report)
-    stem.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "args": {k: str(v) for k, v in vars(args).items()},
-                "summaries": [dataclasses.asdict(s) for s in summaries],
-                "runs": [
-                    {
-                        "policy": r.policy,
-                        "outcomes": [dataclasses.asdict(o) for o in r.outcomes],
-                        "events": [e for e in r.events if _kept(e)],
-                    }
-                    for r in runs
-                ],
-            },
-            indent=1,
-        )
+    save_results(
+        root,
+        f"trace-{when:%Y%m%d-%H%M%S}",
+        report,
+        {
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "summaries": [dataclasses.asdict(s) for s in summaries],
+            "runs": [
+                {
+                    "policy": r.policy,
+                    "outcomes": [dataclasses.asdict(o) for o in r.outcomes],
+                    "events": [e for e in r.events if _kept(e)],
+                }
+                for r in runs
+            ],
+        },
     )
-    log(f"saved {stem}.md and .json")
     return 0 if all(s.failed == 0 for s in summaries) else 1
 
 

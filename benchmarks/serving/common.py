@@ -57,3 +57,17 @@ def own_cpu() -> float:
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def save_results(root: Path, stem: str, report: str, payload: dict[str, object]) -> Path:
+    """Write ``report`` (Markdown) and ``payload`` (JSON, with the run's arguments and every
+    sample) as ``<root>/results/<stem>.md`` and ``.json``; returns the path without suffix."""
+    import json
+
+    results = root / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / stem
+    path.with_suffix(".md").write_text(report)
+    path.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    log(f"saved {path}.md and .json")
+    return path
