@@ -26,6 +26,8 @@ from .messages import (
     MigrateRequest,
     PlaceReply,
     PlaceRequest,
+    RunningReply,
+    RunningRequest,
     ServiceInfoReply,
     TokenChunk,
     UndeployReply,
@@ -62,6 +64,7 @@ SCHED_MIGRATE = Endpoint(
     "migrate_instance", "sched.migrate", MigrateInstanceRequest, MigrateInstanceReply
 )
 WORKER_MIGRATE = Endpoint("migrate", "worker.{worker_id}.migrate", MigrateRequest, MigrateReply)
+WORKER_RUNNING = Endpoint("running", "worker.{worker_id}.running", RunningRequest, RunningReply)
 WORKER_ADOPT = Endpoint("adopt", "worker.{worker_id}.adopt", AdoptRequest, AdoptReply)
 WORKER_ADOPT_DELTA = Endpoint(
     "adopt_delta", "worker.{worker_id}.adopt_delta", AdoptDeltaRequest, AdoptReply

@@ -150,6 +150,28 @@ class ScaledEvent(Event):
     instance_ids: list[str] = Field(default_factory=list)
 
 
+class ColdStartOption(Message):
+    """One way the scheduler could have started a cold model (see `ColdStartEvent`)."""
+
+    kind: Literal["wait", "elsewhere", "migrate"]
+    worker_id: str
+    startup_s: float
+    destination: str = ""
+    pause_s: float = 0.0
+
+
+class ColdStartEvent(Event):
+    """How the scheduler started a cold model whose best worker was busy: ``chosen`` among
+    every option it weighed (wait for the busy worker, another worker, or migrate the busy
+    worker's running generations away first). ``moved``: the migrated request ids."""
+
+    kind: Literal["scheduler.coldstart"] = "scheduler.coldstart"
+    model: str
+    chosen: ColdStartOption
+    options: list[ColdStartOption] = Field(default_factory=list)
+    moved: list[str] = Field(default_factory=list)
+
+
 class DeploymentEvent(Event):
     kind: Literal["deployment.changed"] = "deployment.changed"
     name: str
@@ -331,6 +353,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         EvictedEvent,
         PlacementEvent,
         ScaledEvent,
+        ColdStartEvent,
         DeploymentEvent,
         RequestCompletedEvent,
         RequestFailoverEvent,

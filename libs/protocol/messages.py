@@ -262,6 +262,29 @@ class MigrateReply(Message):
     remaining: int = Field(ge=0)  # generations still running on the source afterwards
 
 
+class RunningRequest(Message):
+    """Ask a worker what it is generating now (the scheduler's migration policy needs it)."""
+
+
+class RunningGeneration(Message):
+    """One generation a worker produces, with the speeds it measured while doing so."""
+
+    request_id: str
+    context_tokens: int = Field(ge=0)  # prompt + tokens generated so far
+    remaining_tokens: int = Field(ge=0)  # at most this many more (max_tokens - generated)
+    prefill_tokens: int = Field(default=0, ge=0)  # tokens its prefill here covered
+    prefill_s: float | None = Field(default=None, ge=0)  # what that prefill took
+    decode_s_per_token: float | None = Field(default=None, ge=0)  # its pace so far
+
+
+class RunningReply(Message):
+    worker_id: str
+    instance_id: str = ""  # "" when the worker hosts nothing
+    model: str = ""
+    status: str = ""  # the instance's status on the worker (loading, ready, stopping)
+    generations: list[RunningGeneration] = Field(default_factory=list)
+
+
 class AdoptRequest(Message):
     """To the destination worker: prefill a shadow of ``request`` (its ``generated_token_ids``
     are the tokens so far, ``params.seed`` the seed the source actually uses) without

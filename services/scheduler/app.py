@@ -43,6 +43,8 @@ from libs.protocol.messages import (
 from libs.protocol.state import InstanceRecord
 
 from .autoscaler import may_take_worker, remaining_load_s, start_beside_loading
+from .coldpolicy import Bounds
+from .coldstart import ColdStartConfig, ColdStarts
 from .loads import LoadFeedback
 from .migration import Orchestrator
 from .placement import NodeView, SourceTier, WorkerView, rank, round_robin
@@ -56,6 +58,9 @@ log = logging.getLogger(__name__)
 # it died between reserving and recording).
 STALE_RESERVATION_S = 30.0
 RESERVE_ATTEMPTS = 8
+# How long a placement request waits for a cold start's wait or migration to end before it
+# answers "unavailable" (the router asks again).
+JOIN_COLD_START_S = 2.0
 
 
 class SchedulerService(Service):
@@ -101,7 +106,7 @@ class SchedulerService(Service):
             bus=self.bus,
             state=self.state,
             locks=self._model_locks,
-            place_new=self._place_new,
+            place_new=self._autoscale_start,
             live_instances=self._live_instances,
             forget=self._forget,
             unload_timeout=max(self.settings.request_timeout, 30.0),
@@ -112,6 +117,21 @@ class SchedulerService(Service):
             place_new=self._place_new,
             timeout=self.sched.migration_load_timeout,
             unload_timeout=max(self.settings.request_timeout, 30.0),
+        )
+        s = self.sched
+        self.cold = ColdStarts(
+            bus=self.bus,
+            config=ColdStartConfig(
+                enabled=s.cold_start_migration and s.placement_policy == "startup_time",
+                bounds=Bounds(max_pause_s=s.migration_max_pause, max_moved=s.migration_max_moved),
+                wait_limit_s=s.cold_start_wait_limit,
+                default_bytes=int(s.default_model_gb * 1e9),
+                priors=self.priors,
+                unload_timeout=max(self.settings.request_timeout, 30.0),
+            ),
+            snapshot=self._snapshot,
+            place_new=self._place_new,
+            migrations=self.migrations,
         )
         await self.scaler.subscribe()
         scaling = asyncio.create_task(self.scaler.run())
@@ -211,7 +231,20 @@ class SchedulerService(Service):
                 soonest = min(range(len(loading)), key=lambda k: remaining[k])
                 return _existing(loading[soonest], remaining[soonest])
             await self._take_turn(req.model)
-            return await self._place_new(spec, req.request_id)
+            started = await self.cold.start(spec, req.request_id)
+        if isinstance(started, PlaceReply):
+            return started
+        return await self.cold.outcome(req.model, started, JOIN_COLD_START_S)
+
+    async def _autoscale_start(self, spec: DeploymentSpec, reason: str) -> PlaceReply:
+        """The scaling loop's start of one more instance (it holds the model's lock): a first
+        instance is a cold start; joining a wait or migration under way, it does not wait."""
+        if await self._live_instances(spec.name):
+            return await self._place_new(spec, reason)
+        started = await self.cold.start(spec, reason)
+        if isinstance(started, PlaceReply):
+            return started
+        return await self.cold.outcome(spec.name, started, 0.0)
 
     def _remaining_loads(self, loading: list[InstanceRecord]) -> list[float]:
         """Expected seconds left of each load (0 where no estimate is known: assume soon)."""

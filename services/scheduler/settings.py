@@ -34,6 +34,20 @@ class SchedulerSettings(CommonSettings):
     migration_load_timeout: float = setting(
         600.0, "seconds a requested live migration waits for its destination instance's load"
     )
+    cold_start_migration: bool = setting(
+        True,
+        "weigh a busy best worker for a cold model: wait for it, or migrate its running "
+        "generations away, when that starts the model sooner than a free worker",
+    )
+    migration_max_pause: float = setting(
+        0.5, "seconds of stall a migration for a cold start may put into a moved token stream"
+    )
+    migration_max_moved: int = setting(
+        16, "generations one migration for a cold start may move at most"
+    )
+    cold_start_wait_limit: float = setting(
+        120.0, "seconds a cold start may wait for a busy worker before it goes elsewhere"
+    )
     calibration_window: int = setting(
         16, "recent loads per node and tier that calibrate startup estimates; 0: no calibration"
     )
@@ -48,5 +62,11 @@ class SchedulerSettings(CommonSettings):
             raise SettingsError("SLLM_PREFETCH_REPLICAS and SLLM_CALIBRATION_WINDOW must be >= 0")
         if self.prefetch_timeout <= 0:
             raise SettingsError("SLLM_PREFETCH_TIMEOUT must be positive")
+        if self.migration_max_pause <= 0 or self.migration_max_moved < 1:
+            raise SettingsError(
+                "SLLM_MIGRATION_MAX_PAUSE must be > 0, SLLM_MIGRATION_MAX_MOVED >= 1"
+            )
+        if self.cold_start_wait_limit <= 0:
+            raise SettingsError("SLLM_COLD_START_WAIT_LIMIT must be positive")
         if self.migration_load_timeout <= 0:
             raise SettingsError("SLLM_MIGRATION_LOAD_TIMEOUT must be positive")

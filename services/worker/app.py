@@ -20,6 +20,7 @@ from libs.protocol.endpoints import (
     WORKER_GENERATE,
     WORKER_LOAD,
     WORKER_MIGRATE,
+    WORKER_RUNNING,
     WORKER_UNLOAD,
 )
 from libs.protocol.errors import BadRequestError, OverloadedError
@@ -27,6 +28,9 @@ from libs.protocol.messages import (
     FinishReason,
     GenerateReply,
     GenerateRequest,
+    RunningGeneration,
+    RunningReply,
+    RunningRequest,
     TokenChunk,
     Usage,
 )
@@ -77,6 +81,7 @@ class WorkerService(Service):
             route(WORKER_UNLOAD, self.host.unload, worker_id=wid),
             route(WORKER_GENERATE, self.generate, worker_id=wid),
             route(WORKER_MIGRATE, self.migrations.migrate, worker_id=wid),
+            route(WORKER_RUNNING, self.describe_running, worker_id=wid),
             route(WORKER_ADOPT, self.adoptions.adopt, worker_id=wid),
             route(WORKER_ADOPT_DELTA, self.adoptions.delta, worker_id=wid),
             route(WORKER_ADOPT_COMMIT, self.adoptions.commit, worker_id=wid),
@@ -135,6 +140,36 @@ class WorkerService(Service):
         if self._host is not None:
             await self._host.shutdown()
         await self.state.unregister_worker(self.instance_id)
+
+    async def describe_running(self, req: RunningRequest) -> RunningReply:
+        """The hosted instance and the generations it is producing, with their measured
+        prefill and decode speeds (what the scheduler's migration policy weighs)."""
+        h = self.host.hosted
+        if h is None:
+            return RunningReply(worker_id=self.instance_id)
+        gens = []
+        for run in self.running.values():
+            if run.instance_id != h.instance_id or run.stream.done:
+                continue
+            stream = run.stream
+            generated = stream.completion_tokens
+            gens.append(
+                RunningGeneration(
+                    request_id=run.request.request_id,
+                    context_tokens=stream.prompt_tokens + generated,
+                    remaining_tokens=max(run.request.params.max_tokens - generated, 0),
+                    prefill_tokens=stream.prompt_tokens + len(run.request.generated_token_ids),
+                    prefill_s=stream.prefill_s,
+                    decode_s_per_token=stream.decode_s_per_token(),
+                )
+            )
+        return RunningReply(
+            worker_id=self.instance_id,
+            instance_id=h.instance_id,
+            model=h.model,
+            status=h.status,
+            generations=gens,
+        )
 
     # --- generate -----------------------------------------------------------------------------
 

@@ -68,11 +68,29 @@ class GenerationStream:
         self._completion = prior_tokens
         self._timeout = token_timeout
         self._first_at: float | None = None
+        self._last_at: float | None = None
         self._done = False
         self._pause: _Pause | None = None
         self.handed_over = False  # another producer continues the stream
         self.new_token_ids: list[int] = []  # every token this stream has put into a chunk
         self.chunks = 0  # chunks returned (one frame each)
+        self.prefill_s: float | None = None  # this stream's prefill (None: none here)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens generated so far, here and elsewhere."""
+        return self._completion
+
+    def decode_s_per_token(self) -> float | None:
+        """The pace of this stream's tokens so far (None: fewer than two yet)."""
+        n = len(self.new_token_ids)
+        if n < 2 or self._first_at is None or self._last_at is None:
+            return None
+        return max(self._last_at - self._first_at, 0.0) / (n - 1)
 
     @property
     def done(self) -> bool:
@@ -193,6 +211,7 @@ class GenerationStream:
             last_at = item.at
             if item.prefill_s is not None:
                 prefill_s, self._first_at = item.prefill_s, item.at
+                self.prefill_s = item.prefill_s
             elif self._first_at is None:  # a job released after a migration: no prefill
                 self._first_at = item.at
             if item.finish == "stop":  # eos: its id is reported, its text is not
@@ -207,6 +226,8 @@ class GenerationStream:
                 break
         self._completion += len(ids)
         self.new_token_ids.extend(ids)
+        if ids:
+            self._last_at = last_at
         if finish is None:
             return TokenChunk(token_ids=ids, text="".join(text), prefill_s=prefill_s)
         text.append(self._detok.finish())

@@ -25,6 +25,7 @@ from libs.protocol.endpoints import (
     WORKER_GENERATE,
     WORKER_LOAD,
     WORKER_MIGRATE,
+    WORKER_RUNNING,
 )
 from libs.protocol.errors import BadRequestError, ConflictError, NotFoundError
 from libs.protocol.messages import (
@@ -38,6 +39,7 @@ from libs.protocol.messages import (
     MigrateReply,
     MigrateRequest,
     PlaceRequest,
+    RunningRequest,
     SamplingParams,
     TokenChunk,
 )
@@ -267,6 +269,33 @@ async def test_output_is_identical_with_a_migration_early_midway_and_near_the_en
         assert src is not None
         assert dst is not None
         assert (src.in_flight, dst.in_flight) == (0, 0)
+
+
+async def test_a_worker_says_what_it_runs_with_measured_speeds(
+    nats_server, redis_server, root, bus: Bus, state: ClusterState, checkpoint
+) -> None:
+    """What the scheduler's migration policy weighs: each running generation's context and
+    remaining tokens, its prefill and its decode pace."""
+    async with workers(nats_server, redis_server, root, bus, state, checkpoint):
+        got: list[TokenChunk] = []
+        async with await open_stream(bus, request("described")) as reader:
+            await read_until(reader, got, 5)
+            reply = await bus.request(WORKER_RUNNING, RunningRequest(), worker_id=SRC)
+            idle = await bus.request(WORKER_RUNNING, RunningRequest(), worker_id=DST)
+            await asyncio.wait_for(read_all(reader, got), 60)
+        after = await bus.request(WORKER_RUNNING, RunningRequest(), worker_id=SRC)
+    assert (reply.instance_id, reply.model, reply.status) == ("i-src", MODEL, "ready")
+    (g,) = reply.generations
+    generated = g.context_tokens - len(PROMPT)
+    assert generated >= 5
+    assert g.remaining_tokens == N - generated
+    assert g.prefill_tokens == len(PROMPT)
+    assert g.prefill_s is not None
+    assert g.prefill_s > 0
+    assert g.decode_s_per_token is not None
+    assert g.decode_s_per_token >= float(DELAY) * 0.9  # the decode delay paces every token
+    assert (idle.instance_id, idle.generations) == ("i-dst", [])
+    assert after.generations == []
 
 
 async def test_a_migrated_generation_can_migrate_again(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,11 +18,9 @@ from libs.protocol.endpoints import (
     WORKER_LOAD,
     WORKER_UNLOAD,
 )
-from libs.protocol.errors import ConflictError, NotFoundError, UnavailableError
+from libs.protocol.errors import NotFoundError, UnavailableError
 from libs.protocol.events import (
     InstanceIdleEvent,
-    InstanceReadyEvent,
-    InstanceStoppedEvent,
     PlacementEvent,
     ScaledEvent,
 )
@@ -30,38 +28,16 @@ from libs.protocol.messages import (
     DemandReport,
     DeploymentSpec,
     DeployRequest,
-    LoadReply,
-    LoadRequest,
     ModelDemand,
     PlaceRequest,
     UndeployRequest,
-    UnloadReply,
-    UnloadRequest,
 )
 from services.scheduler.app import SchedulerService
 from services.scheduler.settings import SchedulerSettings
 
+from .scheduler_stubs import StandInWorker, hosting_worker, mark_ready, until
+
 pytestmark = pytest.mark.integration
-
-
-class StandInWorker:
-    """A worker's bus endpoints only: records what the scheduler asks of it."""
-
-    def __init__(self, worker_id: str, *, refuse: bool = False) -> None:
-        self.worker_id = worker_id
-        self.refuse = refuse
-        self.loads: list[LoadRequest] = []
-        self.unloads: list[UnloadRequest] = []
-
-    async def load(self, req: LoadRequest) -> LoadReply:
-        if self.refuse:
-            raise ConflictError("busy")
-        self.loads.append(req)
-        return LoadReply(instance_id=req.instance_id, worker_id=self.worker_id)
-
-    async def unload(self, req: UnloadRequest) -> UnloadReply:
-        self.unloads.append(req)
-        return UnloadReply(instance_id=req.instance_id, freed=True)
 
 
 @pytest.fixture
@@ -226,76 +202,6 @@ async def test_sweep_forgets_instances_of_a_worker_restarted_free(
 # --- autoscaling ----------------------------------------------------------------------------
 
 
-class HostingWorker(StandInWorker):
-    """A stand-in that, like a real worker, frees itself on unload (record deleted, worker
-    released, `instance.stopped` with the reason), unless its instance is "busy"."""
-
-    def __init__(self, worker_id: str, bus: Bus, state: ClusterState) -> None:
-        super().__init__(worker_id)
-        self.bus = bus
-        self.state = state
-        self.busy: set[str] = set()
-
-    async def unload(self, req: UnloadRequest) -> UnloadReply:
-        self.unloads.append(req)
-        if req.only_if_idle and req.instance_id in self.busy:
-            return UnloadReply(
-                instance_id=req.instance_id, freed=False, unloaded=False, in_flight=1, requests=1
-            )
-        rec = await self.state.get_instance(req.instance_id)
-        assert rec is not None
-        await self.state.delete_instance(rec)
-        await self.state.release_worker(self.worker_id, req.instance_id)
-        await self.bus.emit(
-            InstanceStoppedEvent(
-                instance_id=rec.instance_id,
-                model=rec.model,
-                worker_id=self.worker_id,
-                reason=req.reason or "unloaded",
-            )
-        )
-        return UnloadReply(instance_id=req.instance_id, freed=True)
-
-
-async def _hosting_worker(bus: Bus, state: ClusterState, redis, keys, wid: str) -> HostingWorker:
-    worker = HostingWorker(wid, bus, state)
-    await state.register_worker(wid, "n-" + wid, "cpu")
-    await redis.set(keys.alive("worker", wid), b"{}", px=60_000)
-    await bus.serve(
-        "worker",
-        [
-            route(WORKER_LOAD, worker.load, worker_id=wid),
-            route(WORKER_UNLOAD, worker.unload, worker_id=wid),
-        ],
-    )
-    return worker
-
-
-async def _ready(bus: Bus, state: ClusterState, worker: HostingWorker, model: str) -> str:
-    """Mark the instance the worker was last asked to load as ready, as a worker does."""
-    iid = worker.loads[-1].instance_id
-    rec = await state.update_instance(iid, status="ready", ready_at=time.time())
-    assert rec is not None
-    await bus.emit(
-        InstanceReadyEvent(
-            instance_id=iid,
-            model=model,
-            worker_id=worker.worker_id,
-            node_id=rec.node_id,
-            source_tier="ssd",
-            load_s=0.1,
-        )
-    )
-    return iid
-
-
-async def _until(pred: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def _demand(bus: Bus, **models: tuple[int, int]) -> None:
     report = DemandReport(
         router_id="r-test",
@@ -319,7 +225,7 @@ async def test_demand_scales_from_zero_to_max_and_back_to_zero_after_keep_alive(
     scheduler, bus: Bus, state: ClusterState, redis, keys
 ) -> None:
     scaled = await _collect_scaled(bus)
-    workers = [await _hosting_worker(bus, state, redis, keys, f"w{k}") for k in range(4)]
+    workers = [await hosting_worker(bus, state, redis, keys, f"w{k}") for k in range(4)]
     spec = DeploymentSpec(
         name="m",
         checkpoint_uri="file:///nowhere",
@@ -334,7 +240,7 @@ async def test_demand_scales_from_zero_to_max_and_back_to_zero_after_keep_alive(
     async def three_loads() -> bool:
         return sum(len(w.loads) for w in workers) == 3
 
-    await _until(three_loads, "three loads")
+    await until(three_loads, "three loads")
     assert len(await state.instances("m")) == 3
     await asyncio.sleep(0.2)
     assert sum(len(w.loads) for w in workers) == 3  # never beyond max_instances
@@ -343,18 +249,18 @@ async def test_demand_scales_from_zero_to_max_and_back_to_zero_after_keep_alive(
 
     for w in workers:
         if w.loads:
-            await _ready(bus, state, w, "m")
+            await mark_ready(bus, state, w, "m")
     await _demand(bus)  # the burst is over: no demand
 
     async def none_left() -> bool:
         return await state.instances("m") == []
 
-    await _until(none_left, "scale to zero")
+    await until(none_left, "scale to zero")
 
     async def three_downs() -> bool:  # events travel after the state changes
         return len([e for e in scaled if e.reason == "idle"]) == 3
 
-    await _until(three_downs, "three scale-down events")
+    await until(three_downs, "three scale-down events")
     unloads = [u for w in workers for u in w.unloads]
     assert len(unloads) == 3
     assert all(u.only_if_idle and u.reason == "idle" for u in unloads)
@@ -366,12 +272,12 @@ async def test_demand_scales_from_zero_to_max_and_back_to_zero_after_keep_alive(
 async def test_a_cold_model_preempts_an_idle_instance_and_never_a_busy_one(
     scheduler, bus: Bus, state: ClusterState, redis, keys
 ) -> None:
-    worker = await _hosting_worker(bus, state, redis, keys, "w0")
+    worker = await hosting_worker(bus, state, redis, keys, "w0")
     for name in ("a", "b"):
         spec = DeploymentSpec(name=name, checkpoint_uri="file:///nowhere", keep_alive_s=300)
         await bus.request(SCHED_DEPLOY, DeployRequest(spec=spec))
     await bus.request(SCHED_PLACE, PlaceRequest(model="a"))
-    a_iid = await _ready(bus, state, worker, "a")
+    a_iid = await mark_ready(bus, state, worker, "a")
     with pytest.raises(UnavailableError, match="no free worker"):
         await bus.request(SCHED_PLACE, PlaceRequest(model="b"))
 
@@ -381,7 +287,7 @@ async def test_a_cold_model_preempts_an_idle_instance_and_never_a_busy_one(
     async def asked() -> bool:
         return bool(worker.unloads)
 
-    await _until(asked, "a preemption attempt")
+    await until(asked, "a preemption attempt")
     first = worker.unloads[0]
     assert (first.only_if_idle, first.ignore_keep_alive, first.reason) == (True, True, "preempted")
     assert await state.get_instance(a_iid) is not None  # refused: busy
@@ -396,7 +302,7 @@ async def test_a_cold_model_preempts_an_idle_instance_and_never_a_busy_one(
     async def b_started() -> bool:
         return [r.model for r in worker.loads] == ["a", "b"]
 
-    await _until(b_started, "model b on the freed worker")
+    await until(b_started, "model b on the freed worker")
     assert await state.get_instance(a_iid) is None
     (b_rec,) = await state.instances("b")
     assert b_rec.worker_id == "w0"
@@ -405,7 +311,7 @@ async def test_a_cold_model_preempts_an_idle_instance_and_never_a_busy_one(
 async def test_a_second_load_starts_only_when_it_beats_the_one_under_way(
     scheduler, bus: Bus, state: ClusterState, redis, keys
 ) -> None:
-    slow = await _hosting_worker(bus, state, redis, keys, "w-slow")  # registry: ~2.7 s
+    slow = await hosting_worker(bus, state, redis, keys, "w-slow")  # registry: ~2.7 s
     spec = DeploymentSpec(name="m", checkpoint_uri="file:///nowhere", max_instances=2)
     await bus.request(SCHED_DEPLOY, DeployRequest(spec=spec))
     first = await bus.request(SCHED_PLACE, PlaceRequest(model="m"))
@@ -414,13 +320,13 @@ async def test_a_second_load_starts_only_when_it_beats_the_one_under_way(
     async def estimate_known() -> bool:
         return first.instance_id in scheduler.scaler.estimates
 
-    await _until(estimate_known, "the placement estimate")
+    await until(estimate_known, "the placement estimate")
     # No faster worker: wait for the load under way.
     again = await bus.request(SCHED_PLACE, PlaceRequest(model="m"))
     assert again.instance_id == first.instance_id
     assert 0 < again.estimated_startup_s <= first.estimated_startup_s
 
-    fast = await _hosting_worker(bus, state, redis, keys, "w-fast")
+    fast = await hosting_worker(bus, state, redis, keys, "w-fast")
     await state.set_locality("n-w-fast", "dram", "m", 10**9)  # a DRAM hit: ~0.1 s
     beside = await bus.request(SCHED_PLACE, PlaceRequest(model="m"))
     assert beside.worker_id == "w-fast"
@@ -448,7 +354,7 @@ async def test_one_scheduler_replica_leads_the_autoscaler(
         async def one_leads() -> bool:
             return first.scaler.leader != second.scaler.leader
 
-        await _until(one_leads, "one leader")
+        await until(one_leads, "one leader")
         leader, follower = (first, second) if first.scaler.leader else (second, first)
         await leader.stop("test")
         follower.scaler.wake()  # any news; it would also check by itself within the lease TTL
@@ -456,7 +362,7 @@ async def test_one_scheduler_replica_leads_the_autoscaler(
         async def took_over() -> bool:
             return follower.scaler.leader
 
-        await _until(took_over, "the follower to take over")
+        await until(took_over, "the follower to take over")
     finally:
         for svc in (first, second):
             await svc.stop("test")
