@@ -110,6 +110,7 @@ class SchedulerService(Service):
             live_instances=self._live_instances,
             forget=self._forget,
             unload_timeout=max(self.settings.request_timeout, 30.0),
+            starting=lambda: self.cold.starting(),
         )
         self.migrations = Orchestrator(
             bus=self.bus,
@@ -132,6 +133,7 @@ class SchedulerService(Service):
             snapshot=self._snapshot,
             place_new=self._place_new,
             migrations=self.migrations,
+            on_done=self.scaler.wake,
         )
         await self.scaler.subscribe()
         scaling = asyncio.create_task(self.scaler.run())

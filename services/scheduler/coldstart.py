@@ -69,13 +69,19 @@ class ColdStarts:
         snapshot: Snapshot,
         place_new: PlaceNew,
         migrations: Orchestrator,
+        on_done: Callable[[], None] = lambda: None,
     ) -> None:
         self.bus = bus
         self.config = config
         self.snapshot = snapshot
         self.place_new = place_new
         self.migrations = migrations
+        self.on_done = on_done
         self._pending: dict[str, asyncio.Task[PlaceReply | BusError]] = {}
+
+    def starting(self) -> set[str]:
+        """The models whose wait or migration is under way."""
+        return {m for m, t in self._pending.items() if not t.done()}
 
     def pending(self, model: str) -> asyncio.Task[PlaceReply | BusError] | None:
         task = self._pending.get(model)
@@ -138,6 +144,7 @@ class ColdStarts:
     def _forget(self, model: str, task: asyncio.Task[PlaceReply | BusError]) -> None:
         if self._pending.get(model) is task:
             del self._pending[model]
+        self.on_done()
 
     @staticmethod
     async def outcome(

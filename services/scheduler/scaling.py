@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 PlaceNew = Callable[[DeploymentSpec, str], Awaitable[PlaceReply]]
 LiveInstances = Callable[[str], Awaitable[list[InstanceRecord]]]
 Forget = Callable[[InstanceRecord, str], Awaitable[None]]
+Starting = Callable[[], set[str]]
 
 # After a failed step (Redis away...) or an unload that got no answer: try again after this.
 RETRY_S = 1.0
@@ -78,6 +79,7 @@ class ScaleLoop:
         live_instances: LiveInstances,
         forget: Forget,
         unload_timeout: float,
+        starting: Starting = set,
         lease_ttl_s: float = LEASE_TTL_S,
     ) -> None:
         self.bus = bus
@@ -89,6 +91,7 @@ class ScaleLoop:
         self.live_instances = live_instances
         self.forget = forget
         self.unload_timeout = unload_timeout
+        self.starting = starting
         self.demand = DemandBook()
         self.activity = ActivityBook()
         # instance -> (placed at, estimated startup seconds), from `scheduler.placed` events.
@@ -230,6 +233,7 @@ class ScaleLoop:
         records: dict[str, InstanceRecord] = {}
         self._scaling = {name: scaling_of(spec) for name, spec in specs.items()}
         self._last_demand = {}
+        starting = self.starting()
         for (name, spec), recs in zip(specs.items(), per_model, strict=True):
             views = []
             for rec in recs:
@@ -237,6 +241,11 @@ class ScaleLoop:
                     continue
                 records[rec.instance_id] = rec
                 views.append(self._view(rec, spec))
+            if name in starting and not views:
+                # A cold start under way (waiting for a busy worker, or migrating its
+                # generations away) counts as a loading instance: nothing else starts the
+                # model, and it preempts nobody meanwhile.
+                views.append(InstanceView("starting:" + name, "loading"))
             d = self.demand.get(name)
             scaling = self._scaling[name]
             self._last_demand[name] = (desired_instances(d.requests, scaling), d.queued > 0)
