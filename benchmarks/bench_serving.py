@@ -132,7 +132,13 @@ def _run_cases(
         if "overhead" in args.only:
             log(f"overhead: {args.overhead_n} warm requests through HTTP and in process")
             overhead = measure_overhead(
-                ctx.api, ctx.bus, warmups[0], tiny.sllm, args.prompt, args.overhead_n
+                ctx.api,
+                ctx.bus,
+                warmups[0],
+                tiny.sllm,
+                args.prompt,
+                args.overhead_n,
+                cpu_seconds=ctx.cluster.cpu_seconds,
             )
     except Exception as exc:
         failures.append(f"overhead: {exc!r}")

@@ -88,6 +88,25 @@ class UpCluster:
         log(f"sllm up: {self.nodes} nodes x 1 worker up in {time.monotonic() - t0:.1f}s")
         return self
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) used so far by each kind of process of the cluster: the
+        services by name (``router``, ``worker``...; summed over replicas), ``nats-server``,
+        ``valkey-server``."""
+        import psutil
+
+        out: dict[str, float] = {}
+        if self.proc is None:
+            return out
+        for p in psutil.Process(self.proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                cmd = p.cmdline()
+                mod = next((a for a in cmd if a.startswith("services.")), "")
+                exe = Path(cmd[0].split()[0]).name if cmd else p.name()
+                name = mod.removeprefix("services.") or exe
+                t = p.cpu_times()
+                out[name] = out.get(name, 0.0) + t.user + t.system
+        return out
+
     def stop(self) -> None:
         """SIGINT (what Ctrl-C sends), then SIGKILL after a minute; removes its DRAM tier dirs."""
         proc = self.proc

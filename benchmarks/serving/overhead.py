@@ -40,7 +40,14 @@ def in_process(path: Path, prompt: str) -> Callable[[], str]:
 
 
 def measure_overhead(
-    api: Api, bus: BusClient, model: str, path: Path, prompt: str, n: int, warmup: int = 20
+    api: Api,
+    bus: BusClient,
+    model: str,
+    path: Path,
+    prompt: str,
+    n: int,
+    warmup: int = 20,
+    cpu_seconds: Callable[[], dict[str, float]] = dict,
 ) -> Overhead:
     """``n`` iterations of one HTTP request and one in-process step, back to back (the order
     alternates), after ``warmup`` untimed iterations; the instance of ``model`` must be ready."""
@@ -54,6 +61,7 @@ def measure_overhead(
     inproc_s: list[float] = []
     ids: list[str] = []
     same = True
+    cpu0 = cpu_seconds()
     for i in range(n):
         local = remote = ""
         for which in ("http", "local") if i % 2 == 0 else ("local", "http"):
@@ -66,6 +74,9 @@ def measure_overhead(
                 local = step()
                 inproc_s.append(time.perf_counter() - t0)
         same = same and local == remote
+    cpu1 = cpu_seconds()
+    # The cluster's CPU per request, by process (the in-process steps run in this process).
+    cpu_ms = {k: round((cpu1[k] - cpu0.get(k, 0.0)) / max(n, 1) * 1e3, 3) for k in cpu1}
     # The router publishes request.completed as it finishes: let the last one arrive.
     last = ids[-1] if ids else ""
     bus.wait_for(
@@ -86,5 +97,5 @@ def measure_overhead(
         worker_prefill_s=[e["prefill_s"] for _, e in matched],
         minus_prefill_s=[h - e["prefill_s"] for h, e in matched],
         same_token=same,
-        extra={"torch_threads_in_process": torch.get_num_threads()},
+        extra={"torch_threads_in_process": torch.get_num_threads(), "cpu_ms_per_request": cpu_ms},
     )

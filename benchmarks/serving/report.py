@@ -229,6 +229,13 @@ def overhead_table(o: Overhead) -> list[str]:
         f"- the same greedy token through HTTP and in process: {'yes' if o.same_token else 'NO'}; "
         f"torch threads in process: {o.extra.get('torch_threads_in_process', '?')}",
     ]
+    cpu: dict[str, float] = o.extra.get("cpu_ms_per_request") or {}
+    if cpu:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))
+        lines.append(
+            f"- CPU per warm request by process (ms; the worker's includes its forward): {parts}; "
+            f"total {sum(cpu.values()):.2f}"
+        )
     return lines
 
 

@@ -134,6 +134,16 @@ class Service:
             await asyncio.sleep(self.settings.heartbeat_interval)
 
 
+def fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (``uvicorn[standard]`` brings it): the same
+    asyncio API with a faster loop and socket I/O; else None (asyncio's own)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run_service(build: Callable[[], Service], *, startup_timeout: float = 60.0) -> int:
     """Run a service until SIGINT/SIGTERM; retry the start while NATS or Redis come up."""
 
@@ -165,4 +175,5 @@ def run_service(build: Callable[[], Service], *, startup_timeout: float = 60.0) 
             return 1
         return 0
 
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=fast_loop_factory()) as runner:
+        return runner.run(main())

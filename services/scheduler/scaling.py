@@ -55,6 +55,10 @@ RETRY_S = 1.0
 # its TTL (a follower checks as often whether the leader is gone).
 LEASE = "autoscaler"
 LEASE_TTL_S = 6.0
+# A demand change that only moves a model's desired instance count (no request waits, none
+# stops waiting) is acted on after this long, so that steady traffic whose in-flight count
+# swings between 0 and 1 with every request does not re-plan the cluster each time.
+DEMAND_SETTLE_S = 0.5
 
 
 def scaling_of(spec: DeploymentSpec) -> Scaling:
@@ -103,11 +107,21 @@ class ScaleLoop:
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._last_demand: dict[str, tuple[int, bool]] = {}
         self._wake = asyncio.Event()
+        self._settle: asyncio.TimerHandle | None = None
 
     # --- news -----------------------------------------------------------------------------
 
     def wake(self) -> None:
         self._wake.set()
+
+    def wake_soon(self) -> None:
+        """Wake after `DEMAND_SETTLE_S` (once, however many calls come meanwhile)."""
+        if self._settle is None:
+            self._settle = asyncio.get_running_loop().call_later(DEMAND_SETTLE_S, self._settled)
+
+    def _settled(self) -> None:
+        self._settle = None
+        self.wake()
 
     async def subscribe(self) -> None:
         bus, sub = self.bus, self.bus.subjects
@@ -129,19 +143,24 @@ class ScaleLoop:
 
     async def _on_demand(self, report: DemandReport) -> None:
         changed = self.demand.apply(report, time.time())
-        if any(self._matters(m) for m in changed):
+        matters = [self._matters(m) for m in changed]
+        if "now" in matters:
             self.wake()
+        elif "soon" in matters:
+            self.wake_soon()
 
-    def _matters(self, model: str) -> bool:
-        """Whether a demand change of ``model`` can change a decision: its desired count, or
-        whether requests wait for it (fairness, preemption)."""
+    def _matters(self, model: str) -> str:
+        """Whether a demand change of ``model`` can change a decision: "now" when requests
+        start or stop waiting for it (a cold start, fairness, preemption), "soon" when only
+        its desired count moved, else ""."""
         scaling = self._scaling.get(model)
         if scaling is None:
-            return True
+            return "now"
         d = self.demand.get(model)
-        before = self._last_demand.get(model, (0, False))
-        now = (desired_instances(d.requests, scaling), d.queued > 0)
-        return now != before
+        desired, queued = self._last_demand.get(model, (0, False))
+        if (d.queued > 0) != queued:
+            return "now"
+        return "soon" if desired_instances(d.requests, scaling) != desired else ""
 
     async def _on_idle(self, ev: InstanceIdleEvent) -> None:
         if self.activity.idle(
@@ -199,6 +218,9 @@ class ScaleLoop:
 
     async def close(self) -> None:
         """Hand the lease over at once (a clean stop), instead of letting it expire."""
+        if self._settle is not None:
+            self._settle.cancel()
+            self._settle = None
         if self.leader:
             with contextlib.suppress(RedisError, OSError):
                 await self.state.drop_lease(LEASE, self.bus.instance_id)
