@@ -204,7 +204,10 @@ class StreamReader(Generic[Rep, Chunk]):
 
     async def _next_frame(self) -> StreamFrame:
         try:
-            data = await asyncio.wait_for(self._queue.get(), self.idle_timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # lands as a frame arrives, and the consumer would read on (a client that left).
+            async with asyncio.timeout(self.idle_timeout):
+                data = await self._queue.get()
         except TimeoutError:
             await self._fail()
             raise BusTimeoutError(

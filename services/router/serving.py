@@ -203,10 +203,11 @@ class OpenAIServing:
     ) -> Response:
         gen = Generation(self.backend, req)
         try:
-            await run_until_disconnect(receive, gen.start())
             if stream:
+                await run_until_disconnect(receive, gen.start())
                 return EventStreamResponse(self._events(gen, fmt), lambda _: gen.finish())
-            text = await run_until_disconnect(receive, self._collect(gen))
+            # One disconnect watch for the whole answer (not one to start, one to collect).
+            text = await run_until_disconnect(receive, self._collect(gen, start=True))
         except ClientDisconnected:
             await gen.finish()
             return Response(status_code=CLIENT_CLOSED)
@@ -217,7 +218,9 @@ class OpenAIServing:
         await gen.finish()
         return JSONResponse(fmt.whole(text, _openai_reason(gen), gen.final_usage()))
 
-    async def _collect(self, gen: Generation) -> str:
+    async def _collect(self, gen: Generation, *, start: bool = False) -> str:
+        if start:
+            await gen.start()
         parts = []
         while (chunk := await gen.next_chunk()) is not None:
             parts.append(chunk.text)

@@ -197,7 +197,8 @@ class Adoptions:
     async def _held(self, shadow: Shadow) -> Held:
         """The engine's answer to the last shadow step (the migration timeout bounds it)."""
         try:
-            item = await asyncio.wait_for(shadow.handle.queue.get(), self.timeout)
+            async with asyncio.timeout(self.timeout):  # not wait_for: see StreamReader
+                item = await shadow.handle.queue.get()
         except TimeoutError:
             raise BusTimeoutError(f"the shadow prefill took over {self.timeout:g}s") from None
         if isinstance(item, Failed):

@@ -185,7 +185,8 @@ class GenerationStream:
     async def _next_items(self) -> list[Output]:
         queue = self._handle.queue
         try:
-            first = await asyncio.wait_for(queue.get(), self._timeout)
+            async with asyncio.timeout(self._timeout):  # not wait_for: see StreamReader
+                first = await queue.get()
         except TimeoutError:
             await self.aclose()
             raise BusTimeoutError(f"no token within {self._timeout:g}s") from None
