@@ -4,8 +4,9 @@ and keep the real Redis state as workers do."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis.asyncio as aioredis
 
@@ -26,6 +27,31 @@ from libs.protocol.messages import (
     UnloadReply,
     UnloadRequest,
 )
+from services.scheduler.app import SchedulerService
+from services.scheduler.settings import SchedulerSettings
+
+
+@contextlib.asynccontextmanager
+async def running_scheduler(
+    nats_url: str, redis_url: str, root: str, **env: str
+) -> AsyncIterator[SchedulerService]:
+    """A scheduler service on the test's NATS and Redis (no periodic sweep; ``env``: more
+    ``SLLM_*`` settings)."""
+    settings = SchedulerSettings.from_env(
+        {
+            "SLLM_NATS_URL": nats_url,
+            "SLLM_REDIS_URL": redis_url,
+            "SLLM_ROOT": root,
+            "SLLM_HOUSEKEEPING_INTERVAL": "3600",
+            **env,
+        }
+    )
+    svc = SchedulerService(settings)
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.stop("test")
 
 
 class StandInWorker:

@@ -45,10 +45,10 @@ from libs.protocol.messages import (
 )
 from libs.protocol.state import InstanceRecord
 from services.scheduler.app import SchedulerService
-from services.scheduler.settings import SchedulerSettings
 from services.worker.app import WorkerService
 from services.worker.settings import WorkerSettings
 
+from .scheduler_stubs import running_scheduler
 from .test_worker import Events, ensure_from
 
 pytestmark = pytest.mark.integration
@@ -458,19 +458,10 @@ async def test_bad_migration_requests_get_typed_errors(
 
 @pytest.fixture
 async def scheduler(nats_server, redis_server, root: str) -> AsyncIterator[SchedulerService]:
-    settings = SchedulerSettings.from_env(
-        {
-            "SLLM_NATS_URL": nats_server.url,
-            "SLLM_REDIS_URL": redis_server.url,
-            "SLLM_ROOT": root,
-            "SLLM_HOUSEKEEPING_INTERVAL": "3600",
-            "SLLM_PREFETCH_REPLICAS": "0",
-        }
-    )
-    svc = SchedulerService(settings)
-    await svc.start()
-    yield svc
-    await svc.stop("test")
+    async with running_scheduler(
+        nats_server.url, redis_server.url, root, SLLM_PREFETCH_REPLICAS="0"
+    ) as svc:
+        yield svc
 
 
 async def test_scheduler_loads_the_model_elsewhere_migrates_and_frees_the_source(

@@ -35,25 +35,15 @@ from libs.protocol.messages import (
 from services.scheduler.app import SchedulerService
 from services.scheduler.settings import SchedulerSettings
 
-from .scheduler_stubs import StandInWorker, hosting_worker, mark_ready, until
+from .scheduler_stubs import StandInWorker, hosting_worker, mark_ready, running_scheduler, until
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def scheduler(nats_server, redis_server, root: str) -> AsyncIterator[SchedulerService]:
-    settings = SchedulerSettings.from_env(
-        {
-            "SLLM_NATS_URL": nats_server.url,
-            "SLLM_REDIS_URL": redis_server.url,
-            "SLLM_ROOT": root,
-            "SLLM_HOUSEKEEPING_INTERVAL": "3600",
-        }
-    )
-    svc = SchedulerService(settings)
-    await svc.start()
-    yield svc
-    await svc.stop("test")
+    async with running_scheduler(nats_server.url, redis_server.url, root) as svc:
+        yield svc
 
 
 async def _add_worker(

@@ -27,9 +27,8 @@ from libs.protocol.messages import (
     RunningGeneration,
 )
 from services.scheduler.app import SchedulerService
-from services.scheduler.settings import SchedulerSettings
 
-from .scheduler_stubs import HostingWorker, hosting_worker
+from .scheduler_stubs import HostingWorker, hosting_worker, running_scheduler
 
 pytestmark = pytest.mark.integration
 
@@ -38,19 +37,10 @@ GB = 10**9
 
 @pytest.fixture
 async def scheduler(nats_server, redis_server, root: str) -> AsyncIterator[SchedulerService]:
-    settings = SchedulerSettings.from_env(
-        {
-            "SLLM_NATS_URL": nats_server.url,
-            "SLLM_REDIS_URL": redis_server.url,
-            "SLLM_ROOT": root,
-            "SLLM_HOUSEKEEPING_INTERVAL": "3600",
-            "SLLM_PREFETCH_REPLICAS": "0",
-        }
-    )
-    svc = SchedulerService(settings)
-    await svc.start()
-    yield svc
-    await svc.stop("test")
+    async with running_scheduler(
+        nats_server.url, redis_server.url, root, SLLM_PREFETCH_REPLICAS="0"
+    ) as svc:
+        yield svc
 
 
 @pytest.fixture
