@@ -236,6 +236,15 @@ async def test_destination_killed_mid_migration_leaves_the_answer_identical(
     await started[1]
     ((dest, moved),) = await started[0]
     assert dest == killed[0]
-    assert moved.outcome == "aborted", moved
-    (aborted,) = events.of("migration.aborted", migration_id=moved.migration_id)
-    assert aborted["side"] == "source"
+    if moved.outcome == "aborted":
+        (aborted,) = events.of("migration.aborted", migration_id=moved.migration_id)
+        assert aborted["side"] == "source"
+    else:
+        # Every worker decodes at the same pace here, so a round can end with the destination
+        # caught up (gap 0) and the migration commit before the kill lands: the destination
+        # then dies while it streams, and the router fails the stream over. The client's
+        # answer is identical either way (checked above); the abort path itself is pinned
+        # down by tests/integration/test_migration.py, where the destination is slower.
+        assert moved.outcome == "committed", moved
+        (failover,) = await events.wait("request.failover", from_worker_id=killed[0])
+        assert failover["to_worker_id"] != killed[0]

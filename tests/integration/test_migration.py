@@ -327,13 +327,17 @@ async def test_a_migrated_generation_can_migrate_again(
 async def test_destination_dying_mid_migration_leaves_the_source_carrying_on(
     nats_server, redis_server, root, bus: Bus, state: ClusterState, events: Events, checkpoint
 ) -> None:
-    async with workers(nats_server, redis_server, root, bus, state, checkpoint) as pair:
+    # The destination's engine steps slower than the source decodes, so every round ends
+    # with the source ahead again: rounds go on (gap 0 is never reached) until the
+    # destination dies after its first prefill.
+    slower = {"decode_delay": str(3 * float(DELAY))}
+    async with workers(
+        nats_server, redis_server, root, bus, state, checkpoint, dst_env=slower
+    ) as pair:
         want = await solo(bus, request("solo", n=120))
         got: list[TokenChunk] = []
         async with await open_stream(bus, request("r", n=120)) as reader:
             await read_until(reader, got, 3)
-            # Rounds go on (gap 0 is never reached while the source decodes) until the
-            # destination dies after its first prefill.
             migrating = asyncio.ensure_future(migrate(bus, target_gap=0, max_rounds=64))
             await events.wait("migration.round", "i-src")
             await pair.services[DST].stop("killed")
