@@ -135,7 +135,7 @@ class Service:
 
 
 def fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (``uvicorn[standard]`` brings it): the same
+    """uvloop's event loop when it is installed (a dependency; not on Windows): the same
     asyncio API with a faster loop and socket I/O; else None (asyncio's own)."""
     try:
         import uvloop

@@ -7,7 +7,8 @@ import pytest
 
 from libs.protocol.messages import RunningGeneration, RunningReply
 from services.scheduler.coldpolicy import Bounds, contenders, costs_of, weigh
-from services.scheduler.placement import DEFAULT_BANDWIDTH, NodeView, WorkerView
+from services.scheduler.migration_policy import Option
+from services.scheduler.placement import DEFAULT_BANDWIDTH, Estimate, NodeView, WorkerView
 
 GB = 10**9
 
@@ -44,6 +45,25 @@ def _gen(
 def _reply(*gens: RunningGeneration, model: str = "a", status: str = "ready") -> RunningReply:
     return RunningReply(
         worker_id="w0", instance_id="i-a", model=model, status=status, generations=list(gens)
+    )
+
+
+def _busy_w0() -> Estimate:
+    """w0's estimate for "m", as a contender (the busy worker of every case below)."""
+    busy, _ = contenders("m", _workers(), NODES, default_bytes=GB, priors=DEFAULT_BANDWIDTH)
+    return busy[0]
+
+
+def _weigh(reply: RunningReply, bounds: Bounds | None = None) -> list[Option]:
+    """The options for "m" when w0 answers ``reply``."""
+    return weigh(
+        "m",
+        [(_busy_w0(), reply)],
+        _workers(),
+        NODES,
+        default_bytes=GB,
+        priors=DEFAULT_BANDWIDTH,
+        bounds=bounds or Bounds(),
     )
 
 
@@ -84,62 +104,27 @@ def test_costs_come_from_measured_speeds_and_bounds() -> None:
 
 
 def test_a_long_generation_is_migrated_to_where_its_model_loads_fast() -> None:
-    busy, _ = contenders("m", _workers(), NODES, default_bytes=GB, priors=DEFAULT_BANDWIDTH)
-    ranked = weigh(
-        "m",
-        [(busy[0], _reply(_gen(remaining=2000)))],
-        _workers(),
-        NODES,
-        default_bytes=GB,
-        priors=DEFAULT_BANDWIDTH,
-        bounds=Bounds(),
-    )
+    ranked = _weigh(_reply(_gen(remaining=2000)))
     best = ranked[0]
     assert (best.kind, best.worker_id, best.destination) == ("migrate", "w0", "w1")
     assert best.moved == ("r1",)
     kinds = {o.kind for o in ranked}
     assert kinds == {"migrate", "wait", "elsewhere"}
     wait = next(o for o in ranked if o.kind == "wait")
-    assert wait.startup_s == pytest.approx(2000 * 0.02 + busy[0].seconds)
+    assert wait.startup_s == pytest.approx(2000 * 0.02 + _busy_w0().seconds)
 
 
 def test_a_generation_about_to_end_is_waited_for() -> None:
-    busy, _ = contenders("m", _workers(), NODES, default_bytes=GB, priors=DEFAULT_BANDWIDTH)
-    ranked = weigh(
-        "m",
-        [(busy[0], _reply(_gen(remaining=3)))],
-        _workers(),
-        NODES,
-        default_bytes=GB,
-        priors=DEFAULT_BANDWIDTH,
-        bounds=Bounds(),
-    )
+    ranked = _weigh(_reply(_gen(remaining=3)))
     assert (ranked[0].kind, ranked[0].worker_id) == ("wait", "w0")
 
 
 def test_the_harm_bounds_rule_a_migration_out() -> None:
-    busy, _ = contenders("m", _workers(), NODES, default_bytes=GB, priors=DEFAULT_BANDWIDTH)
     many = [_gen(f"r{k}", remaining=2000) for k in range(3)]
-    ranked = weigh(
-        "m",
-        [(busy[0], _reply(*many))],
-        _workers(),
-        NODES,
-        default_bytes=GB,
-        priors=DEFAULT_BANDWIDTH,
-        bounds=Bounds(max_moved=2),
-    )
+    ranked = _weigh(_reply(*many), Bounds(max_moved=2))
     assert "migrate" not in {o.kind for o in ranked}
     # A tiny pause bound: the hand-over alone (one decode step) exceeds it.
-    ranked = weigh(
-        "m",
-        [(busy[0], _reply(_gen(remaining=2000)))],
-        _workers(),
-        NODES,
-        default_bytes=GB,
-        priors=DEFAULT_BANDWIDTH,
-        bounds=Bounds(max_pause_s=0.001),
-    )
+    ranked = _weigh(_reply(_gen(remaining=2000)), Bounds(max_pause_s=0.001))
     assert "migrate" not in {o.kind for o in ranked}
 
 
@@ -153,16 +138,8 @@ def test_the_harm_bounds_rule_a_migration_out() -> None:
     ],
 )
 def test_busy_workers_that_cannot_be_weighed_leave_only_free_workers(reply: RunningReply) -> None:
-    busy, best = contenders("m", _workers(), NODES, default_bytes=GB, priors=DEFAULT_BANDWIDTH)
-    ranked = weigh(
-        "m",
-        [(busy[0], reply)],
-        _workers(),
-        NODES,
-        default_bytes=GB,
-        priors=DEFAULT_BANDWIDTH,
-        bounds=Bounds(),
-    )
+    _, best = contenders("m", _workers(), NODES, default_bytes=GB, priors=DEFAULT_BANDWIDTH)
+    ranked = _weigh(reply)
     assert {o.kind for o in ranked} == {"elsewhere"}
     assert best is not None
     assert ranked[0].worker_id == best.worker_id
