@@ -28,7 +28,7 @@ from pathlib import Path
 
 from benchmarks.serving.baseline import baseline_sample
 from benchmarks.serving.cases import Case, Ctx, cold_case
-from benchmarks.serving.client import Api
+from benchmarks.serving.client import Api, LeanClient
 from benchmarks.serving.cluster import BusClient, UpCluster
 from benchmarks.serving.common import DEFAULT_DIR, cpu_busy, log, own_cpu
 from benchmarks.serving.models import ModelFiles, prepare_model
@@ -131,15 +131,19 @@ def _run_cases(
     try:
         if "overhead" in args.only:
             log(f"overhead: {args.overhead_n} warm requests through HTTP and in process")
-            overhead = measure_overhead(
-                ctx.api,
-                ctx.bus,
-                warmups[0],
-                tiny.sllm,
-                args.prompt,
-                args.overhead_n,
-                cpu_seconds=ctx.cluster.cpu_seconds,
-            )
+            lean = LeanClient(ctx.cluster.base_url, timeout=60.0)
+            try:
+                overhead = measure_overhead(
+                    lean,
+                    ctx.bus,
+                    warmups[0],
+                    tiny.sllm,
+                    args.prompt,
+                    args.overhead_n,
+                    cpu_seconds=ctx.cluster.cpu_seconds,
+                )
+            finally:
+                lean.close()
     except Exception as exc:
         failures.append(f"overhead: {exc!r}")
         log(f"overhead failed: {exc!r}")

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .client import Api
+from .client import LeanClient
 from .cluster import BusClient
 from .common import log
 from .samples import Overhead
@@ -40,7 +40,7 @@ def in_process(path: Path, prompt: str) -> Callable[[], str]:
 
 
 def measure_overhead(
-    api: Api,
+    api: LeanClient,
     bus: BusClient,
     model: str,
     path: Path,

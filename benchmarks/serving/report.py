@@ -197,7 +197,7 @@ def overhead_table(o: Overhead) -> list[str]:
         return "—" if math.isnan(x) else f"{x * 1e3:.2f}"
 
     rows: list[tuple[str, list[float]]] = [
-        ("HTTP → router → NATS → worker → back (`httpx.Client`, keep-alive)", o.http_s),
+        ("HTTP → router → NATS → worker → back (`http.client`, keep-alive)", o.http_s),
         (
             "in-process: tokenize + prefill + 1 token + decode (`load_model`, same checkpoint)",
             o.inproc_s,

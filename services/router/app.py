@@ -26,11 +26,13 @@ from libs.protocol.events import (
     MigrationCommittedEvent,
 )
 
+from .auth import ApiKeys
 from .cluster import ClusterView
 from .demand import DemandTracker
 from .deployments import DeploymentsApi
-from .errors import ApiError, from_bus, to_api_error, validation_message
+from .errors import ApiError, from_bus, invalid_request, to_api_error
 from .generation import Backend
+from .hotpath import HotPath
 from .metrics import RouterMetrics
 from .placement import ColdStarts
 from .routes import v1_routes
@@ -46,6 +48,7 @@ class RouterService(Service):
     def __init__(self, settings: RouterSettings) -> None:
         super().__init__(settings, instance_id=settings.instance_id)
         self.router_settings = settings
+        self.api_keys = ApiKeys(settings.api_keys)
         self.metrics = RouterMetrics()
         self._serving: OpenAIServing | None = None
         self._deployments: DeploymentsApi | None = None
@@ -145,7 +148,12 @@ class RouterService(Service):
         return True, "ok"
 
 
-def create_app(svc: RouterService) -> FastAPI:
+def create_app(svc: RouterService) -> HotPath:
+    """The ASGI app of the router: the completion routes' `HotPath` in front of FastAPI."""
+    return HotPath(create_fastapi(svc), svc)
+
+
+def create_fastapi(svc: RouterService) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await svc.start()
@@ -167,8 +175,7 @@ def create_app(svc: RouterService) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_: Request, exc: RequestValidationError) -> Response:
-        message, param = validation_message(exc.errors())
-        return ApiError(400, message, code="invalid_request", param=param).response()
+        return invalid_request(exc.errors()).response()
 
     @app.exception_handler(HTTPException)
     async def on_http(_: Request, exc: HTTPException) -> Response:

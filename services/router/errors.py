@@ -8,6 +8,7 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from libs.protocol.errors import BusError, ErrorCode
 
@@ -92,12 +93,26 @@ def from_bus(exc: BusError, *, retry_after: int) -> ApiError:
 
 
 def to_api_error(exc: BaseException, *, retry_after: int) -> ApiError:
-    """Any exception as an `ApiError`: typed ones keep their status, others are 500."""
+    """Any exception as an `ApiError`: typed ones keep their status (a request body that fails
+    validation is a 400), others are 500."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, BusError):
         return from_bus(exc, retry_after=retry_after)
+    if isinstance(exc, ValidationError):
+        return invalid_request(exc.errors())
     return ApiError(status=500, message=f"internal error: {type(exc).__name__}", code="internal")
+
+
+def is_expected(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of the typed errors (not a bug to log with its traceback)."""
+    return isinstance(exc, ApiError | BusError | ValidationError)
+
+
+def invalid_request(errors: Sequence[Mapping[str, Any]]) -> ApiError:
+    """A 400 for a request that failed validation (FastAPI's or pydantic's error list)."""
+    message, param = validation_message(errors)
+    return ApiError(400, message, code="invalid_request", param=param)
 
 
 def unauthorized(message: str) -> ApiError:

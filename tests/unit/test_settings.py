@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from libs.cli.settings import UpSettings, all_settings
+from libs.cli.up import torch_threads_per_worker
 from libs.common.settings import SettingsError, settings_table
 from services.router.settings import RouterSettings
 from services.storage.settings import StorageSettings
@@ -67,3 +68,14 @@ def test_readme_lists_every_setting() -> None:
     """The README's table is `sllm settings` verbatim, so it cannot rot."""
     readme = (ROOT / "README.md").read_text()
     assert settings_table(all_settings()) in readme
+
+
+@pytest.mark.parametrize(
+    ("nodes", "workers", "cpus", "threads"),
+    [(1, 1, 2, 1), (2, 1, 2, 1), (1, 1, 16, 15), (2, 2, 16, 3), (4, 4, 8, 1)],
+)
+def test_cpu_workers_leave_a_core_to_the_other_services(nodes, workers, cpus, threads) -> None:
+    settings = UpSettings.from_env(
+        {"SLLM_NODES": str(nodes), "SLLM_WORKERS_PER_NODE": str(workers)}
+    )
+    assert torch_threads_per_worker(settings, cpus) == threads
