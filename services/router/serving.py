@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive
 
@@ -215,8 +216,12 @@ class OpenAIServing:
             gen.fail(exc)
             await gen.finish()
             raise
-        await gen.finish()
-        return JSONResponse(fmt.whole(text, _openai_reason(gen), gen.final_usage()))
+        # The accounting (metrics, the request.completed event) runs once the answer is sent:
+        # the event's publication is not on the client's path.
+        return JSONResponse(
+            fmt.whole(text, _openai_reason(gen), gen.final_usage()),
+            background=BackgroundTask(gen.finish),
+        )
 
     async def _collect(self, gen: Generation, *, start: bool = False) -> str:
         if start:
