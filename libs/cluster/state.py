@@ -67,6 +67,19 @@ redis.call('SREM', KEYS[2], ARGV[1])
 return 1
 """
 
+# KEYS[1] = instance record, KEYS[2] = the model's instance set, KEYS[3] = its worker hash;
+# ARGV[1] = instance id. Delete the record and free the worker if it still holds the instance,
+# in one step: nobody sees the record gone and the worker still taken.
+_RETIRE = """
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+if redis.call('HGET', KEYS[3], 'instance_id') == ARGV[1] then
+  redis.call('HSET', KEYS[3], 'instance_id', '')
+  return 1
+end
+return 0
+"""
+
 
 # KEYS[1] = lease key; ARGV[1] = holder, ARGV[2] = ttl ms. Take the lease if it is free or
 # renew it if we hold it; 1 when we hold it afterwards.
@@ -114,6 +127,7 @@ class ClusterState:
         self._lease = redis.register_script(_LEASE)
         self._unlease = redis.register_script(_UNLEASE)
         self._forget_orphan = redis.register_script(_FORGET_ORPHAN)
+        self._retire = redis.register_script(_RETIRE)
 
     # --- leases -----------------------------------------------------------------------------
 
@@ -191,6 +205,16 @@ class ClusterState:
             pipe.delete(self.keys.instance(rec.instance_id))
             pipe.srem(self.keys.model_instances(rec.model), rec.instance_id)
             await pipe.execute()
+
+    async def retire_instance(self, rec: InstanceRecord) -> bool:
+        """Delete the instance's record and free its worker (if the worker still holds it),
+        atomically. True if the worker was freed."""
+        keys = [
+            self.keys.instance(rec.instance_id),
+            self.keys.model_instances(rec.model),
+            self.keys.worker(rec.worker_id),
+        ]
+        return bool(await self._retire(keys=keys, args=[rec.instance_id]))
 
     async def forget_orphaned_instance(self, rec: InstanceRecord) -> bool:
         """Delete the record of an instance whose worker no longer holds it (the worker

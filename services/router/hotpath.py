@@ -2,7 +2,7 @@
 app in front of FastAPI.
 
 Those two routes are the per-request work of the system. Through FastAPI each one also paid
-for the middleware stack, routing, dependency solving and a second parse of the body: about
+for the middleware stack, routing, dependency solving and a second pass over the body: 0.1 to
 0.3 ms of router CPU on every warm request, on a 2-core VM (see benchmarks/README.md). Here the
 body is read once and validated once (`model_validate_json`), with the same API-key check, the
 same validation messages and the same error mapping as the FastAPI routes. Every other request,

@@ -203,8 +203,7 @@ class SchedulerService(Service):
             rec.worker_id,
             reason,
         )
-        await self.state.delete_instance(rec)
-        await self.state.release_worker(rec.worker_id, rec.instance_id)
+        await self.state.retire_instance(rec)
         await self.bus.emit(
             InstanceStoppedEvent(
                 instance_id=rec.instance_id, model=rec.model, worker_id=rec.worker_id, reason=reason

@@ -429,7 +429,7 @@ class Host:
         return freed
 
     async def _teardown(self, hosted: Hosted) -> None:
-        """Stop the engine, free the memory, delete the record, release the worker."""
+        """Stop the engine, free the memory, delete the record and release the worker."""
         hosted.status = "stopping"
         runtime, hosted.runtime = hosted.runtime, None
         if runtime is not None:
@@ -449,16 +449,12 @@ class Host:
             status="stopping",
             created_at=0.0,
         )
-        try:
-            await self.state.delete_instance(rec)
-        except (RedisError, OSError) as exc:
-            log.error("could not delete instance record %s: %r", hosted.instance_id, exc)
         if self.hosted is hosted:
             self.hosted = None
         try:
-            await self.state.release_worker(self.worker_id, hosted.instance_id)
+            await self.state.retire_instance(rec)
         except (RedisError, OSError) as exc:
-            log.error("could not release worker %s: %r", self.worker_id, exc)
+            log.error("could not retire instance %s: %r", hosted.instance_id, exc)
 
     def _free_memory(self) -> None:
         if self._prepared.done():  # torch is imported: let it return cached device memory too

@@ -10,7 +10,6 @@ node-1, and migrating the running generation to node-1 (where "a" loads from DRA
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from libs.protocol import Bus
 from libs.protocol.endpoints import STORAGE_ENSURE
 from libs.protocol.messages import EnsureRequest
 
+from .answers import TIMEOUT_S, Answer, streamed
 from .cluster import UpCluster, up_cluster
 from .events import Events
 
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MAX_TOKENS = 300
 DELAY_S = 0.02  # per decode step: the long generation takes about 6 s
-TIMEOUT_S = 300.0
+PATH = "/v1/completions"
 
 
 @pytest.fixture(scope="module")
@@ -52,35 +52,7 @@ def _body(model: str, max_tokens: int) -> dict[str, Any]:
         "prompt": "Once upon a time",
         "max_tokens": max_tokens,
         "temperature": 0,
-        "stream": True,
     }
-
-
-async def _stream(
-    cluster: UpCluster, model: str, max_tokens: int, on_chunk: Any = None
-) -> tuple[str, str | None]:
-    """A streamed completion's text and finish reason; ``on_chunk(n)`` after the n-th chunk."""
-    parts: list[str] = []
-    finish, n = None, 0
-    async with (
-        httpx.AsyncClient(timeout=TIMEOUT_S) as client,
-        client.stream(
-            "POST", cluster.base_url + "/v1/completions", json=_body(model, max_tokens)
-        ) as resp,
-    ):
-        assert resp.status_code == 200, await resp.aread()
-        async for line in resp.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line.removeprefix("data: "))
-            assert "error" not in chunk, chunk
-            for choice in chunk["choices"]:
-                parts.append(choice.get("text") or "")
-                finish = choice.get("finish_reason") or finish
-            n += 1
-            if on_chunk is not None:
-                on_chunk(n)
-    return "".join(parts), finish
 
 
 async def _ensure(bus: Bus, cluster: UpCluster, model: str, node: str) -> None:
@@ -105,26 +77,25 @@ async def test_a_cold_model_takes_a_busy_worker_by_migrating_its_generation(
             assert r.status_code == 201, r.text
     await _ensure(bus, cluster, "a", "node-0")
     # The reference answer, without a migration; it also starts "a" on node-0's worker.
-    want, finish = await _stream(cluster, "a", MAX_TOKENS)
-    assert finish == "length"  # a long answer: no early stop
+    want = await streamed(cluster, PATH, _body("a", MAX_TOKENS))
+    assert want.finish == "length"  # a long answer: no early stop
     placed_a = await events.wait_for(lambda e: e["kind"] == "scheduler.placed")
     assert placed_a["node_id"] == "node-0"
     busy_worker = placed_a["worker_id"]
     await _ensure(bus, cluster, "a", "node-1")
     await _ensure(bus, cluster, "m", "node-0")
 
-    cold: list[asyncio.Task[tuple[str, str | None]]] = []
+    cold: list[asyncio.Task[Answer]] = []
 
     def on_chunk(n: int) -> None:
         if n == 10:  # "a" is well under way on node-0: now "m" is wanted
-            cold.append(asyncio.ensure_future(_stream(cluster, "m", 4)))
+            cold.append(asyncio.ensure_future(streamed(cluster, PATH, _body("m", 4))))
 
-    got, finish = await _stream(cluster, "a", MAX_TOKENS, on_chunk=on_chunk)
-    m_text, m_finish = await asyncio.wait_for(cold[0], TIMEOUT_S)
+    got = await streamed(cluster, PATH, _body("a", MAX_TOKENS), on_chunk=on_chunk)
+    m_answer = await asyncio.wait_for(cold[0], TIMEOUT_S)
 
     assert got == want  # the migrated stream is identical
-    assert finish == "length"
-    assert m_finish in ("length", "stop")
+    assert m_answer.finish in ("length", "stop")
     (decision,) = events.of("scheduler.coldstart", model="m")
     chosen = decision["chosen"]
     assert (chosen["kind"], chosen["worker_id"]) == ("migrate", busy_worker)
@@ -139,4 +110,4 @@ async def test_a_cold_model_takes_a_busy_worker_by_migrating_its_generation(
     assert (placed_m["worker_id"], placed_m["source_tier"]) == (busy_worker, "dram")
     stopped = await events.wait("instance.stopped", worker_id=busy_worker, reason="migrated")
     assert stopped[0]["model"] == "a"
-    assert m_text is not None
+    assert 1 <= m_answer.completion_tokens <= 4  # "m" answered, from its fresh instance

@@ -10,16 +10,13 @@ has restarted it) from the prompt plus the tokens already sent.
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
 
-import httpx
 import pytest
 
 from libs.protocol import Bus
 
+from .answers import Answer, streamed, whole
 from .cluster import UpCluster, up_cluster
 from .events import Events
 
@@ -28,7 +25,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MESSAGES = [{"role": "user", "content": "Tell me a long story about the sea."}]
 # Long enough that the kill lands mid-stream on any machine; the demo model's context is 4096.
 MAX_TOKENS = 1500
-TIMEOUT_S = 300.0
 
 
 @pytest.fixture(scope="module")
@@ -37,53 +33,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
         yield c
 
 
-@dataclass
-class Answer:
-    text: str
-    finish: str | None
-    completion_tokens: int
-    request_id: str
+def killing(cluster: UpCluster, victim: str, after: int) -> Callable[[int], None]:
+    """An ``on_chunk`` that sends SIGKILL to ``victim`` once ``after`` chunks have arrived."""
 
+    def on_chunk(n: int) -> None:
+        if n == after:
+            cluster.child(victim).kill()
 
-async def streamed(
-    cluster: UpCluster, path: str, body: dict[str, Any], *, kill: str = "", after: int = 0
-) -> Answer:
-    """A streamed answer, read to the end; with ``kill``, that worker gets SIGKILL once
-    ``after`` chunks have arrived."""
-    parts: list[str] = []
-    finish, usage, request_id, chunks = None, 0, "", 0
-    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-    async with (
-        httpx.AsyncClient(timeout=TIMEOUT_S) as client,
-        client.stream("POST", cluster.base_url + path, json=body) as resp,
-    ):
-        assert resp.status_code == 200, await resp.aread()
-        async for line in resp.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line.removeprefix("data: "))
-            assert "error" not in chunk, chunk
-            request_id = chunk["id"]
-            if chunk.get("usage"):
-                usage = chunk["usage"]["completion_tokens"]
-            for choice in chunk["choices"]:
-                delta = choice.get("delta", {}).get("content") or choice.get("text") or ""
-                parts.append(delta)
-                finish = choice.get("finish_reason") or finish
-            chunks += 1
-            if kill and chunks == after:
-                cluster.child(kill).kill()
-    return Answer("".join(parts), finish, usage, request_id)
-
-
-async def whole(cluster: UpCluster, path: str, body: dict[str, Any]) -> Answer:
-    async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
-        resp = await client.post(cluster.base_url + path, json=body)
-    assert resp.status_code == 200, resp.text
-    out = resp.json()
-    choice = out["choices"][0]
-    text = choice["message"]["content"] if "message" in choice else choice["text"]
-    return Answer(text, choice["finish_reason"], out["usage"]["completion_tokens"], out["id"])
+    return on_chunk
 
 
 async def serving_worker(events: Events, request_id: str) -> str:
@@ -116,7 +73,9 @@ async def test_streamed_greedy_chat_survives_kill_9_of_its_worker(
     assert want.completion_tokens > 100, want  # a long generation to cut into
     victim = await serving_worker(events, want.request_id)
 
-    got = await streamed(cluster, "/v1/chat/completions", body, kill=victim, after=5)
+    got = await streamed(
+        cluster, "/v1/chat/completions", body, on_chunk=killing(cluster, victim, 5)
+    )
     assert got.text == want.text
     assert (got.finish, got.completion_tokens) == (want.finish, want.completion_tokens)
     await check_failover(events, got, victim)
@@ -166,7 +125,7 @@ async def test_seeded_sampled_stream_survives_kill_9_of_its_worker(
     assert want.completion_tokens > 100, want
     victim = await serving_worker(events, want.request_id)
 
-    got = await streamed(cluster, "/v1/completions", body, kill=victim, after=20)
+    got = await streamed(cluster, "/v1/completions", body, on_chunk=killing(cluster, victim, 20))
     assert got.text == want.text
     assert (got.finish, got.completion_tokens) == (want.finish, want.completion_tokens)
     await check_failover(events, got, victim)

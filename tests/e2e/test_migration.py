@@ -11,10 +11,8 @@ Workers decode with ``SLLM_DECODE_DELAY`` so that a migration lands where the te
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -24,6 +22,7 @@ from libs.protocol import Bus
 from libs.protocol.endpoints import SCHED_MIGRATE
 from libs.protocol.messages import MigratedGeneration, MigrateInstanceRequest
 
+from .answers import Answer, streamed, whole
 from .cluster import UpCluster, up_cluster
 from .events import Events
 
@@ -38,7 +37,6 @@ BODY: dict[str, Any] = {
     "max_tokens": MAX_TOKENS,
     "temperature": 0,
 }
-TIMEOUT_S = 300.0
 
 
 @pytest.fixture(scope="module")
@@ -52,48 +50,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
 @pytest.fixture
 async def events(bus: Bus) -> Events:
     return await Events().start(bus)
-
-
-@dataclass
-class Answer:
-    text: str
-    finish: str | None
-    completion_tokens: int
-
-
-async def streamed(cluster: UpCluster, *, on_chunk: Any = None) -> Answer:
-    """A streamed answer, read to the end; ``on_chunk(n)`` runs after the n-th chunk."""
-    parts: list[str] = []
-    finish, usage, n = None, 0, 0
-    body = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
-    async with (
-        httpx.AsyncClient(timeout=TIMEOUT_S) as client,
-        client.stream("POST", cluster.base_url + PATH, json=body) as resp,
-    ):
-        assert resp.status_code == 200, await resp.aread()
-        async for line in resp.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line.removeprefix("data: "))
-            assert "error" not in chunk, chunk
-            if chunk.get("usage"):
-                usage = chunk["usage"]["completion_tokens"]
-            for choice in chunk["choices"]:
-                parts.append(choice.get("text") or "")
-                finish = choice.get("finish_reason") or finish
-            n += 1
-            if on_chunk is not None:
-                on_chunk(n)
-    return Answer("".join(parts), finish, usage)
-
-
-async def whole(cluster: UpCluster) -> Answer:
-    async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
-        resp = await client.post(cluster.base_url + PATH, json=BODY)
-    assert resp.status_code == 200, resp.text
-    out = resp.json()
-    choice = out["choices"][0]
-    return Answer(choice["text"], choice["finish_reason"], out["usage"]["completion_tokens"])
 
 
 async def instances(cluster: UpCluster) -> list[dict[str, Any]]:
@@ -156,9 +112,9 @@ def check_rounds(events: Events, moved: MigratedGeneration) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def reference(cluster: UpCluster) -> Answer:
     """The answer without a migration (this cold-starts the model on one worker)."""
-    ref = asyncio.run(whole(cluster))
+    ref = asyncio.run(whole(cluster, PATH, BODY))
     assert ref.completion_tokens == MAX_TOKENS  # a long answer: no early stop
-    assert asyncio.run(streamed(cluster)) == ref
+    assert asyncio.run(streamed(cluster, PATH, BODY)) == ref
     return ref
 
 
@@ -185,7 +141,7 @@ async def test_streamed_answer_is_identical_with_a_migration(
         if n == after:
             started.append(asyncio.ensure_future(migrate_running(cluster, bus)))
 
-    answer = await streamed(cluster, on_chunk=on_chunk)
+    answer = await streamed(cluster, PATH, BODY, on_chunk=on_chunk)
     assert answer == reference
     ((dest, moved),) = await started[0]
     assert moved.outcome == "committed", moved
@@ -199,7 +155,7 @@ async def test_streamed_answer_is_identical_with_a_migration(
 async def test_whole_answer_is_identical_with_a_migration(
     cluster: UpCluster, bus: Bus, events: Events, reference: Answer, delay_s: float
 ) -> None:
-    answering = asyncio.ensure_future(whole(cluster))
+    answering = asyncio.ensure_future(whole(cluster, PATH, BODY))
     await asyncio.sleep(delay_s)
     ((_, moved),) = await migrate_when_running(cluster, bus)
     answer = await answering
@@ -231,7 +187,7 @@ async def test_destination_killed_mid_migration_leaves_the_answer_identical(
         killed.append(first["destination_worker_id"])
         return []
 
-    answer = await streamed(cluster, on_chunk=on_chunk)
+    answer = await streamed(cluster, PATH, BODY, on_chunk=on_chunk)
     assert answer == reference
     await started[1]
     ((dest, moved),) = await started[0]

@@ -156,8 +156,7 @@ class StubScheduler:
             raise NotFoundError(f"no deployment named {req.name!r}")
         stopped = []
         for rec in await self.state.instances(req.name):
-            await self.state.delete_instance(rec)
-            await self.state.release_worker(rec.worker_id, rec.instance_id)
+            await self.state.retire_instance(rec)
             await self.bus.emit(
                 InstanceStoppedEvent(
                     instance_id=rec.instance_id, model=rec.model, worker_id=rec.worker_id

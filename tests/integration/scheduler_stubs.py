@@ -107,8 +107,7 @@ class HostingWorker(StandInWorker):
             )
         rec = await self.state.get_instance(req.instance_id)
         assert rec is not None
-        await self.state.delete_instance(rec)
-        await self.state.release_worker(self.worker_id, req.instance_id)
+        await self.state.retire_instance(rec)
         await self.bus.emit(
             InstanceStoppedEvent(
                 instance_id=rec.instance_id,

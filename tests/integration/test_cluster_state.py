@@ -48,6 +48,35 @@ async def test_instances_roundtrip_and_update(state: ClusterState) -> None:
     assert await state.update_instance("i1", status="ready") is None
 
 
+async def test_retiring_an_instance_deletes_it_and_frees_only_its_own_worker(
+    state: ClusterState,
+) -> None:
+    await state.register_worker("w0", "node-0", "cpu")
+    old = InstanceRecord(
+        instance_id="i-old",
+        model="m",
+        worker_id="w0",
+        node_id="node-0",
+        status="ready",
+        created_at=1.0,
+    )
+    await state.put_instance(old)
+    assert await state.reserve_worker("w0", "i-old")
+    assert await state.retire_instance(old) is True
+    assert await state.instances("m") == []
+    worker = await state.get_worker("w0")
+    assert worker is not None
+    assert worker.instance_id == ""
+    # A late retirement (the worker went on to another instance) leaves the worker alone.
+    assert await state.reserve_worker("w0", "i-new")
+    await state.put_instance(old)
+    assert await state.retire_instance(old) is False
+    assert await state.get_instance("i-old") is None
+    worker = await state.get_worker("w0")
+    assert worker is not None
+    assert worker.instance_id == "i-new"
+
+
 async def test_only_one_of_many_concurrent_reservations_wins(
     state: ClusterState, redis: aioredis.Redis, keys: Keys
 ) -> None:
