@@ -33,6 +33,7 @@ from .deployments import DeploymentsApi
 from .errors import ApiError, from_bus, invalid_request, to_api_error
 from .generation import Backend
 from .hotpath import HotPath
+from .liveness import LivenessWatch
 from .metrics import RouterMetrics
 from .placement import ColdStarts
 from .routes import v1_routes
@@ -88,7 +89,7 @@ class RouterService(Service):
             self.bus, view, self._starts, self.metrics, s, self.instance_id, demand=demand
         )
         self._serving = OpenAIServing(backend)
-        watch = asyncio.create_task(backend.watch())  # liveness of silent instances
+        watch = asyncio.create_task(LivenessWatch(backend).run())  # silent instances
         self._stack.callback(watch.cancel)
         self._deployments = DeploymentsApi(backend)
 

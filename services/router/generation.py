@@ -3,8 +3,9 @@
 A `Generation` keeps the prompt's token ids and every generated token id, so that it can be
 resumed elsewhere with ``generated_token_ids`` and the stream's next sequence number (see
 `resume_request`). Failover: when the instance dies mid-stream (its stop or failure event, a
-liveness check of its worker after a silence, or the idle timeout), the generation goes on
-on another ready instance, or one started for it, and the client sees one unbroken stream.
+liveness check of its worker after a silence, see `liveness.py`, or the idle timeout), the
+generation goes on on another ready instance, or one started for it, and the client sees one
+unbroken stream.
 Sampling is a pure function of (seed, position) and the router always sends a seed, so a
 resumed sampled generation continues exactly as the uninterrupted one would have.
 """
@@ -17,13 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from redis.exceptions import RedisError
-
 from libs.protocol import Bus, StreamReader, StreamWriter
-from libs.protocol.endpoints import SERVICE_INFO, WORKER_GENERATE
+from libs.protocol.endpoints import WORKER_GENERATE
 from libs.protocol.errors import (
     BusError,
-    BusTimeoutError,
     ConflictError,
     InternalError,
     NoRespondersError,
@@ -32,22 +30,20 @@ from libs.protocol.errors import (
     UnavailableError,
 )
 from libs.protocol.events import (
-    InstanceStoppedEvent,
     RequestCompletedEvent,
     RequestFailoverEvent,
 )
 from libs.protocol.messages import (
     GenerateReply,
     GenerateRequest,
-    InfoRequest,
     TokenChunk,
     Usage,
 )
 from libs.protocol.state import InstanceRecord
 
-from .cluster import ClusterView, least_loaded, read
+from .cluster import ClusterView, least_loaded
 from .demand import DemandTracker
-from .failover import GONE_ERRORS, Probe, gone_reason, latest, may_fail_over, silent
+from .failover import GONE_ERRORS, may_fail_over
 from .metrics import UNKNOWN_MODEL, RouterMetrics
 from .placement import BACKOFF_MAX_S, BACKOFF_MIN_S, ColdStarts
 from .settings import RouterSettings
@@ -62,10 +58,6 @@ SUSPECT_S = 5.0
 MAX_UNUSABLE = 3
 # How long an instance found dead stays out of the ready list (ids are never reused).
 DEAD_S = 600.0
-# How long a liveness check waits for the worker's answer (no answer proves nothing).
-PROBE_TIMEOUT_S = 2.0
-# How often the record of a dead instance is checked for a worker that came back without it.
-ORPHAN_POLL_S = 0.25
 
 Status = Literal["ok", "error", "cancelled"]
 
@@ -85,8 +77,6 @@ class Backend:
     demand: DemandTracker | None = None  # the autoscaler's demand signal
     # Started generations by request id (a migration names its request).
     by_request: dict[str, Generation] = field(default_factory=dict)
-    _probed: dict[str, float] = field(default_factory=dict)  # instance -> last liveness check
-    _probing: set[str] = field(default_factory=set)
 
     async def instance_gone(self, instance_id: str, why: str) -> None:
         """End the streams of an instance that stopped or failed, instead of letting each
@@ -119,104 +109,6 @@ class Backend:
         if rec is None:
             rec = old.model_copy(update={"instance_id": instance_id, "worker_id": worker_id})
         gen.moved(rec, cancel_subject, stream_id)
-
-    # --- liveness ---------------------------------------------------------------------------
-
-    async def watch(self) -> None:
-        """Check the worker of every instance whose streams have all gone silent for
-        ``liveness_probe_interval``: a dead one is found within about that time, rather than
-        when its heartbeat lapses and the scheduler's sweep reports it (seconds later)."""
-        interval = self.settings.liveness_probe_interval
-        if interval <= 0:
-            return
-        while True:
-            await asyncio.sleep(max(interval / 2, 0.05))
-            try:
-                self.check_silent(time.monotonic())
-            except Exception:  # a bug here must not end the watch
-                log.exception("liveness sweep failed")
-
-    def check_silent(self, now: float) -> None:
-        """Start a liveness check of each instance `silent` names (one at a time each)."""
-        interval = self.settings.liveness_probe_interval
-        last = latest(
-            (iid, gen.last_frame_at) for iid, gens in self.streaming.items() for gen in gens
-        )
-        for iid in list(self._probed):
-            if iid not in last:
-                del self._probed[iid]
-        for iid in silent(last, now, interval, self._probed):
-            gens = self.streaming.get(iid)
-            inst = next(iter(gens)).instance if gens else None
-            if inst is None or iid in self._probing:
-                continue
-            self._probed[iid] = now
-            self._probing.add(iid)
-            self.bus.spawn(self._check(inst))
-
-    async def _check(self, inst: InstanceRecord) -> None:
-        try:
-            why = await self.liveness(inst)
-        except Exception as exc:  # a check that cannot be made proves nothing
-            log.warning("liveness check of %s failed: %r", inst.instance_id, exc)
-            return
-        finally:
-            self._probing.discard(inst.instance_id)
-        if why is None:
-            return
-        log.warning("instance %s of %s is gone: %s", inst.instance_id, inst.model, why)
-        self.view.changed(inst.model)
-        self.bus.spawn(self._forget_when_orphaned(inst, why))
-        await self.instance_gone(inst.instance_id, why)
-
-    async def _forget_when_orphaned(self, inst: InstanceRecord, why: str) -> None:
-        """The scheduler forgets the instances of a worker whose heartbeat lapses, but not
-        those of a worker that restarted in time (alive again, and free): placement would
-        keep offering such an instance. Forget it here once its worker is seen not to hold
-        it (a restarting worker registers within seconds), until the record is gone anyway."""
-        state = self.view.state
-        deadline = time.monotonic() + 3 * self.settings.heartbeat_ttl
-        while time.monotonic() < deadline:
-            try:
-                if await state.forget_orphaned_instance(inst):
-                    await self.bus.emit(
-                        InstanceStoppedEvent(
-                            source=self.source,
-                            instance_id=inst.instance_id,
-                            model=inst.model,
-                            worker_id=inst.worker_id,
-                            reason=f"worker died: {why}",
-                        )
-                    )
-                    return
-                if await state.get_instance(inst.instance_id) is None:
-                    return  # the scheduler forgot it
-            except (RedisError, OSError, BusError) as exc:
-                log.warning("instance %s not forgotten yet: %r", inst.instance_id, exc)
-            await asyncio.sleep(ORPHAN_POLL_S)
-
-    async def liveness(self, inst: InstanceRecord) -> str | None:
-        """Why ``inst`` is gone, or None when it may be alive (see `gone_reason`)."""
-        probe: Probe
-        try:
-            await self.bus.request(
-                SERVICE_INFO,
-                InfoRequest(),
-                timeout=min(PROBE_TIMEOUT_S, self.settings.request_timeout),
-                kind="worker",
-                instance_id=inst.worker_id,
-            )
-            probe = "answered"
-        except NoRespondersError:
-            probe = "no_responders"
-        except BusTimeoutError:
-            probe = "timeout"
-        except BusError:
-            probe = "error"
-        if probe == "no_responders":
-            return gone_reason(probe, None, inst.instance_id)
-        worker = await read("a worker", lambda: self.view.state.get_worker(inst.worker_id))
-        return gone_reason(probe, worker, inst.instance_id)
 
 
 @dataclass

@@ -1,0 +1,141 @@
+"""The router's liveness watch: a worker that dies mid-generation is found within about
+``SLLM_LIVENESS_PROBE_INTERVAL`` of silence on its streams, not when its heartbeat lapses.
+
+When every stream of an instance has been silent that long, the router asks the instance's
+worker over the bus (no responders: gone) and reads its record in Redis (a worker that came
+back free has lost the instance); see `failover.gone_reason`. A gone instance's streams then
+fail over (`Backend.instance_gone`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
+
+from libs.protocol.endpoints import SERVICE_INFO
+from libs.protocol.errors import BusError, BusTimeoutError, NoRespondersError
+from libs.protocol.events import InstanceStoppedEvent
+from libs.protocol.messages import InfoRequest
+from libs.protocol.state import InstanceRecord
+
+from .cluster import read
+from .failover import Probe, gone_reason, latest, silent
+
+if TYPE_CHECKING:
+    from .generation import Backend
+
+log = logging.getLogger(__name__)
+
+# How long a liveness check waits for the worker's answer (no answer proves nothing).
+PROBE_TIMEOUT_S = 2.0
+# How often the record of a dead instance is checked for a worker that came back without it.
+ORPHAN_POLL_S = 0.25
+
+
+class LivenessWatch:
+    """Liveness checks of the instances ``backend`` streams from (one at a time each)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.b = backend
+        self._probed: dict[str, float] = {}  # instance -> last liveness check
+        self._probing: set[str] = set()
+
+    async def run(self) -> None:
+        """Check the worker of every instance whose streams have all gone silent for
+        ``liveness_probe_interval``: a dead one is found within about that time, rather than
+        when its heartbeat lapses and the scheduler's sweep reports it (seconds later)."""
+        interval = self.b.settings.liveness_probe_interval
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(max(interval / 2, 0.05))
+            try:
+                self.check_silent(time.monotonic())
+            except Exception:  # a bug here must not end the watch
+                log.exception("liveness sweep failed")
+
+    def check_silent(self, now: float) -> None:
+        """Start a liveness check of each instance `silent` names (one at a time each)."""
+        interval = self.b.settings.liveness_probe_interval
+        last = latest(
+            (iid, gen.last_frame_at) for iid, gens in self.b.streaming.items() for gen in gens
+        )
+        for iid in list(self._probed):
+            if iid not in last:
+                del self._probed[iid]
+        for iid in silent(last, now, interval, self._probed):
+            gens = self.b.streaming.get(iid)
+            inst = next(iter(gens)).instance if gens else None
+            if inst is None or iid in self._probing:
+                continue
+            self._probed[iid] = now
+            self._probing.add(iid)
+            self.b.bus.spawn(self._check(inst))
+
+    async def _check(self, inst: InstanceRecord) -> None:
+        try:
+            why = await self.liveness(inst)
+        except Exception as exc:  # a check that cannot be made proves nothing
+            log.warning("liveness check of %s failed: %r", inst.instance_id, exc)
+            return
+        finally:
+            self._probing.discard(inst.instance_id)
+        if why is None:
+            return
+        log.warning("instance %s of %s is gone: %s", inst.instance_id, inst.model, why)
+        self.b.view.changed(inst.model)
+        self.b.bus.spawn(self._forget_when_orphaned(inst, why))
+        await self.b.instance_gone(inst.instance_id, why)
+
+    async def _forget_when_orphaned(self, inst: InstanceRecord, why: str) -> None:
+        """The scheduler forgets the instances of a worker whose heartbeat lapses, but not
+        those of a worker that restarted in time (alive again, and free): placement would
+        keep offering such an instance. Forget it here once its worker is seen not to hold
+        it (a restarting worker registers within seconds), until the record is gone anyway."""
+        state = self.b.view.state
+        deadline = time.monotonic() + 3 * self.b.settings.heartbeat_ttl
+        while time.monotonic() < deadline:
+            try:
+                if await state.forget_orphaned_instance(inst):
+                    await self.b.bus.emit(
+                        InstanceStoppedEvent(
+                            source=self.b.source,
+                            instance_id=inst.instance_id,
+                            model=inst.model,
+                            worker_id=inst.worker_id,
+                            reason=f"worker died: {why}",
+                        )
+                    )
+                    return
+                if await state.get_instance(inst.instance_id) is None:
+                    return  # the scheduler forgot it
+            except (RedisError, OSError, BusError) as exc:
+                log.warning("instance %s not forgotten yet: %r", inst.instance_id, exc)
+            await asyncio.sleep(ORPHAN_POLL_S)
+
+    async def liveness(self, inst: InstanceRecord) -> str | None:
+        """Why ``inst`` is gone, or None when it may be alive (see `gone_reason`)."""
+        probe: Probe
+        try:
+            await self.b.bus.request(
+                SERVICE_INFO,
+                InfoRequest(),
+                timeout=min(PROBE_TIMEOUT_S, self.b.settings.request_timeout),
+                kind="worker",
+                instance_id=inst.worker_id,
+            )
+            probe = "answered"
+        except NoRespondersError:
+            probe = "no_responders"
+        except BusTimeoutError:
+            probe = "timeout"
+        except BusError:
+            probe = "error"
+        if probe == "no_responders":
+            return gone_reason(probe, None, inst.instance_id)
+        worker = await read("a worker", lambda: self.b.view.state.get_worker(inst.worker_id))
+        return gone_reason(probe, worker, inst.instance_id)
