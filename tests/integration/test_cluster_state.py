@@ -15,11 +15,6 @@ from libs.protocol.state import InstanceRecord
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def state(redis: aioredis.Redis, keys: Keys) -> ClusterState:
-    return ClusterState(redis, keys)
-
-
 async def test_deployments_roundtrip(state: ClusterState) -> None:
     spec = DeploymentSpec(name="org/model-a", checkpoint_uri="file:///m", max_instances=2)
     assert await state.put_deployment(spec) is True

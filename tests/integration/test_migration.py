@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from libs.cluster import ClusterState
-from libs.protocol import Bus, Keys, StreamReader, route
+from libs.protocol import Bus, StreamReader, route
 from libs.protocol.endpoints import (
     SCHED_MIGRATE,
     SCHED_PLACE,
@@ -76,11 +75,6 @@ async def events(bus: Bus) -> Events:
     ev = Events()
     await ev.start(bus)
     return ev
-
-
-@pytest.fixture
-def state(redis: aioredis.Redis, keys: Keys) -> ClusterState:
-    return ClusterState(redis, keys)
 
 
 def worker_settings(nats_url: str, redis_url: str, root: str, wid: str, **env: str) -> Any:

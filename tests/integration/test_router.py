@@ -10,10 +10,8 @@ from collections.abc import AsyncIterator
 import httpx
 import openai
 import pytest
-import redis.asyncio as aioredis
 
-from libs.cluster import ClusterState
-from libs.protocol import Bus, Keys
+from libs.protocol import Bus
 from libs.protocol.errors import BadRequestError
 from libs.protocol.events import InstanceStoppedEvent, RequestCompletedEvent
 
@@ -21,10 +19,7 @@ from .router_stubs import (
     MODEL,
     EventLog,
     RunningRouter,
-    StubScheduler,
     StubWorker,
-    deploy,
-    ready_instance,
     router_settings,
     running_router,
 )
@@ -35,41 +30,10 @@ TIMEOUT = httpx.Timeout(20.0)
 
 
 @pytest.fixture
-def state(redis: aioredis.Redis, keys: Keys) -> ClusterState:
-    return ClusterState(redis, keys)
-
-
-@pytest.fixture
-async def worker(bus: Bus) -> StubWorker:
-    return await StubWorker(bus).serve()
-
-
-@pytest.fixture
-async def warm(state: ClusterState, bus: Bus, worker: StubWorker) -> StubWorker:
-    """A deployed model with one ready instance on the stand-in worker."""
-    await StubScheduler(bus, state).serve()
-    await deploy(state)
-    await ready_instance(state)
-    return worker
-
-
-@pytest.fixture
-async def router(nats_server, redis_server, root: str) -> AsyncIterator[RunningRouter]:
-    async with running_router(router_settings(nats_server.url, redis_server.url, root)) as r:
-        yield r
-
-
-@pytest.fixture
 async def client(router: RunningRouter) -> AsyncIterator[openai.AsyncOpenAI]:
     async with openai.AsyncOpenAI(
         base_url=router.v1, api_key="unused", max_retries=0, timeout=20
     ) as c:
-        yield c
-
-
-@pytest.fixture
-async def http(router: RunningRouter) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=router.url, timeout=TIMEOUT) as c:
         yield c
 
 

@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from libs.cluster import ClusterState
-from libs.protocol import Bus, Keys
+from libs.protocol import Bus
 from libs.protocol.errors import NotFoundError
 from libs.protocol.events import RequestCompletedEvent
 
@@ -31,16 +30,6 @@ from .router_stubs import (
 pytestmark = pytest.mark.integration
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture
-def state(redis: aioredis.Redis, keys: Keys) -> ClusterState:
-    return ClusterState(redis, keys)
-
-
-@pytest.fixture
-async def worker(bus: Bus) -> StubWorker:
-    return await StubWorker(bus).serve()
 
 
 @pytest.fixture

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import openai
 import pytest
-import redis.asyncio as aioredis
 
 from libs.cluster import ClusterState
-from libs.protocol import Bus, Keys
+from libs.protocol import Bus
 
 from .router_stubs import (
     RunningRouter,
     StubScheduler,
     ready_instance,
-    router_settings,
-    running_router,
 )
 
 pytestmark = pytest.mark.integration
@@ -34,25 +29,8 @@ SPEC = {
 
 
 @pytest.fixture
-def state(redis: aioredis.Redis, keys: Keys) -> ClusterState:
-    return ClusterState(redis, keys)
-
-
-@pytest.fixture
 async def scheduler(bus: Bus, state: ClusterState) -> StubScheduler:
     return await StubScheduler(bus, state).serve()
-
-
-@pytest.fixture
-async def router(nats_server, redis_server, root: str) -> AsyncIterator[RunningRouter]:
-    async with running_router(router_settings(nats_server.url, redis_server.url, root)) as r:
-        yield r
-
-
-@pytest.fixture
-async def http(router: RunningRouter) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=router.url, timeout=20) as c:
-        yield c
 
 
 async def test_deployment_lifecycle(

@@ -3,23 +3,15 @@ FastAPI routes do, against real NATS and Redis with stand-in scheduler and worke
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
-from libs.cluster import ClusterState
-from libs.protocol import Bus, Keys
 from services.router.app import create_fastapi
 
 from .router_stubs import (
     MODEL,
     RunningRouter,
-    StubScheduler,
     StubWorker,
-    deploy,
-    ready_instance,
     router_settings,
     running_router,
 )
@@ -48,28 +40,6 @@ CASES: list[tuple[str, object]] = [
     (COMPLETIONS, {"model": MODEL, "prompt": [-1]}),
     (COMPLETIONS, {"prompt": "x"}),
 ]
-
-
-@pytest.fixture
-async def warm(redis: aioredis.Redis, keys: Keys, bus: Bus) -> StubWorker:
-    state = ClusterState(redis, keys)
-    worker = await StubWorker(bus).serve()
-    await StubScheduler(bus, state).serve()
-    await deploy(state)
-    await ready_instance(state)
-    return worker
-
-
-@pytest.fixture
-async def router(nats_server, redis_server, root: str) -> AsyncIterator[RunningRouter]:
-    async with running_router(router_settings(nats_server.url, redis_server.url, root)) as r:
-        yield r
-
-
-@pytest.fixture
-async def http(router: RunningRouter) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=router.url, timeout=TIMEOUT) as c:
-        yield c
 
 
 def _comparable(resp: httpx.Response) -> tuple[int, object]:

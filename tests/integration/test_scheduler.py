@@ -62,11 +62,6 @@ async def _add_worker(
     return worker
 
 
-@pytest.fixture
-def state(redis: aioredis.Redis, keys: Keys) -> ClusterState:
-    return ClusterState(redis, keys)
-
-
 async def _deploy(bus: Bus, name: str = "m") -> None:
     spec = DeploymentSpec(name=name, checkpoint_uri="file:///nowhere")
     reply = await bus.request(SCHED_DEPLOY, DeployRequest(spec=spec))

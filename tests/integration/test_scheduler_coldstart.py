@@ -43,11 +43,6 @@ async def scheduler(nats_server, redis_server, root: str) -> AsyncIterator[Sched
         yield svc
 
 
-@pytest.fixture
-def state(redis: aioredis.Redis, keys: Keys) -> ClusterState:
-    return ClusterState(redis, keys)
-
-
 async def _cluster(
     bus: Bus, state: ClusterState, redis: aioredis.Redis, keys: Keys, remaining: int
 ) -> tuple[HostingWorker, HostingWorker, str]:

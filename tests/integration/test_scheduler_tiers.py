@@ -57,11 +57,6 @@ async def start_scheduler(nats_server: Any, redis_server: Any, root: str) -> Asy
         await svc.stop("test")
 
 
-@pytest.fixture
-def state(redis: aioredis.Redis, keys: Keys) -> ClusterState:
-    return ClusterState(redis, keys)
-
-
 class Seen:
     def __init__(self) -> None:
         self.items: list[Any] = []

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 import torch
 
 from libs.cluster import ClusterState
-from libs.protocol import Bus, Keys, route
+from libs.protocol import Bus, route
 from libs.protocol.endpoints import STORAGE_ENSURE, WORKER_GENERATE, WORKER_LOAD, WORKER_UNLOAD
 from libs.protocol.errors import (
     BadRequestError,
@@ -110,11 +109,6 @@ async def events(bus: Bus) -> Events:
     ev = Events()
     await ev.start(bus)
     return ev
-
-
-@pytest.fixture
-def state(redis: aioredis.Redis, keys: Keys) -> ClusterState:
-    return ClusterState(redis, keys)
 
 
 def ensure_from(path: Path, *, delay: float = 0.0) -> Ensure:
