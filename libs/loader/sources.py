@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -14,21 +14,9 @@ from .dtypes import dtype_name
 
 __all__ = ["Entry", "FileRangeSource", "Sink", "Source", "TensorSource", "tensor_entries"]
 
+_BLOCK = 16 << 20  # copy granularity: bounds memory use and paces progress reports
 
-class Sink(Protocol):
-    """Where a source puts its bytes: straight into the writer's reusable buffers.
-
-    A source asks for space, fills a prefix of it and commits that many bytes, so file data is
-    read straight into the buffer that gets written (no intermediate copy).
-    """
-
-    def reserve(self) -> memoryview:
-        """Writable space for the next bytes of the stream; never empty."""
-        ...
-
-    def commit(self, n: int) -> None:
-        """The first ``n`` bytes of the space last reserved now hold stream data."""
-        ...
+Sink = Callable[[memoryview], None]
 
 
 class Source(Protocol):
@@ -49,13 +37,8 @@ class TensorSource:
             t = t.cpu()
         flat = t.contiguous().reshape(-1).view(torch.uint8)
         data = flat.numpy().data
-        pos = 0
-        while pos < len(data):
-            space = sink.reserve()
-            n = min(len(space), len(data) - pos)
-            space[:n] = data[pos : pos + n]
-            sink.commit(n)
-            pos += n
+        for start in range(0, len(data), _BLOCK):
+            sink(data[start : start + _BLOCK])
 
 
 class FileRangeSource:
@@ -65,15 +48,16 @@ class FileRangeSource:
         self.path, self.offset, self.nbytes = path, offset, nbytes
 
     def write_to(self, sink: Sink) -> None:
+        buf = bytearray(min(_BLOCK, self.nbytes))
+        view = memoryview(buf)
         with open(self.path, "rb", buffering=0) as f:
             f.seek(self.offset)
             left = self.nbytes
             while left:
-                space = sink.reserve()
-                n = f.readinto(space[: min(len(space), left)])
+                n = f.readinto(view[: min(len(buf), left)])
                 if not n:
                     raise EOFError(f"{self.path} ends inside a tensor")
-                sink.commit(n)
+                sink(view[:n])
                 left -= n
 
 
