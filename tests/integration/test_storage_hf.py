@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,10 +18,15 @@ import redis.asyncio as aioredis
 from libs.cluster import ClusterState
 from libs.protocol import Bus, Keys
 from libs.protocol.endpoints import STORAGE_ENSURE
-from libs.protocol.errors import NoRespondersError
+from libs.protocol.errors import CancelledError, CorruptError, NoRespondersError
 from libs.protocol.messages import EnsureRequest
+from services.storage import sources
 from services.storage.app import StorageService
+from services.storage.checkpoint import CheckpointFiles, parse_index, read_index_bytes
 from services.storage.settings import StorageSettings
+from services.storage.sources import fetch, prepare
+from services.storage.transfer import Meter
+from services.storage.uri import parse_registry_uri
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +118,92 @@ async def test_hf_directory_is_converted_verified_promoted_and_published(
     fetched = [(e["tier"], e["source_tier"]) for e in events if e["kind"] == "storage.fetched"]
     assert fetched == [("ssd", "registry"), ("dram", "ssd")]
     assert any(e["kind"] == "storage.progress" and e["tier"] == "ssd" for e in events)
+
+
+# --- conversion and verification of several partitions (blocking, no servers needed) ------------------------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def small_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Conversions in storage cut 40 kB partitions: a tiny model then has several."""
+    import libs.loader
+
+    monkeypatch.setattr(
+        libs.loader, "convert_hf", functools.partial(libs.loader.convert_hf, partition_size=40_000)
+    )
+
+
+@pytest.fixture(scope="module")
+def multi_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.unit.loader.helpers import write_hf_model
+
+    return write_hf_model(tmp_path_factory.mktemp("hf-multi") / "model")
+
+
+def _fetch(src: Path, staging: Path, meter: Meter | None = None) -> CheckpointFiles:
+    plan = prepare(parse_registry_uri(src.as_uri()), timeout=5.0)
+    assert plan.kind == "hf-file"
+    staging.mkdir()
+    return fetch(plan, staging / "checkpoint", meter or Meter(plan.need_bytes), timeout=5.0)
+
+
+def _flip_byte(path: Path, offset: int = 100) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_a_multi_partition_conversion_is_verified_and_committed(
+    multi_model: Path, tmp_path: Path, small_partitions: None
+) -> None:
+    files = _fetch(multi_model, tmp_path / "staging")
+    assert len(files.partitions) == 4
+    assert files == parse_index(read_index_bytes(tmp_path / "staging" / "checkpoint"))
+
+
+@pytest.mark.parametrize("bad", [0, 3])
+def test_a_partition_corrupted_on_disk_is_caught(
+    multi_model: Path,
+    tmp_path: Path,
+    small_partitions: None,
+    monkeypatch: pytest.MonkeyPatch,
+    bad: int,
+) -> None:
+    """Rot between the write and the read-back (a byte flipped after the conversion's fsync)."""
+    parse = parse_index
+
+    def rot_then_parse(raw: bytes) -> CheckpointFiles:
+        _flip_byte(tmp_path / "staging" / "checkpoint" / f"part-{bad:05d}.bin")
+        return parse(raw)
+
+    monkeypatch.setattr(sources, "parse_index", rot_then_parse)
+    fds = _open_fds()
+    with pytest.raises(CorruptError, match=rf"part-{bad:05d}\.bin: chunk 0 at byte 0: XXH3-64"):
+        _fetch(multi_model, tmp_path / "staging")
+    assert _open_fds() == fds
+
+
+def test_cancelling_a_conversion_leaves_nothing(
+    multi_model: Path, tmp_path: Path, small_partitions: None
+) -> None:
+    cancel = threading.Event()
+    calls: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) == 2:
+            cancel.set()
+
+    fds = _open_fds()
+    with pytest.raises(CancelledError):
+        _fetch(multi_model, tmp_path / "staging", Meter(1, progress, cancel))
+    assert list((tmp_path / "staging").iterdir()) == []
+    assert _open_fds() == fds
