@@ -102,7 +102,7 @@ def test_convert_then_load_model_equals_from_pretrained(hf_dir: Path, tmp_path: 
     stats = LoadStats()
     model = load_model(ckpt, stats=stats)
     assert not model.training
-    assert not any(p.requires_grad for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())  # as from_pretrained's
     assert model.config.tie_word_embeddings == (
         model.lm_head.weight is model.model.embed_tokens.weight
     )
@@ -110,6 +110,22 @@ def test_convert_then_load_model_equals_from_pretrained(hf_dir: Path, tmp_path: 
     # No copy: the parameters are the loaded views, inside the one load buffer or mapping.
     storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     assert len(storages) == 1
+
+
+def test_a_prefill_keeping_the_last_logits_multiplies_the_head_without_copying_it(
+    hf_dir: Path, tmp_path: Path
+) -> None:
+    """``logits_to_keep=1`` hands the LM head a ``[1, 1, hidden]`` slice: it must take one
+    matrix product (``mm``), not a batched one over a contiguous copy of the whole head."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = load_model(convert_hf(hf_dir, tmp_path / "sllm"))
+    ids = torch.tensor([[1, 5, 9, 2, 7, 3]])
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::mm" in ops
+    assert "aten::bmm" not in ops
 
 
 def test_load_model_of_a_saved_model_and_dtype_conversion(hf_dir: Path, tmp_path: Path) -> None:
