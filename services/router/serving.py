@@ -208,7 +208,7 @@ class OpenAIServing:
                 await run_until_disconnect(receive, gen.start())
                 return EventStreamResponse(self._events(gen, fmt), lambda _: gen.finish())
             # One disconnect watch for the whole answer (not one to start, one to collect).
-            text = await run_until_disconnect(receive, self._collect(gen, start=True))
+            text = await run_until_disconnect(receive, self._whole_text(gen))
         except ClientDisconnected:
             await gen.finish()
             return Response(status_code=CLIENT_CLOSED)
@@ -223,9 +223,9 @@ class OpenAIServing:
             background=BackgroundTask(gen.finish),
         )
 
-    async def _collect(self, gen: Generation, *, start: bool = False) -> str:
-        if start:
-            await gen.start()
+    async def _whole_text(self, gen: Generation) -> str:
+        """Start ``gen`` and gather its text to the end."""
+        await gen.start()
         parts = []
         while (chunk := await gen.next_chunk()) is not None:
             parts.append(chunk.text)
