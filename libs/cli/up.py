@@ -220,7 +220,7 @@ def up(settings: UpSettings) -> int:
         model = Path(settings.model) if settings.model else _demo_model(data_dir)
 
         base_env = {
-            # Service settings the user set (SLLM_MAX_CONCURRENCY=1 sllm up ...) pass through;
+            # Service settings the user set (SLLM_MAX_BATCH=1 sllm up ...) pass through;
             # the ones `sllm up` decides per child (ids, ports, tier dirs) never do.
             **{k: v for k, v in os.environ.items() if k not in _PER_CHILD_VARS},
             **{k: v for k, v in settings.as_env().items() if k in _COMMON_VARS},

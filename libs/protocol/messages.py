@@ -145,12 +145,33 @@ class UnloadReply(Message):
     requests: int = Field(default=0, ge=0)  # requests this instance has taken so far
 
 
+class TokenBias(Message):
+    """One entry of OpenAI's ``logit_bias``: added to the token's logit before sampling."""
+
+    token_id: int = Field(ge=0)
+    bias: float = Field(ge=-100.0, le=100.0)
+
+
 class SamplingParams(Message):
+    """How one request picks its tokens; every field is applied per sequence, so a request's
+    output never depends on what else shares its batch. Defaults change nothing."""
+
     max_tokens: int = Field(default=16, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float = Field(default=1.0, ge=0.0, le=100.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0, le=1 << 20)  # 0: off
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)  # 0: off
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)  # 1: off
+    logit_bias: list[TokenBias] = Field(default_factory=list, max_length=300)
     seed: int | None = Field(default=None, ge=0, lt=1 << 63)
     stop: list[str] = Field(default_factory=list, max_length=16)
+    stop_token_ids: list[int] = Field(default_factory=list, max_length=64)
+    min_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_LIMIT)  # eos and stops wait this long
+    ignore_eos: bool = False
+    logprobs: bool = False  # report each chosen token's log-probability
+    top_logprobs: int = Field(default=0, ge=0, le=20)  # and this many most likely alternatives
 
 
 class ChatMessage(Message):
@@ -205,11 +226,31 @@ class Usage(Message):
     completion_tokens: int = Field(ge=0)
 
 
+class TopLogprob(Message):
+    token_id: int
+    token: str  # the token's own text (decoded alone)
+    logprob: float
+
+
+class TokenLogprob(Message):
+    """One generated token's log-probability (of the distribution the request sampled from,
+    before temperature and filters, as OpenAI reports it) and the most likely alternatives."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: list[TopLogprob] = Field(default_factory=list)
+
+
 class TokenChunk(Message):
-    """New tokens of a generation; the last chunk has ``finish_reason`` and ``usage``."""
+    """New tokens of a generation; the last chunk has ``finish_reason`` and ``usage``.
+
+    ``logprobs`` (when the request asked for them) has one entry per token of ``token_ids``."""
 
     token_ids: list[int]
     text: str = ""
+    logprobs: list[TokenLogprob] | None = None
+    queue_s: float | None = None  # on the first chunk: time the request waited in the worker
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     prefill_s: float | None = None  # on the first chunk: the worker's prefill time

@@ -48,6 +48,7 @@ from .generation import GenerationStream
 from .hosting import Host, Hosted
 from .migration import Running
 from .sampling import Sampling
+from .validate import check_sampling
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -117,9 +118,13 @@ class Adoptions:
         if len(request.generated_token_ids) >= p.max_tokens:
             raise BadRequestError("the generation has no tokens left to produce")
         prompt_ids, detok = await asyncio.to_thread(self.prepare, rt, request)
-        sampling = Sampling(temperature=p.temperature, top_p=p.top_p, seed=p.seed or 0)
+        sampling = Sampling.of(p, p.seed or 0)
+        check_sampling(sampling, rt.vocab_size)
+        generated = len(request.generated_token_ids)
         ids = [*prompt_ids, *request.generated_token_ids]
-        handle = rt.engine.submit(Job(ids, 0, sampling, hold=True), asyncio.get_running_loop())
+        # The shadow reserves KV for the whole generation: what it holds and what is left.
+        job = Job(ids, p.max_tokens - generated, sampling, hold=True, generated=generated)
+        handle = rt.engine.submit(job, asyncio.get_running_loop())
         self.host.begin(hosted)
         shadow = Shadow(
             req, hosted, rt, handle, prompt_ids, detok, list(request.generated_token_ids)
@@ -263,6 +268,7 @@ class Adoptions:
             prompt_tokens=len(shadow.prompt_ids),
             prior_tokens=len(shadow.generated),
             token_timeout=self.token_timeout,
+            token_text=shadow.runtime.token_text,
         )
         run = Running(adopted, shadow.hosted.instance_id, gs)
         rid = adopted.request_id

@@ -23,7 +23,7 @@ from libs.protocol.endpoints import (
     WORKER_RUNNING,
     WORKER_UNLOAD,
 )
-from libs.protocol.errors import BadRequestError, OverloadedError
+from libs.protocol.errors import BadRequestError
 from libs.protocol.messages import (
     FinishReason,
     GenerateReply,
@@ -40,7 +40,7 @@ from .detok import IncrementalDetokenizer
 from .hosting import Host, prepare
 from .migration import Migrations, Running
 from .settings import WorkerSettings
-from .validate import check_fits_context, check_generated, check_token_ids
+from .validate import check_fits_context, check_generated, check_sampling, check_token_ids
 
 if TYPE_CHECKING:
     from libs.loader import HostPool
@@ -179,11 +179,6 @@ class WorkerService(Service):
         The instance counts the request as in flight from here until its stream ends, so that
         an idle unload cannot take the instance from under it (see `Host.unload`)."""
         hosted, rt = self.host.ready(req.model)
-        if rt.engine.in_use >= rt.engine.max_concurrency:  # cheap early answer; submit decides
-            raise OverloadedError(
-                f"all {rt.engine.max_concurrency} generation slots of worker "
-                f"{self.instance_id} are busy"
-            )
         if not req.inbox:
             raise BadRequestError("generate needs an inbox to stream to")
         if req.params.seed is None:
@@ -256,12 +251,9 @@ class WorkerService(Service):
         from .sampling import Sampling, random_seed
 
         p = req.params
-        sampling = Sampling(
-            temperature=p.temperature,
-            top_p=p.top_p,
-            seed=p.seed if p.seed is not None else random_seed(),
-        )
-        job = Job(prompt_ids + list(req.generated_token_ids), remaining, sampling)
+        sampling = Sampling.of(p, p.seed if p.seed is not None else random_seed())
+        check_sampling(sampling, rt.vocab_size)
+        job = Job(prompt_ids + list(req.generated_token_ids), remaining, sampling, generated=prior)
         handle = rt.engine.submit(job, asyncio.get_running_loop())
         stream = GenerationStream(
             handle,
@@ -269,6 +261,7 @@ class WorkerService(Service):
             prompt_tokens=len(prompt_ids),
             prior_tokens=prior,
             token_timeout=self.worker_settings.token_timeout,
+            token_text=rt.token_text,
         )
         return ack, stream
 

@@ -1,88 +1,56 @@
-"""The inference engine: one dedicated thread runs every forward pass of one loaded model.
+"""The inference engine: one thread runs every forward pass of one loaded model, batched.
 
-Torch never runs on the event loop, so heartbeats and control messages never wait behind a
-prefill. Several requests share the thread by interleaving: it admits new requests (a prefill
-each, with its own KV cache), then gives every active request one decode step, round-robin.
-Results go back to the event loop through per-request asyncio queues; cancelling is a flag
-the thread checks before every step.
+Continuous batching: each step is one forward pass over every running sequence (a token for
+each one decoding, bounded chunks of prompts being prefilled; see `batch_policy` and
+`forward`). Requests join between steps, first come first served by free KV budget, and leave
+the moment they finish or are cancelled. Torch never runs on the event loop, so heartbeats and
+control messages never wait behind a step. Results go back to the event loop through
+per-request asyncio queues, one hand-off per step for the whole batch; cancelling is a flag
+the thread checks between steps.
 
-Live migration needs two more things. On the source, a job can be *paused* at a token
-boundary (the thread parks it with its KV cache and says so after its last token) and resumed
-unchanged. On the destination, a *shadow* job prefills the tokens so far and holds without
-producing; it can be *extended* with more tokens (one more prefill step on its cache) and
-*released* to decode normally from there.
+Live migration needs two more things. On the source, one sequence can be *paused* at a token
+boundary (parked with its KV, the rest of the batch carries on) and resumed unchanged. On the
+destination, a *shadow* job prefills the tokens so far (alongside live traffic) and holds
+without producing; it can be *extended* with more tokens and *released* to decode from there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from transformers import DynamicCache
 
-from libs.protocol.errors import BusError, InternalError, OverloadedError, UnavailableError
+from libs.protocol.errors import (
+    BadRequestError,
+    BusError,
+    InternalError,
+    OverloadedError,
+    UnavailableError,
+)
 
-from .sampling import Sampling, choose_token
+from .batch_policy import Limits
+from .jobs import EngineFinish, Failed, Held, Job, Output, Paused, Token
+from .sequences import Sequences
+
+__all__ = [
+    "Engine",
+    "EngineFinish",
+    "Failed",
+    "Handle",
+    "Held",
+    "Job",
+    "Output",
+    "Paused",
+    "Token",
+]
 
 log = logging.getLogger(__name__)
-
-EngineFinish = Literal["stop", "length"]
-
-
-@dataclass(frozen=True)
-class Job:
-    """One generation: feed ``input_ids`` (prompt + tokens generated elsewhere), then produce
-    up to ``max_new_tokens`` more."""
-
-    input_ids: list[int]
-    max_new_tokens: int
-    sampling: Sampling
-    hold: bool = False  # a shadow: prefill ``input_ids``, produce nothing until released
-
-
-@dataclass(frozen=True)
-class Token:
-    """One produced token; ``finish`` is set on the last one (eos: "stop", limit: "length")."""
-
-    token_id: int
-    at: float  # time.perf_counter() when it was produced
-    finish: EngineFinish | None = None
-    prefill_s: float | None = None  # on the first token of a job
-
-
-@dataclass(frozen=True)
-class Failed:
-    """The job ended with an error (the engine stopped, or a forward pass raised)."""
-
-    error: BusError
-
-
-@dataclass(frozen=True)
-class Held:
-    """A shadow job's KV cache now covers ``tokens`` input tokens (after its prefill or an
-    extension); ``seconds`` is what that step took."""
-
-    tokens: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Paused:
-    """The job stopped at a token boundary after ``produced`` tokens: nothing more comes
-    until `Engine.resume` (or the job is cancelled)."""
-
-    produced: int
-
-
-Output = Token | Failed | Held | Paused
 
 
 class Handle:
@@ -91,7 +59,7 @@ class Handle:
     def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
         self.queue: asyncio.Queue[Output] = asyncio.Queue()
         self._engine = engine
-        self._loop = loop
+        self.loop = loop
         self._cancelled = threading.Event()
         self._pause = threading.Event()
         self._released = False
@@ -101,7 +69,7 @@ class Handle:
         return self._cancelled.is_set()
 
     def cancel(self) -> None:
-        """Stop the job (the thread drops it before its next step) and free its slot.
+        """Stop the job (the thread drops it before its next step) and free its place.
 
         Idempotent; call it from the event loop when the job is done or its consumer left.
         """
@@ -122,57 +90,44 @@ class Handle:
     def pause_requested(self) -> bool:
         return self._pause.is_set()
 
-    def post(self, item: Output) -> None:
-        """Called from the engine thread: hand ``item`` to the event loop."""
-        try:
-            self._loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:
-            pass  # the loop is closed: nobody is waiting for this any more
-
-
-@dataclass(eq=False)
-class _Seq:
-    """Thread-side state of one job."""
-
-    handle: Handle
-    job: Job
-    cache: Any = None
-    last: int = 0
-    produced: int = 0
-    position: int = 0  # absolute position of the next token to sample
-    # A shadow's cache holds every input token but the last (``last``, fed on release), so
-    # that releasing it is one ordinary decode step.
-    held: int = 0  # input tokens a shadow has taken (``last`` included)
+    def clear_pause(self) -> None:
+        self._pause.clear()
 
 
 class Engine:
-    """Runs one model's forward passes on a thread of its own, for up to ``max_concurrency``
-    jobs at a time."""
+    """Runs one model's forward passes on a thread of its own, batching every job it holds.
+
+    Args:
+        model: a transformers causal LM (its attention is switched to the ragged kernel).
+        eos_ids: the tokens that end a generation.
+        limits: batch size, KV budget (tokens) and prefill chunk.
+        max_queue: jobs that may wait for KV budget; more are refused (`OverloadedError`).
+            0: no queue, a job is refused when ``max_batch`` jobs are held already.
+        step_delay: seconds to sleep after each step (simulates a slower device, in tests).
+    """
 
     def __init__(
         self,
         model: Any,
         *,
         eos_ids: frozenset[int],
-        max_concurrency: int,
+        limits: Limits,
+        max_queue: int = 1024,
         name: str = "sllm-engine",
         step_delay: float = 0.0,
     ) -> None:
-        self.max_concurrency = max_concurrency
-        self._step_delay = step_delay  # seconds after each decode round (a slower device)
-        self._model = model
-        self._eos = eos_ids
-        self._device = next(model.parameters()).device
-        # Computing logits for the last position only saves a vocab-sized matmul per prompt token.
-        self._keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.limits = limits
+        self.max_queue = max_queue
+        self._step_delay = step_delay
+        self._model: Any = model
+        self._seqs = Sequences(model, eos_ids=eos_ids, limits=limits)
         self._cv = threading.Condition()
-        self._pending: deque[_Seq] = deque()
-        # Migration commands, run by the thread in order: (what, handle, argument).
+        self._submitted: deque[tuple[Handle, Job, float]] = deque()
         self._commands: deque[tuple[str, Handle, Any]] = deque()
-        self._parked: dict[Handle, _Seq] = {}  # paused jobs and shadows (thread only)
         self._in_use = 0
+        self._waiting = 0  # submitted jobs not admitted yet (under the lock)
         self._stop_error: BusError | None = None
-        self._drained: asyncio.Event | None = None  # set when the last slot is released
+        self._drained: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # --- event-loop side ----------------------------------------------------------------------
@@ -182,23 +137,52 @@ class Engine:
 
     @property
     def in_use(self) -> int:
-        """Slots held by jobs whose consumers have not finished."""
+        """Jobs whose consumers have not finished (waiting, running or parked)."""
         return self._in_use
 
+    @property
+    def waiting(self) -> int:
+        """Jobs queued for KV budget."""
+        return self._waiting
+
+    @property
+    def kv_reserved(self) -> int:
+        """KV tokens reserved by admitted jobs (read from another thread: a snapshot)."""
+        return self._seqs.reserved
+
+    @property
+    def sequences(self) -> int:
+        """Admitted jobs (running or parked) whose KV the engine holds (a snapshot)."""
+        return self._seqs.admitted
+
     def submit(self, job: Job, loop: asyncio.AbstractEventLoop) -> Handle:
-        """Queue ``job``; raises `OverloadedError` when every slot is taken."""
+        """Queue ``job`` (first come, first served). Raises `BadRequestError` when it could never
+        fit the KV budget, `OverloadedError` when the queue is full."""
         if (job.max_new_tokens < 1 and not job.hold) or not job.input_ids:
             raise ValueError("a job needs input ids and at least one token to produce")
+        budget = self.limits.kv_tokens
+        if job.reservation > budget:
+            raise BadRequestError(
+                f"prompt of {len(job.input_ids)} tokens + {job.max_new_tokens} tokens to "
+                f"generate = {job.reservation} exceeds this worker's KV cache budget of "
+                f"{budget} tokens",
+                detail={"tokens": job.reservation, "kv_budget_tokens": budget},
+            )
         with self._cv:
             if self._stop_error is not None:
                 raise UnavailableError(f"engine stopped: {self._stop_error.message}")
-            if self._in_use >= self.max_concurrency:
+            if self.max_queue == 0 and self._in_use >= self.limits.max_batch:
                 raise OverloadedError(
-                    f"all {self.max_concurrency} generation slots of this worker are busy"
+                    f"all {self.limits.max_batch} sequences of this worker are taken (no queue)"
+                )
+            if self.max_queue > 0 and self._waiting >= self.max_queue:
+                raise OverloadedError(
+                    f"{self._waiting} requests already wait for this worker's KV cache"
                 )
             self._in_use += 1
+            self._waiting += 1
             handle = Handle(self, loop)
-            self._pending.append(_Seq(handle, job))
+            self._submitted.append((handle, job, time.perf_counter()))
             self._cv.notify()
         return handle
 
@@ -219,7 +203,7 @@ class Engine:
 
     def release(self, handle: Handle, max_new_tokens: int) -> None:
         """Turn a shadow into a running job that produces up to ``max_new_tokens`` tokens,
-        sampling from the position after every token it holds."""
+        sampling from the position after every token it holds (after any pending extension)."""
         if max_new_tokens < 1:
             raise ValueError("a released job needs at least one token to produce")
         self._command("release", handle, max_new_tokens)
@@ -235,12 +219,12 @@ class Engine:
         with self._cv:
             self._in_use -= 1
             idle = self._in_use == 0
-            self._cv.notify()  # a parked job of this handle can be dropped now
+            self._cv.notify()  # the thread drops the cancelled job and frees its KV
         if idle and self._drained is not None:
             self._drained.set()
 
     async def drained(self, timeout: float) -> bool:
-        """Wait until every slot is given back (their streams ended); False on timeout."""
+        """Wait until every job is given back (their streams ended); False on timeout."""
         self._drained = asyncio.Event()
         if self._in_use > 0:
             with contextlib.suppress(TimeoutError):
@@ -250,8 +234,8 @@ class Engine:
     def stop(self, error: BusError, timeout: float) -> bool:
         """Fail every job with ``error`` and end the thread (blocking: call it off the loop).
 
-        Returns whether the thread ended within ``timeout`` (a forward pass in progress is
-        finished first); the engine lets go of the model when the thread ends.
+        Returns whether the thread ended within ``timeout`` (a step in progress is finished
+        first); the engine lets go of the model when the thread ends.
         """
         with self._cv:
             if self._stop_error is None:
@@ -260,14 +244,14 @@ class Engine:
         if self._thread.is_alive():
             self._thread.join(timeout)
         if self._thread.is_alive():
-            return False  # the thread drops the model itself when its forward pass returns
+            return False  # the thread drops the model itself when its step returns
         self._model = None
         return True
 
     # --- engine thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        active: list[_Seq] = []
+        seqs = self._seqs
         error: BusError | None = None
         try:
             with torch.inference_mode():
@@ -275,163 +259,57 @@ class Engine:
                     with self._cv:
                         while (
                             self._stop_error is None
-                            and not self._pending
-                            and not active
+                            and not self._submitted
                             and not self._commands
+                            and not seqs.has_work()
                         ):
                             self._cv.wait(timeout=1.0)
-                            self._drop_cancelled_parked()
+                            seqs.drop_cancelled()
+                            self._waiting = len(self._submitted) + seqs.queued
+                            self._flush()
                         if self._stop_error is not None:
                             break
-                        admitted = list(self._pending)
-                        self._pending.clear()
+                        submitted = list(self._submitted)
+                        self._submitted.clear()
                         commands = list(self._commands)
                         self._commands.clear()
-                    resumed = [s for c in commands if (s := self._run_command(*c)) is not None]
-                    active = [*active, *resumed]
-                    # A job stays listed until it is over, so that a stop fails every one.
-                    active = [s for s in admitted if self._stopping or self._prefill(s)] + [
-                        s for s in active if self._stopping or self._step(s)
-                    ]
-                    self._drop_cancelled_parked()
-                    if self._step_delay > 0 and active:
+                    for handle, job, at in submitted:
+                        seqs.enqueue(handle, job, at)
+                    for what, handle, arg in commands:
+                        seqs.command(what, handle, arg)
+                    seqs.drop_cancelled()
+                    seqs.admit()
+                    with self._cv:
+                        self._waiting = len(self._submitted) + seqs.queued
+                    stepped = seqs.step()
+                    self._flush()
+                    if self._step_delay > 0 and stepped:
                         time.sleep(self._step_delay)
         except BaseException as exc:  # a bug: fail every job rather than leave them hanging
             log.exception("engine thread crashed")
             error = InternalError(f"engine crashed: {exc!r}")
         finally:
             with self._cv:
-                leftovers = [*self._pending, *active, *self._parked.values()]
-                self._pending.clear()
-                self._parked.clear()
+                leftovers = [h for h, _, _ in self._submitted]
+                self._submitted.clear()
                 self._commands.clear()
                 error = error or self._stop_error or UnavailableError("engine stopped")
                 self._stop_error = self._stop_error or error
-            for seq in leftovers:
-                seq.cache = None
-                seq.handle.post(Failed(error))
+            seqs.fail_all(error, leftovers)
+            self._flush()
             self._model = None
+            seqs.close()
 
-    @property
-    def _stopping(self) -> bool:
-        return self._stop_error is not None
+    def _flush(self) -> None:
+        """Hand this step's outputs to the event loops, one call per loop."""
+        batches = self._seqs.take_outbox()
+        for loop, items in batches.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is waiting for these any more
 
-    def _forward(self, ids: list[int], cache: Any) -> torch.Tensor:
-        """Logits of the last position after feeding ``ids`` into ``cache`` (extended in place)."""
-        kwargs: dict[str, Any] = {"past_key_values": cache, "use_cache": True}
-        if len(ids) > 1 and self._keep_last:
-            kwargs["logits_to_keep"] = 1
-        out = self._model(input_ids=torch.tensor([ids], device=self._device), **kwargs)
-        logits: torch.Tensor = out.logits[0, -1]
-        return logits
 
-    def _drop_cancelled_parked(self) -> None:
-        for handle in [h for h in self._parked if h.cancelled]:
-            self._parked.pop(handle).cache = None
-
-    def _step(self, seq: _Seq) -> bool:
-        """One decode step, or park the job when a pause was asked for."""
-        if seq.handle.pause_requested and not seq.handle.cancelled:
-            seq.handle._pause.clear()
-            self._parked[seq.handle] = seq
-            seq.handle.post(Paused(seq.produced))
-            return False
-        return self._decode(seq)
-
-    def _run_command(self, what: str, handle: Handle, arg: Any) -> _Seq | None:
-        """Run one migration command; returns a job that goes back to decoding, if any."""
-        seq = self._parked.get(handle)
-        if what == "resume" and seq is None:
-            handle._pause.clear()  # not parked yet (or finished): it simply carries on
-            return None
-        if seq is None or handle.cancelled:
-            if not handle.cancelled:
-                handle.post(Failed(InternalError(f"{what}: the job is not paused or held")))
-            return None
-        if what == "resume" and not seq.held:
-            del self._parked[handle]
-            return seq
-        if what == "extend" and seq.held:
-            if self._hold(seq, arg):
-                return None
-            del self._parked[handle]
-            return None
-        if what == "release" and seq.held:
-            del self._parked[handle]
-            seq.job = replace(seq.job, max_new_tokens=arg, hold=False)
-            seq.position = seq.held
-            seq.held = 0
-            seq.produced = 0
-            return seq
-        handle.post(Failed(InternalError(f"{what}: not possible for this job")))
-        return None
-
-    def _hold(self, seq: _Seq, token_ids: list[int]) -> bool:
-        """Feed ``token_ids`` into a shadow (all but the new last one); False if it failed."""
-        if not token_ids:
-            seq.handle.post(Held(seq.held, 0.0))
-            return True
-        t0 = time.perf_counter()
-        ids = [seq.last, *token_ids[:-1]] if seq.held else token_ids[:-1]
-        try:
-            if seq.cache is None:
-                seq.cache = DynamicCache(config=self._model.config)
-            if ids:
-                self._forward(ids, seq.cache)
-        except Exception as exc:
-            return self._fail(seq, "shadow prefill", exc)
-        seq.last = token_ids[-1]
-        seq.held += len(token_ids)
-        seq.handle.post(Held(seq.held, time.perf_counter() - t0))
-        return True
-
-    def _prefill(self, seq: _Seq) -> bool:
-        """Prefill and produce the first token; False when the job is already over."""
-        if seq.handle.cancelled:
-            return False
-        if seq.job.hold:
-            if self._hold(seq, seq.job.input_ids):
-                self._parked[seq.handle] = seq
-            return False
-        t0 = time.perf_counter()
-        try:
-            seq.cache = DynamicCache(config=self._model.config)
-            logits = self._forward(seq.job.input_ids, seq.cache)
-            seq.position = len(seq.job.input_ids)
-            token = choose_token(logits, seq.job.sampling, seq.position)
-        except Exception as exc:
-            return self._fail(seq, "prefill", exc)
-        return self._emit(seq, token, prefill_s=time.perf_counter() - t0)
-
-    def _decode(self, seq: _Seq) -> bool:
-        """One decode step; False when the job is over (finished, cancelled or failed)."""
-        if seq.handle.cancelled:
-            seq.cache = None
-            return False
-        try:
-            logits = self._forward([seq.last], seq.cache)
-            token = choose_token(logits, seq.job.sampling, seq.position)
-        except Exception as exc:
-            return self._fail(seq, "decode", exc)
-        return self._emit(seq, token)
-
-    def _emit(self, seq: _Seq, token: int, *, prefill_s: float | None = None) -> bool:
-        seq.produced += 1
-        seq.position += 1
-        seq.last = token
-        finish: EngineFinish | None = None
-        if token in self._eos:
-            finish = "stop"
-        elif seq.produced >= seq.job.max_new_tokens:
-            finish = "length"
-        seq.handle.post(Token(token, time.perf_counter(), finish, prefill_s))
-        if finish is not None:
-            seq.cache = None
-            return False
-        return True
-
-    def _fail(self, seq: _Seq, phase: str, exc: Exception) -> bool:
-        log.exception("%s failed", phase)
-        seq.cache = None
-        seq.handle.post(Failed(InternalError(f"{phase} failed: {exc!r}")))
-        return False
+def _deliver(items: list[tuple[Handle, Output]]) -> None:
+    for handle, item in items:
+        handle.queue.put_nowait(item)

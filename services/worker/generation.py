@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from libs.protocol.errors import BusError, BusTimeoutError, StreamHandedOver
-from libs.protocol.messages import FinishReason, TokenChunk, Usage
+from libs.protocol.messages import FinishReason, TokenChunk, TokenLogprob, TopLogprob, Usage
 
 from .detok import IncrementalDetokenizer
 from .engine import Failed, Handle, Held, Output, Paused, Token
@@ -51,6 +52,7 @@ class GenerationStream:
         prompt_tokens: for ``usage``.
         prior_tokens: tokens generated elsewhere; they count as completion tokens.
         token_timeout: seconds to wait for the next token before failing.
+        token_text: a token's own text, for logprobs (None: ids only).
     """
 
     def __init__(
@@ -61,8 +63,10 @@ class GenerationStream:
         prompt_tokens: int,
         prior_tokens: int,
         token_timeout: float,
+        token_text: Callable[[int], str] | None = None,
     ) -> None:
         self._handle = handle
+        self._token_text = token_text
         self._detok = detok
         self._prompt_tokens = prompt_tokens
         self._completion = prior_tokens
@@ -201,7 +205,9 @@ class GenerationStream:
     async def _chunk(self, items: list[Token | Failed]) -> TokenChunk:
         ids: list[int] = []
         text: list[str] = []
+        logprobs: list[TokenLogprob] = []
         prefill_s: float | None = None
+        queue_s: float | None = None
         finish: FinishReason | None = None
         last_at = 0.0
         for failed in (i for i in items if isinstance(i, Failed)):
@@ -210,6 +216,10 @@ class GenerationStream:
         for item in (i for i in items if isinstance(i, Token)):
             ids.append(item.token_id)
             last_at = item.at
+            if item.logprob is not None:
+                logprobs.append(self._logprob(item))
+            if item.queue_s is not None:
+                queue_s = item.queue_s
             if item.prefill_s is not None:
                 prefill_s, self._first_at = item.prefill_s, item.at
                 self.prefill_s = item.prefill_s
@@ -229,8 +239,15 @@ class GenerationStream:
         self.new_token_ids.extend(ids)
         if ids:
             self._last_at = last_at
+        lps = logprobs or None
         if finish is None:
-            return TokenChunk(token_ids=ids, text="".join(text), prefill_s=prefill_s)
+            return TokenChunk(
+                token_ids=ids,
+                text="".join(text),
+                logprobs=lps,
+                queue_s=queue_s,
+                prefill_s=prefill_s,
+            )
         text.append(self._detok.finish())
         if self._detok.stopped:
             finish = "stop"
@@ -238,10 +255,21 @@ class GenerationStream:
         return TokenChunk(
             token_ids=ids,
             text="".join(text),
+            logprobs=lps,
+            queue_s=queue_s,
+            prefill_s=prefill_s,
             finish_reason=finish,
             usage=Usage(prompt_tokens=self._prompt_tokens, completion_tokens=self._completion),
-            prefill_s=prefill_s,
             decode_s=last_at - self._first_at if self._first_at is not None else 0.0,
+        )
+
+    def _logprob(self, item: Token) -> TokenLogprob:
+        text = self._token_text or str
+        return TokenLogprob(
+            token_id=item.token_id,
+            token=text(item.token_id),
+            logprob=float(item.logprob or 0.0),
+            top=[TopLogprob(token_id=t, token=text(t), logprob=lp) for t, lp in item.top],
         )
 
     def interrupt(self, error: BusError) -> None:

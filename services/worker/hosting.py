@@ -264,7 +264,7 @@ class Host:
         pool = self._prepared.result()
         from libs.loader import CancelToken
 
-        from .runtime import load_runtime
+        from .runtime import EngineSettings, load_runtime
 
         token = CancelToken()
         fn = partial(
@@ -273,7 +273,12 @@ class Host:
             device=self.settings.device,
             pool=pool,
             cancel=token,
-            max_concurrency=self.settings.max_concurrency,
+            engine=EngineSettings(
+                max_batch=self.settings.max_batch,
+                kv_cache_gb=self.settings.kv_cache_gb,
+                prefill_chunk=self.settings.prefill_chunk,
+                max_queue=self.settings.max_queue,
+            ),
             name=f"sllm-engine-{hosted.instance_id}",
             # The storage service checked every chunk when it wrote the DRAM copy, and its
             # files are written once (atomically) and never truncated: hashing or pre-faulting

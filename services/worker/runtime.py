@@ -17,10 +17,37 @@ from libs.loader import CancelToken, HostPool, LoadStats, PoolExhausted, load_mo
 from libs.protocol.errors import BadRequestError, BusError
 from libs.protocol.messages import GenerateRequest
 
+from .batch_policy import Limits
 from .engine import Engine
-from .validate import context_length, eos_ids
+from .validate import context_length, eos_ids, kv_budget_tokens, kv_bytes_per_token
 
 log = logging.getLogger(__name__)
+
+AUTO_CPU_KV_GB = 2.0
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How a worker's engine batches (from `WorkerSettings`)."""
+
+    max_batch: int = 64
+    kv_cache_gb: float = 0.0  # 0: automatic (see `kv_tokens`)
+    prefill_chunk: int = 256
+    max_queue: int = 1024
+
+    def kv_tokens(self, model: Any, context: int | None) -> int:
+        """The KV budget in tokens for ``model``: ``kv_cache_gb``, or by default 90% of the
+        GPU memory left after the load, or 2 GB on a CPU (host memory is shared with the
+        DRAM tier and the other workers)."""
+        param = next(model.parameters())
+        budget = int(self.kv_cache_gb * 1e9)
+        if budget <= 0 and param.device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(param.device)
+            budget = int(free * 0.9)
+        elif budget <= 0:
+            budget = int(AUTO_CPU_KV_GB * 1e9)
+        per_token = kv_bytes_per_token(model.config, param.element_size())
+        return kv_budget_tokens(budget, per_token, context)
 
 
 @dataclass(frozen=True)
@@ -42,7 +69,7 @@ class Runtime:
         model: Any,
         tokenizer: Any,
         *,
-        max_concurrency: int,
+        engine: EngineSettings,
         name: str,
         step_delay: float = 0.0,
     ) -> None:
@@ -55,10 +82,23 @@ class Runtime:
             self.eos_ids = eos_ids(tokenizer.eos_token_id)
         self.context = context_length(config)
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
+        limits = Limits(
+            max_batch=engine.max_batch,
+            kv_tokens=engine.kv_tokens(model, self.context),
+            prefill_chunk=engine.prefill_chunk,
+        )
+        log.info(
+            "%s: KV budget %d tokens, batch %d, prefill chunk %d",
+            name,
+            limits.kv_tokens,
+            limits.max_batch,
+            limits.prefill_chunk,
+        )
         self.engine = Engine(
             model,
             eos_ids=self.eos_ids,
-            max_concurrency=max_concurrency,
+            limits=limits,
+            max_queue=engine.max_queue,
             name=name,
             step_delay=step_delay,
         )
@@ -93,6 +133,11 @@ class Runtime:
         text: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
         return text
 
+    def token_text(self, token_id: int) -> str:
+        """One token's own text (for logprobs)."""
+        text: str = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        return text
+
     def close(self, error: BusError, timeout: float) -> bool:
         """Stop the engine (its jobs fail with ``error``) and let go of the model."""
         stopped = self.engine.stop(error, timeout)
@@ -107,7 +152,7 @@ def load_runtime(
     device: str,
     pool: HostPool | None,
     cancel: CancelToken,
-    max_concurrency: int,
+    engine: EngineSettings,
     name: str,
     verify: bool = True,
     prefault: bool = True,
@@ -142,9 +187,7 @@ def load_runtime(
         build_s=max(loaded - t0 - stats.seconds, 0.0),
         tokenizer_s=done - loaded,
     )
-    runtime = Runtime(
-        model, tokenizer, max_concurrency=max_concurrency, name=name, step_delay=step_delay
-    )
+    runtime = Runtime(model, tokenizer, engine=engine, name=name, step_delay=step_delay)
     return runtime, report
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from libs.protocol.errors import BadRequestError
+
+if TYPE_CHECKING:
+    from .sampling import Sampling
 
 # Config attributes that name a model's context length, most common first.
 _CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -28,6 +31,14 @@ def check_token_ids(ids: Sequence[int], vocab_size: int, what: str) -> None:
         raise BadRequestError(
             f"{what} holds token id {bad}, outside the model's vocabulary [0, {vocab_size})"
         )
+
+
+def check_sampling(sampling: Sampling, vocab_size: int) -> None:
+    """Token ids a request's sampling names must index the model's vocabulary."""
+    check_token_ids([t for t, _ in sampling.logit_bias], vocab_size, "logit_bias")
+    check_token_ids(sorted(sampling.stop_token_ids), vocab_size, "stop_token_ids")
+    if sampling.top_logprobs > 0 and not sampling.logprobs:
+        raise BadRequestError("top_logprobs needs logprobs")
 
 
 def check_generated(generated: int, max_tokens: int) -> None:
@@ -56,3 +67,23 @@ def context_length(config: Any) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
+    """Bytes of keys and values one token takes in every layer of a model with ``config``."""
+    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    kv_heads = int(getattr(config, "num_key_value_heads", 0) or heads)
+    head_dim = getattr(config, "head_dim", None) or (
+        int(getattr(config, "hidden_size", 0) or 0) // max(heads, 1)
+    )
+    if layers <= 0 or kv_heads <= 0 or head_dim <= 0:
+        raise ValueError("the model config does not say its layers, heads and head size")
+    return 2 * layers * kv_heads * int(head_dim) * dtype_bytes
+
+
+def kv_budget_tokens(budget_bytes: int, per_token: int, context: int | None) -> int:
+    """The KV budget in tokens: what ``budget_bytes`` holds, and at least one full context
+    (a worker that cannot hold one maximal request would refuse requests the model accepts)."""
+    tokens = budget_bytes // max(per_token, 1)
+    return max(tokens, context or 0, 1)

@@ -29,7 +29,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
         tmp_path_factory.mktemp("autoscaling"),
         nodes=1,
         workers_per_node=3,
-        SLLM_MAX_CONCURRENCY="1",
+        SLLM_MAX_BATCH="1",
+        SLLM_MAX_QUEUE="0",
         SLLM_BANDWIDTH_PROBE_MB="0",
     ) as c:
         yield c

@@ -28,7 +28,7 @@ MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
-    with up_cluster(tmp_path_factory.mktemp("serving"), nodes=2, SLLM_MAX_CONCURRENCY="16") as c:
+    with up_cluster(tmp_path_factory.mktemp("serving"), nodes=2, SLLM_MAX_BATCH="16") as c:
         yield c
 
 

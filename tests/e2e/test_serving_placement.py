@@ -35,7 +35,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
     with up_cluster(
         tmp_path_factory.mktemp("placement"),
         nodes=3,
-        SLLM_MAX_CONCURRENCY="1",
+        SLLM_MAX_BATCH="1",
+        SLLM_MAX_QUEUE="0",
         SLLM_BANDWIDTH_PROBE_MB="0",
         SLLM_PREFETCH_REPLICAS="0",
         SLLM_DECODE_DELAY="0.01",

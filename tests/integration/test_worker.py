@@ -291,7 +291,13 @@ async def test_slots_are_bounded_and_a_departed_consumer_frees_its_slot(
     nats_server, redis_server, root, bus: Bus, state: ClusterState, events: Events, checkpoint
 ) -> None:
     async with running_worker(
-        nats_server.url, redis_server.url, root, bus, ensure_from(checkpoint), max_concurrency="1"
+        nats_server.url,
+        redis_server.url,
+        root,
+        bus,
+        ensure_from(checkpoint),
+        max_batch="1",
+        max_queue="0",
     ):
         await place(bus, state, "i2")
         await wait_status(state, "i2", "ready")

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from libs.protocol.errors import OverloadedError, UnavailableError
+from libs.protocol.errors import BadRequestError, OverloadedError, UnavailableError
+from services.worker.batch_policy import Limits
 from services.worker.engine import Engine, Failed, Handle, Job, Token
 from services.worker.sampling import Sampling
 
@@ -29,7 +30,7 @@ PROMPTS = [
 
 @pytest.fixture
 async def engine(tiny_model: Any) -> AsyncIterator[Engine]:
-    e = Engine(tiny_model, eos_ids=EOS, max_concurrency=4)
+    e = Engine(tiny_model, eos_ids=EOS, limits=Limits(4, 1 << 16, 64))
     e.start()
     yield e
     await asyncio.to_thread(e.stop, UnavailableError("test over"), 10.0)
@@ -84,7 +85,9 @@ async def test_finish_reasons(engine: Engine, tiny_model: Any) -> None:
     assert tokens[0].prefill_s > 0
     assert all(t.prefill_s is None for t in tokens[1:])
     # A job whose next token is eos ends with "stop" (and the eos id is reported).
-    stop_engine = Engine(tiny_model, eos_ids=frozenset({tokens[0].token_id}), max_concurrency=1)
+    stop_engine = Engine(
+        tiny_model, eos_ids=frozenset({tokens[0].token_id}), limits=Limits(1, 1 << 16, 64)
+    )
     stop_engine.start()
     try:
         h = stop_engine.submit(Job(PROMPTS[0], 10, GREEDY), asyncio.get_running_loop())
@@ -129,19 +132,93 @@ async def test_concurrent_jobs_interleave_and_each_equals_its_solo_output(
     assert firsts < lasts
 
 
-async def test_slots_are_bounded(engine: Engine) -> None:
+async def test_a_job_that_can_never_fit_the_kv_budget_is_refused(tiny_model: Any) -> None:
+    engine = Engine(tiny_model, eos_ids=EOS, limits=Limits(4, 64, 64))
+    with pytest.raises(BadRequestError, match="KV cache budget of 64 tokens"):
+        engine.submit(Job(PROMPTS[0], 58, GREEDY), asyncio.get_running_loop())
+    engine.submit(Job(PROMPTS[0], 57, GREEDY), asyncio.get_running_loop()).cancel()  # fits
+
+
+async def test_a_burst_beyond_the_budget_queues_and_completes_in_arrival_order(
+    tiny_model: Any,
+) -> None:
+    n = 12
+    need = len(PROMPTS[2]) + n
+    engine = Engine(tiny_model, eos_ids=frozenset(), limits=Limits(16, 3 * need, 64))
+    engine.start()
+    try:
+        loop = asyncio.get_running_loop()
+        solo = await run(engine, PROMPTS[2], n)
+        handles = [engine.submit(Job(PROMPTS[2], n, GREEDY), loop) for _ in range(9)]
+        results = await asyncio.gather(*(collect(h) for h in handles))
+    finally:
+        await asyncio.to_thread(engine.stop, UnavailableError("test over"), 10.0)
+    assert all([t.token_id for t in r] == solo for r in results)
+    firsts = [r[0].at for r in results]
+    assert firsts == sorted(firsts)  # first come, first served
+    # Three fit at once: the fourth waited for the first to finish, and said so.
+    assert results[3][0].at > results[0][-1].at
+    assert results[3][0].queue_s is not None
+    assert results[3][0].queue_s > results[0][0].queue_s  # type: ignore[operator]
+
+
+async def test_a_full_queue_is_overloaded_not_lost(tiny_model: Any) -> None:
+    need = len(PROMPTS[0]) + 500
+    engine = Engine(tiny_model, eos_ids=frozenset(), limits=Limits(4, need, 64), max_queue=2)
+    engine.start()
+    try:
+        loop = asyncio.get_running_loop()
+        running = engine.submit(Job(PROMPTS[0], 500, GREEDY), loop)
+        await asyncio.wait_for(running.queue.get(), 30)  # admitted: it holds the whole budget
+        queued = [engine.submit(Job(PROMPTS[0], 5, GREEDY), loop) for _ in range(2)]
+        with pytest.raises(OverloadedError, match="2 requests already wait"):
+            engine.submit(Job(PROMPTS[0], 5, GREEDY), loop)
+        running.cancel()
+        assert [len(await collect(h)) for h in queued] == [5, 5]
+    finally:
+        await asyncio.to_thread(engine.stop, UnavailableError("test over"), 10.0)
+
+
+async def test_no_kv_is_held_after_a_thousand_mixed_requests(tiny_model: Any) -> None:
+    """Finished, cancelled (waiting, prefilling or decoding) and paused-then-cancelled jobs of
+    every size: afterwards the engine holds no reservation, no sequence and no KV."""
+    engine = Engine(tiny_model, eos_ids=EOS, limits=Limits(16, 4096, 32), max_queue=2000)
+    engine.start()
     loop = asyncio.get_running_loop()
-    handles = [engine.submit(Job(PROMPTS[0], 2000, GREEDY), loop) for _ in range(4)]
-    with pytest.raises(OverloadedError):
-        engine.submit(Job(PROMPTS[0], 5, GREEDY), loop)
-    for h in handles:
-        h.cancel()
-    assert engine.in_use == 0
-    assert len(await run(engine, PROMPTS[1], 5)) <= 5
+    samplings = [GREEDY, Sampling(temperature=0.8, top_k=20, seed=3, frequency_penalty=0.5)]
+
+    async def one(i: int) -> None:
+        ids = PROMPTS[i % len(PROMPTS)] * (1 + i % 7)
+        h = engine.submit(Job(ids, 1 + i % 9, samplings[i % 2]), loop)
+        kind = i % 4
+        if kind == 0:
+            h.cancel()  # most likely still waiting
+        elif kind == 1:
+            await asyncio.wait_for(h.queue.get(), 30)
+            h.cancel()  # mid-generation
+        elif kind == 2 and i % 9 > 3:
+            await asyncio.wait_for(h.queue.get(), 30)
+            h.pause()
+            h.cancel()
+        else:
+            await collect(h)
+
+    try:
+        for start in range(0, 1000, 100):
+            await asyncio.gather(*(one(i) for i in range(start, start + 100)))
+        for _ in range(100):
+            if engine.kv_reserved == 0 and engine.sequences == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert engine.in_use == 0
+        assert engine.kv_reserved == 0
+        assert engine.sequences == 0
+    finally:
+        await asyncio.to_thread(engine.stop, UnavailableError("test over"), 10.0)
 
 
 async def test_cancelling_frees_the_slot_and_stops_the_compute(tiny_model: Any) -> None:
-    engine = Engine(tiny_model, eos_ids=frozenset(), max_concurrency=1)
+    engine = Engine(tiny_model, eos_ids=frozenset(), limits=Limits(1, 1 << 16, 64))
     engine.start()
     try:
         loop = asyncio.get_running_loop()
@@ -160,7 +237,7 @@ async def test_cancelling_frees_the_slot_and_stops_the_compute(tiny_model: Any) 
 
 
 async def test_stopping_fails_every_job_with_the_given_error(tiny_model: Any) -> None:
-    engine = Engine(tiny_model, eos_ids=frozenset(), max_concurrency=3)
+    engine = Engine(tiny_model, eos_ids=frozenset(), limits=Limits(3, 1 << 16, 64))
     engine.start()
     loop = asyncio.get_running_loop()
     handles = [engine.submit(Job(ids, 3000, GREEDY), loop) for ids in PROMPTS[:3]]

@@ -10,6 +10,7 @@ import pytest
 
 from libs.protocol.errors import UnavailableError
 from libs.protocol.messages import TokenChunk
+from services.worker.batch_policy import Limits
 from services.worker.detok import IncrementalDetokenizer
 from services.worker.engine import Engine, Job
 from services.worker.generation import GenerationStream
@@ -22,7 +23,7 @@ PROMPT = [904, 594, 330, 14, 394, 277, 318]
 
 @pytest.fixture
 async def engine(tiny_model: Any) -> AsyncIterator[Engine]:
-    e = Engine(tiny_model, eos_ids=frozenset({2}), max_concurrency=2)
+    e = Engine(tiny_model, eos_ids=frozenset({2}), limits=Limits(2, 1 << 16, 64))
     e.start()
     yield e
     await asyncio.to_thread(e.stop, UnavailableError("test over"), 10.0)
@@ -105,7 +106,7 @@ async def test_closing_an_unread_stream_frees_its_slot(engine: Engine, tiny_toke
 async def test_engine_stop_ends_the_stream_with_its_error(
     tiny_model: Any, tiny_tokenizer: Any
 ) -> None:
-    engine = Engine(tiny_model, eos_ids=frozenset(), max_concurrency=1)
+    engine = Engine(tiny_model, eos_ids=frozenset(), limits=Limits(1, 1 << 16, 64))
     engine.start()
     s = stream(engine, tiny_tokenizer, 3000)
     await s.__anext__()

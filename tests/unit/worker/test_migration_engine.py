@@ -12,6 +12,7 @@ import pytest
 
 from libs.protocol.errors import StreamHandedOver, UnavailableError
 from libs.protocol.messages import TokenChunk
+from services.worker.batch_policy import Limits
 from services.worker.detok import IncrementalDetokenizer
 from services.worker.engine import Engine, Failed, Handle, Held, Job, Output, Paused, Token
 from services.worker.generation import GenerationStream
@@ -27,7 +28,7 @@ SEEDED = Sampling(temperature=0.9, top_p=0.95, seed=1234)
 @pytest.fixture
 async def engine(tiny_model: Any) -> AsyncIterator[Engine]:
     # No eos: every job runs to its length, so outputs have a known size.
-    e = Engine(tiny_model, eos_ids=frozenset(), max_concurrency=3)
+    e = Engine(tiny_model, eos_ids=frozenset(), limits=Limits(3, 1 << 16, 64))
     e.start()
     yield e
     await asyncio.to_thread(e.stop, UnavailableError("test over"), 10.0)
@@ -63,7 +64,8 @@ async def test_shadow_extended_then_released_continues_exactly(
     n = 40
     full = await solo(engine, n, sampling)
     loop = asyncio.get_running_loop()
-    shadow = engine.submit(Job(PROMPT + full[:k], 0, sampling, hold=True), loop)
+    # A shadow reserves KV for what is left of the generation (n - k tokens).
+    shadow = engine.submit(Job(PROMPT + full[:k], n - k, sampling, hold=True, generated=k), loop)
     held = await next_item(shadow)
     assert isinstance(held, Held)
     assert held.tokens == len(PROMPT) + k
@@ -81,7 +83,7 @@ async def test_shadow_extended_then_released_continues_exactly(
 
 
 async def test_a_shadow_produces_nothing_until_released(engine: Engine) -> None:
-    shadow = engine.submit(Job(PROMPT, 0, GREEDY, hold=True), asyncio.get_running_loop())
+    shadow = engine.submit(Job(PROMPT, 8, GREEDY, hold=True), asyncio.get_running_loop())
     assert isinstance(await next_item(shadow), Held)
     await asyncio.sleep(0.2)
     assert shadow.queue.empty()
