@@ -12,8 +12,10 @@ STAMP := $(VENV)/.sllm-installed
 INSTALL_INPUTS := pyproject.toml $(wildcard setup.py) \
 	$(wildcard libs/loader/csrc/*.cpp libs/loader/csrc/*.hpp)
 PYTEST_ARGS ?=
+# e.g. make bench-throughput THROUGHPUT_ARGS=--quick
+THROUGHPUT_ARGS ?=
 
-.PHONY: install test check lint format typecheck pytest up bench bench-loader bench-serving bench-trace bench-migration clean help
+.PHONY: install test check lint format typecheck pytest up bench bench-loader bench-serving bench-trace bench-migration bench-throughput clean help
 
 help:
 	@echo "make up           install if needed, then run the whole system (Ctrl-C stops it)"
@@ -22,6 +24,7 @@ help:
 	@echo "make bench-serving time to first token: warm, cold from DRAM/SSD/registry, baseline"
 	@echo "make bench-trace   bursty many-model trace: our placement vs round-robin"
 	@echo "make bench-migration  live-migration pause vs context length, vs a KV-cache transfer"
+	@echo "make bench-throughput tokens/s, TTFT, ITL vs concurrency: sllm vs transformers serve"
 	@echo "make format       reformat the code"
 
 # A second run skips the install unless pyproject.toml, setup.py or the native sources changed.
@@ -66,7 +69,11 @@ bench-trace: install
 bench-migration: install
 	$(BIN)/python -m benchmarks.bench_migration
 
-bench: bench-loader bench-serving bench-trace bench-migration
+bench-throughput: install
+	$(BIN)/python -m pip install --disable-pip-version-check -q "$(TORCH)" -e ".[test,bench]"
+	$(BIN)/python -m benchmarks.bench_throughput $(THROUGHPUT_ARGS)
+
+bench: bench-loader bench-serving bench-trace bench-migration bench-throughput
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

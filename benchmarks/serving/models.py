@@ -45,7 +45,6 @@ def _converted(hf: Path, sllm: Path) -> bool:
 def prepare_model(root: Path, size: str) -> ModelFiles:
     """Write the demo model of ``size`` (once) and its sllm checkpoint (once per demo model)."""
     from libs.demo import write_demo_model
-    from libs.loader import convert_hf
 
     base = root / "models" / size
     t0 = time.monotonic()
@@ -53,10 +52,20 @@ def prepare_model(root: Path, size: str) -> ModelFiles:
     if time.monotonic() - t0 > 1.0:
         log(f"wrote the {size} demo model to {hf} in {time.monotonic() - t0:.1f}s")
     sllm = base / f"{size}-sllm"  # `sllm up --model` deploys it under this directory's name
-    if not _converted(hf, sllm):
-        t0 = time.monotonic()
-        (base / STAMP).unlink(missing_ok=True)
-        convert_hf(hf, sllm, overwrite=True)
-        (base / STAMP).write_text((hf / "sllm-demo.json").read_text())
-        log(f"converted {hf} to {sllm} in {time.monotonic() - t0:.1f}s")
+    convert_once(hf, sllm)
     return ModelFiles(size, hf, sllm.resolve())
+
+
+def convert_once(hf: Path, sllm: Path) -> None:
+    """Convert the demo model directory ``hf`` to sllm's format at ``sllm``, unless the stamp
+    beside ``sllm`` says that this demo model was converted there already."""
+    from libs.loader import convert_hf
+
+    if _converted(hf, sllm):
+        return
+    t0 = time.monotonic()
+    stamp = sllm.parent / STAMP
+    stamp.unlink(missing_ok=True)
+    convert_hf(hf, sllm, overwrite=True)
+    stamp.write_text((hf / "sllm-demo.json").read_text())
+    log(f"converted {hf} to {sllm} in {time.monotonic() - t0:.1f}s")

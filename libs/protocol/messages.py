@@ -152,6 +152,14 @@ class TokenBias(Message):
     bias: float = Field(ge=-100.0, le=100.0)
 
 
+class GrammarSpec(Message):
+    """Constrained decoding: the output must be a JSON value (``json_object``: an object) or
+    match the JSON schema ``json_schema`` (serialized) (OpenAI's ``response_format``, tool arguments)."""
+
+    kind: Literal["json_object", "json_schema"]
+    json_schema: str = Field(default="", max_length=1 << 20)
+
+
 class SamplingParams(Message):
     """How one request picks its tokens; every field is applied per sequence, so a request's
     output never depends on what else shares its batch. Defaults change nothing."""
@@ -172,6 +180,7 @@ class SamplingParams(Message):
     ignore_eos: bool = False
     logprobs: bool = False  # report each chosen token's log-probability
     top_logprobs: int = Field(default=0, ge=0, le=20)  # and this many most likely alternatives
+    grammar: GrammarSpec | None = None  # the output is constrained to it
 
 
 class ChatMessage(Message):

@@ -114,7 +114,8 @@ class Backend:
 @dataclass
 class Timings:
     arrived: float = field(default_factory=time.monotonic)
-    queue_s: float = 0.0
+    queue_s: float = 0.0  # waiting for an instance, then in the first worker's queue
+    worker_queue_s: float | None = None  # the first worker's part of queue_s
     load_s: float = 0.0
     prefill_s: float = 0.0
     decode_s: float = 0.0
@@ -403,6 +404,11 @@ class Generation:
         if chunk.token_ids and self.times.first_token_at is None:
             self.times.first_token_at = now
             self.backend.metrics.ttft.labels(self.model).observe(now - self.times.arrived)
+        if chunk.queue_s is not None and self.times.worker_queue_s is None and not self.failovers:
+            # Once, from the first worker (as prefill_s): what a later producer (failover,
+            # migration) reports is not the request's wait for its first token.
+            self.times.worker_queue_s = chunk.queue_s
+            self.times.queue_s += chunk.queue_s
         if chunk.prefill_s is not None and not self.failovers:
             # After a failover the new worker's "prefill" recomputes the tokens so far too.
             self.times.prefill_s = chunk.prefill_s

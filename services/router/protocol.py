@@ -1,90 +1,135 @@
-"""OpenAI-compatible request and response schemas of the REST API.
+"""The REST API's schemas: OpenAI's completion requests, the model list, the deployments API
+(the completions' answers are in `responses`).
 
-Requests accept (and ignore) fields that OpenAI clients send and sllm does not use; fields that
-would change the answer in a way sllm cannot honour (``n > 1``, ``logprobs``, ``echo``...) are
-rejected with a clear 400 rather than silently dropped.
+A request model declares the fields sllm honours and maps them to `SamplingParams`; which other
+fields are accepted and ignored (they cannot change the answer) or refused with a 400 naming
+them (everything else, unknown fields included) is `openai_fields`' decision.
 """
 
 from __future__ import annotations
 
-import math
-import re
-import time
-from typing import Any, Literal
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from libs.protocol.messages import MAX_TOKENS_LIMIT, ChatMessage, SamplingParams, Usage
-from libs.protocol.state import InstanceRecord
-
-MAX_STOP = 16
-MAX_KEEP_ALIVE_S = 30 * 86400.0
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-KEEP_ALIVE_HELP = (
-    'keep_alive must be seconds (a number) or a duration such as "30s", "5m" or "1h"; '
-    "0 unloads right after the request, a negative value keeps the model loaded indefinitely"
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
 )
 
+from libs.protocol.messages import (
+    MAX_TOKENS_LIMIT,
+    ChatMessage,
+    GrammarSpec,
+    SamplingParams,
+    TokenBias,
+)
+from libs.protocol.state import InstanceRecord
 
-def parse_keep_alive(value: object) -> float | None:
-    """Ollama's ``keep_alive``: seconds, or a Go-style duration string ("30s", "5m", "1h30m");
-    negative means indefinitely (returned as -1). Raises ValueError with a clear message."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(KEEP_ALIVE_HELP)
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        sign = -1.0 if text.startswith("-") else 1.0
-        body = text.lstrip("+-")
-        try:
-            seconds = sign * float(body)
-        except ValueError:
-            parts = _DURATION.findall(body)
-            if not body or "".join(n + u for n, u in parts) != body:
-                raise ValueError(f"{KEEP_ALIVE_HELP}; got {value!r}") from None
-            seconds = sign * sum(float(n) * _UNIT_S[u] for n, u in parts)
-    else:
-        raise ValueError(KEEP_ALIVE_HELP)
-    if math.isnan(seconds):
-        raise ValueError(KEEP_ALIVE_HELP)
-    if seconds < 0:
-        return -1.0
-    if seconds > MAX_KEEP_ALIVE_S:
-        raise ValueError(f"keep_alive must be at most {MAX_KEEP_ALIVE_S:g} seconds (30 days)")
-    return seconds
+from .errors import ApiError
+from .keep_alive import parse_keep_alive
+from .openai_fields import (
+    CHAT_REFUSED,
+    COMPLETION_REFUSED,
+    CONTENT_PART_IGNORED,
+    MESSAGE_REFUSED,
+    NO_TOOLS,
+    REQUEST_IGNORED,
+    STREAM_OPTIONS_IGNORED,
+    Refused,
+    field_error,
+    screen,
+)
+
+MAX_STOP = 16
+MAX_STOP_TOKEN_IDS = 64  # as SamplingParams allows
+MAX_LOGIT_BIAS = 300  # biased tokens per request, as SamplingParams allows
+MAX_TOKEN_ID = 1 << 31
 
 
 class _Request(BaseModel):
-    # Unknown fields are what newer OpenAI clients send: accept them, ignore them.
-    model_config = ConfigDict(extra="ignore")
+    """A part of a request body. Unknown fields are refused: see `openai_fields`."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Fields accepted and dropped (they cannot change the answer), and fields refused unless
+    # their value changes nothing.
+    IGNORED: ClassVar[frozenset[str]] = frozenset()
+    REFUSED: ClassVar[Mapping[str, Refused]] = {}
+    FIELDS: ClassVar[frozenset[str]] = frozenset()  # the fields it declares (honours)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls.FIELDS = frozenset(f.alias or name for name, f in cls.model_fields.items())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _screen(cls, data: object) -> object:
+        return screen(cls, cls.FIELDS, data, cls.IGNORED, cls.REFUSED)
 
 
 class StreamOptions(_Request):
+    IGNORED = STREAM_OPTIONS_IGNORED
+
     include_usage: bool = False
 
 
 class ContentPart(_Request):
-    type: str
-    text: str | None = None
+    IGNORED = CONTENT_PART_IGNORED
 
-    @model_validator(mode="after")
-    def _text_only(self) -> ContentPart:
-        if self.type != "text" or self.text is None:
-            raise ValueError(f"only text content parts are supported, got {self.type!r}")
-        return self
+    type: Literal["text"]
+    text: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _screen(cls, data: object) -> object:
+        kind = data.get("type") if isinstance(data, dict) else None
+        if isinstance(data, dict) and kind != "text":
+            # Said first: an image part is refused for what it is, not for its fields.
+            message = f"only text content parts are supported, got {kind!r}"
+            raise ValidationError.from_exception_data(
+                cls.__name__, [field_error("type", kind, message)]
+            )
+        return screen(cls, cls.FIELDS, data, cls.IGNORED, cls.REFUSED)
+
+
+_CONTENT_PARTS = TypeAdapter(list[ContentPart])
 
 
 class ChatMessageIn(_Request):
-    role: Literal["system", "user", "assistant", "tool", "developer"]
+    REFUSED = MESSAGE_REFUSED
+
+    role: Literal["system", "user", "assistant", "developer"]
     content: str | list[ContentPart] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _screen(cls, data: object) -> object:
+        role = data.get("role") if isinstance(data, dict) else None
+        if role in ("tool", "function"):
+            # Said first: the message is refused for what it is, not for its fields.
+            message = f"{NO_TOOLS}: {role} messages in the history are refused"
+            raise ValidationError.from_exception_data(
+                cls.__name__, [field_error("role", role, message)]
+            )
+        return screen(cls, cls.FIELDS, data, cls.IGNORED, cls.REFUSED)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, v: object) -> object:
+        # Validated here rather than by the union, whose errors would name each of its members
+        # (``content.str``...) instead of the part at fault (``content.0.type``).
+        return _CONTENT_PARTS.validate_python(v) if isinstance(v, list) else v
 
     def to_bus(self) -> ChatMessage:
         if isinstance(self.content, list):
-            text = "".join(part.text or "" for part in self.content)
+            text = "".join(part.text for part in self.content)
         else:
             text = self.content or ""
         return ChatMessage(role=self.role, content=text)
@@ -96,16 +141,31 @@ def _check_max_tokens(name: str, value: int | None) -> int | None:
     return value
 
 
+TokenId = Annotated[int, Field(ge=0, lt=MAX_TOKEN_ID)]
+Bias = Annotated[float, Field(ge=-100.0, le=100.0)]
+
+
 class _Sampling(_Request):
-    """The sampling fields chat and completions share."""
+    """The fields chat and completions share: what they honour, and how it maps to
+    `SamplingParams` (OpenAI's fields, and vLLM's extensions top_k, min_p...)."""
+
+    IGNORED = REQUEST_IGNORED
 
     model: str = Field(min_length=1, max_length=128)
     max_tokens: int | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1, le=1 << 20)  # vLLM: -1 or 0 is off
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    logit_bias: dict[str, Bias] | None = None  # token id (a string, as in JSON) -> bias
     seed: int | None = Field(default=None, ge=0, lt=1 << 63)
     stop: str | list[str] | None = None
-    n: int | None = None
+    stop_token_ids: list[TokenId] | None = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
+    min_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS_LIMIT)
+    ignore_eos: bool | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     keep_alive: float | None = None  # seconds; see `parse_keep_alive`
@@ -120,13 +180,6 @@ class _Sampling(_Request):
     def _max_tokens(cls, v: int | None) -> int | None:
         return _check_max_tokens("max_tokens", v)
 
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, v: int | None) -> int | None:
-        if v is not None and v != 1:
-            raise ValueError(f"n must be 1 (sllm returns one choice per request), got {v}")
-        return v
-
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
@@ -134,55 +187,131 @@ class _Sampling(_Request):
             raise ValueError(f"at most {MAX_STOP} stop sequences, got {len(v)}")
         return v
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is None:
+            return v
+        if len(v) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} tokens may be biased, got {len(v)}")
+        for key in v:
+            if not (key.isascii() and key.isdigit() and int(key) < MAX_TOKEN_ID):
+                raise ValueError(
+                    f'keys must be token ids (as strings, such as "50256"), got {key!r}'
+                )
+        return v
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
+    def _logprobs(self) -> tuple[bool, int]:
+        """Whether the answer reports logprobs, and how many alternatives per token."""
+        return False, 0
+
     def sampling(self, max_tokens: int) -> SamplingParams:
+        if self.min_tokens is not None and self.min_tokens > max_tokens:
+            raise ApiError(
+                400,
+                f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({max_tokens})",
+                code="invalid_request",
+                param="min_tokens",
+            )
         temperature = 1.0 if self.temperature is None else self.temperature
         top_p = 1.0 if self.top_p is None else self.top_p
         if top_p == 0.0:
             # Keep only the most likely token: that is greedy decoding.
             temperature, top_p = 0.0, 1.0
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        logprobs, top_logprobs = self._logprobs()
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=temperature,
             top_p=top_p,
+            top_k=max(self.top_k or 0, 0),
+            min_p=self.min_p or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            logit_bias=[
+                TokenBias(token_id=int(k), bias=b) for k, b in (self.logit_bias or {}).items()
+            ],
             seed=self.seed,
             stop=[s for s in stops if s],
+            stop_token_ids=list(self.stop_token_ids or []),
+            min_tokens=self.min_tokens or 0,
+            ignore_eos=bool(self.ignore_eos),
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
         )
 
 
+class JsonSchemaFormat(_Request):
+    """OpenAI's ``response_format.json_schema``: the schema is always enforced (``strict``
+    or not), by constrained decoding."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError('"json_schema" goes with (and only with) type "json_schema"')
+        return self
+
+    def grammar(self) -> GrammarSpec | None:
+        if self.type == "json_object":
+            return GrammarSpec(kind="json_object")
+        if self.json_schema is not None:
+            schema = self.json_schema.schema_ or {"type": "object"}
+            return GrammarSpec(kind="json_schema", json_schema=json.dumps(schema))
+        return None
+
+
 class ChatCompletionRequest(_Sampling):
+    REFUSED = CHAT_REFUSED
+
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=4096)
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
 
     @field_validator("max_completion_tokens")
     @classmethod
     def _max_completion_tokens(cls, v: int | None) -> int | None:
         return _check_max_tokens("max_completion_tokens", v)
 
-    @field_validator("logprobs")
+    @field_validator("top_logprobs")
     @classmethod
-    def _no_logprobs(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError("logprobs are not supported")
+    def _top_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
         return v
+
+    def _logprobs(self) -> tuple[bool, int]:
+        return bool(self.logprobs), self.top_logprobs or 0
 
     def params(self, default_max_tokens: int) -> SamplingParams:
         limit = self.max_completion_tokens or self.max_tokens or default_max_tokens
-        return self.sampling(limit)
+        params = self.sampling(limit)
+        grammar = self.response_format.grammar() if self.response_format else None
+        return params.model_copy(update={"grammar": grammar}) if grammar else params
 
 
 class CompletionRequest(_Sampling):
+    REFUSED = COMPLETION_REFUSED
+
     prompt: str | list[str] | list[int] | list[list[int]]
-    echo: bool | None = None
-    best_of: int | None = None
-    logprobs: int | None = None
-    suffix: str | None = None
+    # OpenAI's legacy logprobs: the chosen token's and this many alternatives (0..5).
+    logprobs: int | None = Field(default=None, ge=0, le=5)
 
     @field_validator("prompt")
     @classmethod
@@ -201,17 +330,8 @@ class CompletionRequest(_Sampling):
                 raise ValueError("token ids must not be negative")
         return v
 
-    @model_validator(mode="after")
-    def _unsupported(self) -> CompletionRequest:
-        if self.echo:
-            raise ValueError("echo is not supported")
-        if self.best_of is not None and self.best_of != 1:
-            raise ValueError("best_of must be 1")
-        if self.logprobs:
-            raise ValueError("logprobs are not supported")
-        if self.suffix:
-            raise ValueError("suffix is not supported")
-        return self
+    def _logprobs(self) -> tuple[bool, int]:
+        return self.logprobs is not None, self.logprobs or 0
 
     def text_or_ids(self) -> str | list[int]:
         """The single prompt, as text or as token ids."""
@@ -229,80 +349,11 @@ class CompletionRequest(_Sampling):
         return self.sampling(self.max_tokens or 16)
 
 
-# --- responses ------------------------------------------------------------------------------
+# --- the model list ------------------------------------------------------------------------
 
 
 class _Response(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class UsageOut(_Response):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-    @classmethod
-    def of(cls, usage: Usage) -> UsageOut:
-        return cls(
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.prompt_tokens + usage.completion_tokens,
-        )
-
-
-class AssistantMessage(_Response):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatChoice(_Response):
-    index: int = 0
-    message: AssistantMessage
-    logprobs: None = None
-    finish_reason: str | None
-
-
-class ChatCompletion(_Response):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[ChatChoice]
-    usage: UsageOut
-
-
-class ChatChunkChoice(_Response):
-    index: int = 0
-    delta: dict[str, Any]
-    logprobs: None = None
-    finish_reason: str | None = None
-
-
-class ChatCompletionChunk(_Response):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: UsageOut | None = None
-
-
-class CompletionChoice(_Response):
-    index: int = 0
-    text: str
-    logprobs: None = None
-    finish_reason: str | None
-
-
-class Completion(_Response):
-    """Both the non-streamed answer and each streamed chunk (OpenAI uses one shape)."""
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[CompletionChoice]
-    usage: UsageOut | None = None
 
 
 class ModelCard(_Response):

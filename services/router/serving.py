@@ -4,10 +4,8 @@ of `Generation`."""
 from __future__ import annotations
 
 import secrets
-import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -16,114 +14,18 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from libs.protocol.errors import BadRequestError
-from libs.protocol.messages import ChatMessage, GenerateRequest, SamplingParams, Usage
+from libs.protocol.messages import ChatMessage, GenerateRequest, SamplingParams, TokenLogprob
 from libs.protocol.schema import encode
 
 from .cluster import read
 from .errors import to_api_error, validation_message
 from .generation import Backend, Generation
-from .protocol import (
-    AssistantMessage,
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    Completion,
-    CompletionChoice,
-    CompletionRequest,
-    ModelCard,
-    ModelList,
-    UsageOut,
-)
+from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from .responses import AnswerFormat, ChatFormat, CompletionFormat
 from .sse import DONE, ClientDisconnected, EventStreamResponse, event, run_until_disconnect
 
 # Status of an answer nobody reads any more (nginx's "client closed request").
 CLIENT_CLOSED = 499
-
-
-class _Format:
-    """How one kind of answer looks: its chunks, its final chunk, and its whole form."""
-
-    prefix = ""
-
-    def __init__(self, request_id: str, model: str, include_usage: bool) -> None:
-        self.id = request_id
-        self.model = model
-        self.created = int(time.time())
-        self.include_usage = include_usage
-        # With include_usage, OpenAI sends "usage": null on every chunk but the last.
-        self.exclude: set[str] | None = None if include_usage else {"usage"}
-
-    def opening(self) -> list[bytes]:
-        return []
-
-    def text(self, text: str) -> bytes:
-        raise NotImplementedError
-
-    def finish(self, reason: str) -> bytes:
-        raise NotImplementedError
-
-    def usage(self, usage: Usage) -> bytes:
-        raise NotImplementedError
-
-    def whole(self, text: str, reason: str, usage: Usage) -> dict[str, Any]:
-        raise NotImplementedError
-
-
-class _ChatFormat(_Format):
-    def _chunk(self, choices: list[ChatChunkChoice], usage: UsageOut | None = None) -> bytes:
-        chunk = ChatCompletionChunk(
-            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
-        )
-        return event(chunk, exclude=self.exclude)
-
-    def opening(self) -> list[bytes]:
-        return [self._chunk([ChatChunkChoice(delta={"role": "assistant", "content": ""})])]
-
-    def text(self, text: str) -> bytes:
-        return self._chunk([ChatChunkChoice(delta={"content": text})])
-
-    def finish(self, reason: str) -> bytes:
-        return self._chunk([ChatChunkChoice(delta={}, finish_reason=reason)])
-
-    def usage(self, usage: Usage) -> bytes:
-        return self._chunk([], UsageOut.of(usage))
-
-    def whole(self, text: str, reason: str, usage: Usage) -> dict[str, Any]:
-        return ChatCompletion(
-            id=self.id,
-            created=self.created,
-            model=self.model,
-            choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)],
-            usage=UsageOut.of(usage),
-        ).model_dump()
-
-
-class _CompletionFormat(_Format):
-    def _chunk(self, choices: list[CompletionChoice], usage: UsageOut | None = None) -> bytes:
-        chunk = Completion(
-            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
-        )
-        return event(chunk, exclude=self.exclude)
-
-    def text(self, text: str) -> bytes:
-        return self._chunk([CompletionChoice(text=text, finish_reason=None)])
-
-    def finish(self, reason: str) -> bytes:
-        return self._chunk([CompletionChoice(text="", finish_reason=reason)])
-
-    def usage(self, usage: Usage) -> bytes:
-        return self._chunk([], UsageOut.of(usage))
-
-    def whole(self, text: str, reason: str, usage: Usage) -> dict[str, Any]:
-        return Completion(
-            id=self.id,
-            created=self.created,
-            model=self.model,
-            choices=[CompletionChoice(text=text, finish_reason=reason)],
-            usage=UsageOut.of(usage),
-        ).model_dump()
 
 
 class OpenAIServing:
@@ -144,7 +46,7 @@ class OpenAIServing:
             messages=[m.to_bus() for m in body.messages],
             keep_alive_s=body.keep_alive,
         )
-        fmt = _ChatFormat(request_id, body.model, body.include_usage)
+        fmt = ChatFormat(request_id, body.model, body.include_usage, req.params)
         return await self._serve(req, fmt, bool(body.stream), receive)
 
     async def completion(self, body: CompletionRequest, receive: Receive) -> Response:
@@ -159,7 +61,7 @@ class OpenAIServing:
             req = self._request(
                 request_id, body.model, body.params(), prompt_token_ids=prompt, keep_alive_s=keep
             )
-        fmt = _CompletionFormat(request_id, body.model, body.include_usage)
+        fmt = CompletionFormat(request_id, body.model, body.include_usage, req.params)
         return await self._serve(req, fmt, bool(body.stream), receive)
 
     def _request(
@@ -200,7 +102,7 @@ class OpenAIServing:
         return req
 
     async def _serve(
-        self, req: GenerateRequest, fmt: _Format, stream: bool, receive: Receive
+        self, req: GenerateRequest, fmt: AnswerFormat, stream: bool, receive: Receive
     ) -> Response:
         gen = Generation(self.backend, req)
         try:
@@ -208,7 +110,7 @@ class OpenAIServing:
                 await run_until_disconnect(receive, gen.start())
                 return EventStreamResponse(self._events(gen, fmt), lambda _: gen.finish())
             # One disconnect watch for the whole answer (not one to start, one to collect).
-            text = await run_until_disconnect(receive, self._whole_text(gen))
+            text, logprobs = await run_until_disconnect(receive, self._whole_text(gen))
         except ClientDisconnected:
             await gen.finish()
             return Response(status_code=CLIENT_CLOSED)
@@ -219,25 +121,27 @@ class OpenAIServing:
         # The accounting (metrics, the request.completed event) runs once the answer is sent:
         # the event's publication is not on the client's path.
         return JSONResponse(
-            fmt.whole(text, _openai_reason(gen), gen.final_usage()),
+            fmt.whole(text, logprobs, _openai_reason(gen), gen.final_usage()),
             background=BackgroundTask(gen.finish),
         )
 
-    async def _whole_text(self, gen: Generation) -> str:
-        """Start ``gen`` and gather its text to the end."""
+    async def _whole_text(self, gen: Generation) -> tuple[str, list[TokenLogprob]]:
+        """Start ``gen`` and gather its text, and its tokens' logprobs, to the end."""
         await gen.start()
         parts = []
+        logprobs: list[TokenLogprob] = []
         while (chunk := await gen.next_chunk()) is not None:
             parts.append(chunk.text)
-        return "".join(parts)
+            logprobs.extend(chunk.logprobs or ())
+        return "".join(parts), logprobs
 
-    async def _events(self, gen: Generation, fmt: _Format) -> AsyncIterator[bytes]:
+    async def _events(self, gen: Generation, fmt: AnswerFormat) -> AsyncIterator[bytes]:
         for opening in fmt.opening():
             yield opening
         try:
             while (chunk := await gen.next_chunk()) is not None:
-                if chunk.text:
-                    yield fmt.text(chunk.text)
+                if (data := fmt.tokens(chunk)) is not None:
+                    yield data
             yield fmt.finish(_openai_reason(gen))
             if fmt.include_usage:
                 yield fmt.usage(gen.final_usage())

@@ -123,7 +123,15 @@ class Adoptions:
         generated = len(request.generated_token_ids)
         ids = [*prompt_ids, *request.generated_token_ids]
         # The shadow reserves KV for the whole generation: what it holds and what is left.
-        job = Job(ids, p.max_tokens - generated, sampling, hold=True, generated=generated)
+        grammar = await asyncio.to_thread(rt.grammar, p.grammar) if p.grammar else None
+        job = Job(
+            ids,
+            p.max_tokens - generated,
+            sampling,
+            hold=True,
+            generated=generated,
+            grammar=grammar,
+        )
         handle = rt.engine.submit(job, asyncio.get_running_loop())
         self.host.begin(hosted)
         shadow = Shadow(

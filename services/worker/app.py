@@ -253,7 +253,14 @@ class WorkerService(Service):
         p = req.params
         sampling = Sampling.of(p, p.seed if p.seed is not None else random_seed())
         check_sampling(sampling, rt.vocab_size)
-        job = Job(prompt_ids + list(req.generated_token_ids), remaining, sampling, generated=prior)
+        grammar = await asyncio.to_thread(rt.grammar, p.grammar) if p.grammar else None
+        job = Job(
+            prompt_ids + list(req.generated_token_ids),
+            remaining,
+            sampling,
+            generated=prior,
+            grammar=grammar,
+        )
         handle = rt.engine.submit(job, asyncio.get_running_loop())
         stream = GenerationStream(
             handle,

@@ -232,8 +232,8 @@ class GenerationStream:
             if self._detok.stopped:
                 finish = "stop"
                 break
-            if item.finish == "length":
-                finish = "length"
+            if item.finish in ("length", "complete"):
+                finish = "length" if item.finish == "length" else "stop"
                 break
         self._completion += len(ids)
         self.new_token_ids.extend(ids)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from libs.protocol.errors import BusError
 
 from .sampling import Sampling
 
-EngineFinish = Literal["stop", "length"]
+if TYPE_CHECKING:
+    from .grammar import Grammar
+
+# "stop": an end token (eos, a stop id), reported by id, not as text; "complete": the grammar
+# accepted a whole value with this token, whose text belongs to the answer; "length": max tokens.
+EngineFinish = Literal["stop", "complete", "length"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,7 @@ class Job:
     sampling: Sampling
     hold: bool = False
     generated: int = 0
+    grammar: Grammar | None = None  # the output is constrained to it (generated tokens too)
 
     @property
     def reservation(self) -> int:
@@ -33,8 +39,8 @@ class Job:
 
 @dataclass(frozen=True)
 class Token:
-    """One produced token; ``finish`` is set on the last one (eos or stop id: "stop", limit:
-    "length"). The first token of a job carries its queue and prefill times."""
+    """One produced token; ``finish`` is set on the last one (see `EngineFinish`). The first
+    token of a job carries its queue and prefill times."""
 
     token_id: int
     at: float  # time.perf_counter() when it was produced

@@ -6,20 +6,24 @@ import gc
 import importlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AutoTokenizer
 
 from libs.loader import CancelToken, HostPool, LoadStats, PoolExhausted, load_model
 from libs.protocol.errors import BadRequestError, BusError
-from libs.protocol.messages import GenerateRequest
+from libs.protocol.messages import GenerateRequest, GrammarSpec
 
 from .batch_policy import Limits
 from .engine import Engine
 from .validate import context_length, eos_ids, kv_budget_tokens, kv_bytes_per_token
+
+if TYPE_CHECKING:
+    from .grammar import Grammar, GrammarCompiler
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,8 @@ class Runtime:
             self.eos_ids = eos_ids(tokenizer.eos_token_id)
         self.context = context_length(config)
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
+        self._grammars: GrammarCompiler | None = None
+        self._grammar_lock = threading.Lock()
         limits = Limits(
             max_batch=engine.max_batch,
             kv_tokens=engine.kv_tokens(model, self.context),
@@ -132,6 +138,21 @@ class Runtime:
     def decode(self, ids: Any) -> str:
         text: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
         return text
+
+    def grammar(self, spec: GrammarSpec | None) -> Grammar | None:
+        """The compiled grammar of a request (blocking the first time: wrapping the tokenizer
+        takes up to a second for a large vocabulary); `BadRequestError` for a bad schema."""
+        if spec is None:
+            return None
+        from .grammar import GrammarCompiler, GrammarError
+
+        with self._grammar_lock:
+            if self._grammars is None:
+                self._grammars = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_ids)
+        try:
+            return self._grammars.compile(spec.kind, spec.json_schema)
+        except GrammarError as exc:
+            raise BadRequestError(f"response_format: {exc}") from None
 
     def token_text(self, token_id: int) -> str:
         """One token's own text (for logprobs)."""

@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from libs.protocol.errors import BusError, InternalError
+from libs.protocol.errors import BadRequestError, BusError, InternalError
 
 from .batch_policy import Limits, admissible, compose
 from .forward import BatchForward, Choice, Chosen, Feed, choose
@@ -20,6 +20,7 @@ from .sampling import History
 
 if TYPE_CHECKING:
     from .engine import Handle
+    from .grammar import Matcher
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class _Seq:
     admitted: float = 0.0
     started: float = 0.0  # when a shadow's current feed began
     first: bool = True  # the next token is the job's first (it carries queue and prefill time)
+    matcher: Matcher | None = None  # the job's grammar, advanced by every generated token
 
 
 class Sequences:
@@ -132,11 +134,16 @@ class Sequences:
             seq.admitted = seq.started = now
             seq.prior = job.generated
             seq.max_new = job.max_new_tokens
+            generated = job.input_ids[len(job.input_ids) - job.generated :]
             if job.sampling.penalised:
                 prompt = job.input_ids[: len(job.input_ids) - job.generated]
                 seq.history = History(self._vocab, prompt, self._forward.device)
-                for token in job.input_ids[len(prompt) :]:
+                for token in generated:
                     seq.history.add(token)
+            if job.grammar is not None:
+                seq.matcher = job.grammar.matcher()
+                if not self._constrain(seq, generated):
+                    continue
             if job.hold:
                 seq.hold, seq.first = True, False
                 seq.feed, seq.last = list(job.input_ids[:-1]), job.input_ids[-1]
@@ -195,6 +202,8 @@ class Sequences:
         if seq.history is not None:
             for token in token_ids:
                 seq.history.add(token)
+        if not self._constrain(seq, token_ids):
+            return
         seq.started = time.perf_counter()
         del self.parked[seq.handle]
         self.running.append(seq)
@@ -240,6 +249,11 @@ class Sequences:
             elif done:
                 rows.append(seq)
         try:
+            matchers = [s.matcher for s in rows]
+            if any(m is not None for m in matchers):
+                from .grammar import fill_masks
+
+                fill_masks(matchers, logits)
             chosen = choose(logits, [self._choice(s) for s in rows])
         except Exception as exc:
             self._fail(rows, "sampling", exc)
@@ -272,8 +286,12 @@ class Sequences:
         token = c.token
         s = seq.job.sampling
         finish: EngineFinish | None = None
+        if seq.matcher is not None and not self._constrain(seq, [token]):
+            return
         if (token in self._eos and not s.ignore_eos) or token in s.stop_token_ids:
             finish = "stop"
+        elif seq.matcher is not None and seq.matcher.finished:
+            finish = "complete"
         elif seq.produced >= seq.max_new:
             finish = "length"
         prefill_s = queue_s = None
@@ -287,6 +305,22 @@ class Sequences:
         seq.feed = [token]
         if seq.history is not None:
             seq.history.add(token)
+
+    def _constrain(self, seq: _Seq, tokens: list[int]) -> bool:
+        """Advance the sequence's grammar over ``tokens``; on a token it forbids, fail the job
+        (a client's generated tokens that do not fit its own grammar) and return False."""
+        if seq.matcher is None:
+            return True
+        from .grammar import GrammarError
+
+        try:
+            for token in tokens:
+                seq.matcher.accept(token)
+        except GrammarError as exc:
+            self.post(seq.handle, Failed(BadRequestError(f"output grammar: {exc}")))
+            self._free(seq)
+            return False
+        return True
 
     def _fail(self, seqs: list[_Seq], phase: str, exc: Exception) -> None:
         log.exception("%s failed", phase)

@@ -10,11 +10,13 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Literal
 
 import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
+from pydantic import BaseModel, Field, SecretStr
 
 from libs.demo import write_demo_model
 
@@ -87,7 +89,8 @@ def test_cold_start_then_warm_request(
     assert [e["kind"] for e in events].count("instance.starting") == 1  # nothing loaded again
     warm = [e for e in events if e["kind"] == "request.completed"][-1]
     assert warm["load_s"] == 0.0
-    assert warm["queue_s"] == 0.0
+    # No wait for an instance; the engine's admission (the worker's queue) takes a moment.
+    assert float(warm["queue_s"]) < 0.05  # type: ignore[arg-type]
 
 
 def test_streamed_and_non_streamed_answers_equal_transformers(
@@ -178,6 +181,97 @@ def test_bad_input_gets_clear_errors(cluster: UpCluster, client: openai.OpenAI) 
     )
     assert bad.status_code in (400, 422)
     assert "error" in bad.json()
+
+
+class Pet(BaseModel):
+    """What the structured-output tests ask for (a random model, constrained)."""
+
+    name: str = Field(max_length=10)
+    age: int = Field(ge=0, le=30)
+    kind: Literal["cat", "dog"]
+
+
+def _check_pet(value: object) -> None:
+    pet = Pet.model_validate(value)
+    assert len(pet.name) <= 10
+    assert 0 <= pet.age <= 30
+
+
+def test_structured_output_with_the_sdk_and_langchain(
+    cluster: UpCluster, client: openai.OpenAI
+) -> None:
+    schema = Pet.model_json_schema()
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "Pet", "schema": schema}}
+    for temperature in (0.0, 1.0):
+        reply = client.chat.completions.create(
+            model="demo",
+            messages=MESSAGES,
+            max_tokens=600,
+            temperature=temperature,
+            seed=5,
+            response_format=fmt,
+        )
+        assert reply.choices[0].finish_reason == "stop"
+        _check_pet(json.loads(reply.choices[0].message.content or ""))
+    obj = client.chat.completions.create(
+        model="demo", messages=MESSAGES, max_tokens=600, response_format={"type": "json_object"}
+    )
+    assert isinstance(json.loads(obj.choices[0].message.content or ""), dict)
+    parsed = client.chat.completions.parse(
+        model="demo", messages=MESSAGES, max_tokens=600, response_format=Pet
+    )
+    assert isinstance(parsed.choices[0].message.parsed, Pet)
+
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        base_url=cluster.base_url + "/v1",
+        api_key=SecretStr("unused"),
+        model="demo",
+        max_completion_tokens=600,
+    )
+    pet = llm.with_structured_output(Pet, method="json_schema").invoke("Describe a pet.")
+    assert isinstance(pet, Pet)
+
+
+def test_sampling_parameters_and_logprobs_through_the_sdk(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="demo", messages=MESSAGES, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2
+    )
+    assert reply.choices[0].logprobs is not None
+    content = reply.choices[0].logprobs.content or []
+    assert reply.usage is not None
+    assert len(content) == reply.usage.completion_tokens
+    for entry in content:
+        assert entry.logprob <= 0.0
+        assert len(entry.top_logprobs) == 2
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)  # greedy
+    # A huge logit bias forces a token; ignore_eos and min_tokens ride in extra_body (vLLM's).
+    forced = client.completions.create(
+        model="demo",
+        prompt="The sea",
+        max_tokens=6,
+        logit_bias={"300": 100},
+        logprobs=1,
+        extra_body={"ignore_eos": True, "min_tokens": 6},
+    )
+    assert forced.usage is not None
+    assert forced.usage.completion_tokens == 6
+    assert forced.choices[0].finish_reason == "length"
+    tokens = forced.choices[0].logprobs.tokens if forced.choices[0].logprobs else None
+    assert tokens is not None
+    assert len(set(tokens)) == 1
+    streamed = client.completions.create(
+        model="demo", prompt="The sea", max_tokens=6, temperature=0, logprobs=2, stream=True
+    )
+    pieces = [c.choices[0].logprobs for c in streamed if c.choices and c.choices[0].logprobs]
+    assert sum(len(p.tokens or []) for p in pieces) == 6
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        client.chat.completions.create(
+            model="demo",
+            messages=MESSAGES,
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )
 
 
 def test_models_and_deployment_inspection(cluster: UpCluster, client: openai.OpenAI) -> None:

@@ -187,7 +187,7 @@ async def test_completion_sse_with_include_usage(warm: StubWorker, http: httpx.A
     assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == "Hello, world!"
 
 
-async def test_sampling_fields_are_forwarded_and_extra_fields_ignored(
+async def test_sampling_fields_are_forwarded_and_harmless_fields_ignored(
     warm: StubWorker, http: httpx.AsyncClient
 ) -> None:
     body = {
@@ -201,14 +201,21 @@ async def test_sampling_fields_are_forwarded_and_extra_fields_ignored(
         "n": 1,
         "user": "someone",
         "logprobs": False,
-        "frequency_penalty": 0,
-        "some_future_field": {"x": 1},
+        "frequency_penalty": 0.5,
+        "logit_bias": {"7": -100},
+        "top_k": 20,
+        "min_tokens": 1,
+        "store": False,
+        "metadata": {"k": "v"},
+        "tools": [],
     }
     resp = await http.post("/v1/chat/completions", json=body)
     assert resp.status_code == 200, resp.text
     params = warm.requests[-1].params
     assert (params.max_tokens, params.temperature, params.top_p) == (3, 0.7, 0.9)
     assert params.stop == ["END"]
+    assert (params.frequency_penalty, params.top_k, params.min_tokens) == (0.5, 20, 1)
+    assert [(b.token_id, b.bias) for b in params.logit_bias] == [(7, -100.0)]
     assert resp.json()["choices"][0]["finish_reason"] == "length"
 
 
@@ -259,7 +266,11 @@ async def test_missing_or_wrong_fields_are_400_naming_the_field(
         ("max_tokens", 10**30, "max_tokens"),
         ("max_completion_tokens", 0, "max_completion_tokens must be between"),
         ("temperature", 5, "temperature"),
-        ("logprobs", True, "logprobs are not supported"),
+        ("top_logprobs", 2, "top_logprobs needs logprobs: true"),
+        ("tools", [{"type": "function", "function": {"name": "f"}}], "tool calling"),
+        ("response_format", {"type": "json_schema"}, "goes with (and only with)"),
+        ("some_future_field", {"x": 1}, "unknown field"),
+        ("min_tokens", 2000, "min_tokens (2000) must not exceed max_tokens (1024)"),
     ],
 )
 async def test_unsupported_or_absurd_values_are_400(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.router.protocol import ChatChunkChoice, ChatCompletionChunk
+from services.router.responses import ChatChunkChoice, ChatCompletionChunk
 from services.router.sse import (
     DONE,
     ClientDisconnected,
