@@ -151,6 +151,16 @@ class Engine:
         return self._seqs.reserved
 
     @property
+    def tokens_computed(self) -> int:
+        """Tokens fed through the model so far (prompts and decodes; a snapshot)."""
+        return self._seqs.computed
+
+    @property
+    def tokens_copied(self) -> int:
+        """Prompt tokens whose KV was copied from another sequence instead (a snapshot)."""
+        return self._seqs.copied
+
+    @property
     def sequences(self) -> int:
         """Admitted jobs (running or parked) whose KV the engine holds (a snapshot)."""
         return self._seqs.admitted

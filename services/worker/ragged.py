@@ -72,14 +72,18 @@ class SeqKV:
         v[:, self.length : end] = value
         return end
 
-    def copy(self, limit: int) -> SeqKV:
-        """A copy with its own storage (a parallel sample of the same prompt)."""
+    def copy_prefix(self, length: int, limit: int) -> SeqKV:
+        """A store of its own for another sequence that starts with this one's first
+        ``length`` tokens (a parallel sample of the same prompt, a shared prefix)."""
+        if length > min(self.length, limit):
+            raise ValueError(f"cannot copy {length} tokens of {self.length} into {limit}")
         out = SeqKV(limit)
-        out.length = self.length
+        out.length = length
+        cap = min(max(length, MIN_GROWTH), limit)
         for layer, k in self.keys.items():
-            cap = max(min(k.shape[1], limit), self.length)
-            out.keys[layer] = k[:, :cap].clone()
-            out.values[layer] = self.values[layer][:, :cap].clone()
+            v = self.values[layer]
+            out.keys[layer] = _grown(k, length, k, cap)
+            out.values[layer] = _grown(v, length, v, cap)
         return out
 
     def nbytes(self) -> int:
@@ -107,6 +111,9 @@ class Segment:
 
 class _Step(threading.local):
     segments: tuple[Segment, ...] | None = None
+    # Masks of this step's prefill chunks, by (tokens, past, first key, window): every layer
+    # of the forward pass needs the same ones.
+    masks: dict[tuple[int, int, int, int | None], torch.Tensor | None] | None = None
 
 
 _STEP = _Step()
@@ -116,11 +123,11 @@ _STEP = _Step()
 def step_layout(segments: tuple[Segment, ...]) -> Iterator[None]:
     """Makes ``segments`` the layout of the forward passes run inside the block, on this thread;
     afterwards (if nothing raised) every sequence's store counts its new tokens."""
-    _STEP.segments = segments
+    _STEP.segments, _STEP.masks = segments, {}
     try:
         yield
     finally:
-        _STEP.segments = None
+        _STEP.segments = _STEP.masks = None
     for seg in segments:
         seg.kv.length += seg.count
 
@@ -156,9 +163,24 @@ def ragged_attention(
         keys = seg.kv.keys[layer][:, first:total]
         values = seg.kv.values[layer][:, first:total]
         q = query[0, :, s : s + n]
-        mask = _mask(n, past, first, sliding_window)
+        mask = _step_mask(n, past, first, sliding_window, query.device)
         out[s : s + n] = _attend(q, keys, values, mask, scaling, softcap).transpose(0, 1)
     return out.unsqueeze(0), None
+
+
+def _step_mask(
+    n: int, past: int, first: int, window: int | None, device: torch.device
+) -> torch.Tensor | None:
+    """`_mask`, built once per step and device for all layers."""
+    masks = _STEP.masks
+    key = (n, past, first, window)
+    if masks is None or key not in masks:
+        mask = _mask(n, past, first, window)
+        mask = mask.to(device) if mask is not None else None
+        if masks is None:
+            return mask
+        masks[key] = mask
+    return masks[key]
 
 
 def _mask(n: int, past: int, first: int, window: int | None) -> torch.Tensor | None:

@@ -4,6 +4,7 @@ of the batch does to them. Only the engine thread touches this state."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from .grammar import Matcher
 
 log = logging.getLogger(__name__)
+
+# Shortest common prompt prefix worth copying from another sequence's KV instead of computing.
+MIN_SHARED_PREFIX = 16
 
 
 @dataclass(eq=False)
@@ -46,6 +50,11 @@ class _Seq:
     started: float = 0.0  # when a shadow's current feed began
     first: bool = True  # the next token is the job's first (it carries queue and prefill time)
     matcher: Matcher | None = None  # the job's grammar, advanced by every generated token
+    tokens: list[int] = field(default_factory=list)  # what the KV holds, in order
+    # A running job whose prompt starts like another one's: it copies the first ``shared``
+    # tokens of ``source``'s KV once the source holds them, instead of computing them again.
+    source: _Seq | None = None
+    shared: int = 0
 
 
 class Sequences:
@@ -62,6 +71,8 @@ class Sequences:
         self.parked: dict[Handle, _Seq] = {}  # paused jobs and holding shadows
         self._admitted: dict[Handle, _Seq] = {}
         self.reserved = 0  # KV tokens reserved by admitted jobs
+        self.computed = 0  # prompt and decode tokens fed through the model
+        self.copied = 0  # prompt tokens copied from another sequence's KV
         self._outbox: list[tuple[Handle, Output]] = []
 
     # --- bookkeeping ---------------------------------------------------------------------------
@@ -154,8 +165,25 @@ class Sequences:
                     continue
             else:
                 seq.feed = list(job.input_ids)
+                self._find_prefix(seq)
             self.running.append(seq)
         return n
+
+    def _find_prefix(self, seq: _Seq) -> None:
+        """Share the longest prompt prefix another admitted sequence holds or is computing
+        (n > 1 samples of one prompt, requests with a common system prompt)."""
+        ids = seq.job.input_ids[:-1]  # the last prompt token is fed: its logits are needed
+        if len(ids) < MIN_SHARED_PREFIX:
+            return
+        best, best_len = None, MIN_SHARED_PREFIX - 1
+        for other in self._admitted.values():
+            if other is seq or other.source is not None or other.handle in self.parked:
+                continue
+            n = _common_prefix(ids, other.tokens, other.feed)
+            if n > best_len:
+                best, best_len = other, n
+        if best is not None:
+            seq.source, seq.shared = best, best_len
 
     @property
     def queued(self) -> int:
@@ -230,7 +258,10 @@ class Sequences:
             self.running.remove(seq)
             self.parked[seq.handle] = seq
             self.post(seq.handle, Paused(seq.produced))
-        counts = compose([len(s.feed) for s in self.running], self._limits)
+        self._copy_prefixes()
+        counts = compose(
+            [0 if s.source is not None else len(s.feed) for s in self.running], self._limits
+        )
         part = [(s, n) for s, n in zip(self.running, counts, strict=True) if n]
         if not part:
             return False
@@ -243,6 +274,8 @@ class Sequences:
         rows: list[_Seq] = []
         for seq, n in part:
             done = n == len(seq.feed)
+            seq.tokens.extend(seq.feed[:n])
+            self.computed += n
             del seq.feed[:n]
             if done and seq.hold:
                 self._held(seq)
@@ -261,6 +294,23 @@ class Sequences:
         for seq, c in zip(rows, chosen, strict=True):
             self._emit(seq, c)
         return True
+
+    def _copy_prefixes(self) -> None:
+        """Give every job waiting for a shared prefix its copy, once the source holds it; if
+        the source is gone (finished, cancelled) or parked, the job computes it itself."""
+        for seq in self.running:
+            src = seq.source
+            if src is None:
+                continue
+            if src.kv is not None and src.kv.length >= seq.shared and seq.kv is not None:
+                limit = seq.kv.limit
+                seq.kv = src.kv.copy_prefix(seq.shared, limit)
+                seq.tokens = list(seq.job.input_ids[: seq.shared])
+                seq.feed = list(seq.job.input_ids[seq.shared :])
+                self.copied += seq.shared
+                seq.source = None
+            elif src.kv is None or src.handle in self.parked or src.source is not None:
+                seq.source = None  # nothing to wait for: compute the prompt here
 
     def _choice(self, seq: _Seq) -> Choice:
         s = seq.job.sampling
@@ -333,3 +383,13 @@ def _kv(seq: _Seq) -> SeqKV:
     if seq.kv is None:  # admitted jobs always have a store
         raise InternalError("a running sequence has no KV store")
     return seq.kv
+
+
+def _common_prefix(ids: list[int], held: list[int], pending: list[int]) -> int:
+    """How many leading ``ids`` equal ``held + pending`` (tokens in a KV and about to be)."""
+    n = 0
+    for a, b in zip(ids, itertools.chain(held, pending), strict=False):
+        if a != b:
+            break
+        n += 1
+    return n

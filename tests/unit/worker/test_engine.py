@@ -249,3 +249,32 @@ async def test_stopping_fails_every_job_with_the_given_error(tiny_model: Any) ->
         assert items[-1].error.message == "instance unloaded"
     with pytest.raises(UnavailableError):
         engine.submit(Job(PROMPTS[0], 5, GREEDY), loop)
+
+
+async def test_a_shared_prompt_prefix_is_computed_once(tiny_model: Any) -> None:
+    """Jobs whose prompts start alike (n samples of one prompt, a common system prompt) copy
+    the prefix from the first one's KV instead of computing it again, with the same output."""
+    engine = Engine(tiny_model, eos_ids=frozenset(), limits=Limits(8, 1 << 14, 16))
+    engine.start()
+    try:
+        loop = asyncio.get_running_loop()
+        system = [
+            int(t) for t in torch.randint(3, 900, (40,), generator=torch.Generator().manual_seed(1))
+        ]
+        prompts = [system + [5, 6, 7], system + [5, 6, 7], system + [8, 9], system + [5, 6, 7, 10]]
+        samplings = [GREEDY, Sampling(temperature=1.0, seed=1), GREEDY, GREEDY]
+        solo = [await run(engine, p, 10, s) for p, s in zip(prompts, samplings, strict=True)]
+        computed, copied = engine.tokens_computed, engine.tokens_copied
+        assert copied == 0  # one at a time: nothing to share
+        handles = [
+            engine.submit(Job(p, 10, s), loop) for p, s in zip(prompts, samplings, strict=True)
+        ]
+        together = await asyncio.gather(*(collect(h) for h in handles))
+        assert [[t.token_id for t in r] for r in together] == solo
+        # The others copied what they share with the first (all of it but their last token
+        # for the identical prompt, the 40 system tokens, the first's 43 for the longer one).
+        assert engine.tokens_copied - copied == 42 + 40 + 43
+        fed = engine.tokens_computed - computed - 4 * 9  # each fed 9 of its 10 tokens back
+        assert sum(len(p) for p in prompts) - fed == 42 + 40 + 43
+    finally:
+        await asyncio.to_thread(engine.stop, UnavailableError("test over"), 10.0)
