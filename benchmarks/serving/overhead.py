@@ -16,7 +16,7 @@ from .samples import Overhead
 def in_process(path: Path, prompt: str) -> Callable[[], str]:
     """What a worker does for a one-token request, as one call in this process."""
     import torch
-    from transformers import AutoTokenizer, DynamicCache
+    from transformers import AutoTokenizer
 
     from libs.loader import load_model
 
@@ -26,11 +26,9 @@ def in_process(path: Path, prompt: str) -> Callable[[], str]:
     def step() -> str:
         ids = tokenizer.encode(prompt, add_special_tokens=True)
         with torch.inference_mode():
-            cache = DynamicCache(config=model.config)
             out = model(
                 input_ids=torch.tensor([ids]),
-                past_key_values=cache,
-                use_cache=True,
+                use_cache=True,  # a fresh KV cache, as a worker's prefill has
                 logits_to_keep=1,
             )
             token = int(out.logits[0, -1].argmax())

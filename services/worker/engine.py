@@ -121,6 +121,7 @@ class Engine:
         self._step_delay = step_delay
         self._model: Any = model
         self._seqs = Sequences(model, eos_ids=eos_ids, limits=limits)
+        self._seqs.warm_up()
         self._cv = threading.Condition()
         self._submitted: deque[tuple[Handle, Job, float]] = deque()
         self._commands: deque[tuple[str, Handle, Any]] = deque()

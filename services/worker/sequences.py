@@ -11,6 +11,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from libs.protocol.errors import BadRequestError, BusError, InternalError
 
 from .batch_policy import Limits, admissible, compose
@@ -74,6 +76,14 @@ class Sequences:
         self.computed = 0  # prompt and decode tokens fed through the model
         self.copied = 0  # prompt tokens copied from another sequence's KV
         self._outbox: list[tuple[Handle, Output]] = []
+
+    def warm_up(self) -> None:
+        """One small step before serving: a model this engine cannot run fails its load with
+        the reason (not every request), and the first request does not pay for lazy init."""
+        with torch.inference_mode():
+            kv = SeqKV(8)
+            self._forward([Feed(kv, [0, 1], True)])
+            self._forward([Feed(kv, [2], True)])
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
