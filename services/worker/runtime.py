@@ -39,7 +39,7 @@ class EngineSettings:
     prefill_chunk: int = 256
     max_queue: int = 1024
 
-    def kv_tokens(self, model: Any, context: int | None) -> int:
+    def kv_tokens(self, model: Any) -> int:
         """The KV budget in tokens for ``model``: ``kv_cache_gb``, or by default 90% of the
         GPU memory left after the load, or 2 GB on a CPU (host memory is shared with the
         DRAM tier and the other workers)."""
@@ -51,7 +51,7 @@ class EngineSettings:
         elif budget <= 0:
             budget = int(AUTO_CPU_KV_GB * 1e9)
         per_token = kv_bytes_per_token(model.config, param.element_size())
-        return kv_budget_tokens(budget, per_token, context)
+        return kv_budget_tokens(budget, per_token)
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class Runtime:
         self._grammar_lock = threading.Lock()
         limits = Limits(
             max_batch=engine.max_batch,
-            kv_tokens=engine.kv_tokens(model, self.context),
+            kv_tokens=engine.kv_tokens(model),
             prefill_chunk=engine.prefill_chunk,
         )
         log.info(

@@ -82,8 +82,8 @@ def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
     return 2 * layers * kv_heads * int(head_dim) * dtype_bytes
 
 
-def kv_budget_tokens(budget_bytes: int, per_token: int, context: int | None) -> int:
-    """The KV budget in tokens: what ``budget_bytes`` holds, and at least one full context
-    (a worker that cannot hold one maximal request would refuse requests the model accepts)."""
-    tokens = budget_bytes // max(per_token, 1)
-    return max(tokens, context or 0, 1)
+def kv_budget_tokens(budget_bytes: int, per_token: int) -> int:
+    """The KV budget in tokens: what ``budget_bytes`` holds (at least one token). A request
+    whose prompt plus ``max_tokens`` exceeds it is refused, even when the model's context is
+    longer: the operator's memory bound wins."""
+    return max(budget_bytes // max(per_token, 1), 1)

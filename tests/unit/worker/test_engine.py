@@ -261,7 +261,7 @@ async def test_a_shared_prompt_prefix_is_computed_once(tiny_model: Any) -> None:
         system = [
             int(t) for t in torch.randint(3, 900, (40,), generator=torch.Generator().manual_seed(1))
         ]
-        prompts = [system + [5, 6, 7], system + [5, 6, 7], system + [8, 9], system + [5, 6, 7, 10]]
+        prompts = [[*system, 5, 6, 7], [*system, 5, 6, 7], [*system, 8, 9], [*system, 5, 6, 7, 10]]
         samplings = [GREEDY, Sampling(temperature=1.0, seed=1), GREEDY, GREEDY]
         solo = [await run(engine, p, 10, s) for p, s in zip(prompts, samplings, strict=True)]
         computed, copied = engine.tokens_computed, engine.tokens_copied
