@@ -10,7 +10,7 @@ from typing import Any
 MARKER_FILE = "sllm-demo.json"
 """Written last into every demo model; identifies a directory that may be overwritten."""
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bumped whenever the bytes a given (size, seed, dtype) produces change."""
 
 _GENERATOR = "sllm.demo"

@@ -183,16 +183,43 @@ class SamplingParams(Message):
     grammar: GrammarSpec | None = None  # the output is constrained to it
 
 
+class ToolCall(Message):
+    """A function call an assistant message made (chat history): ``arguments`` is the JSON text
+    the model wrote, as OpenAI carries it."""
+
+    id: str = Field(max_length=1024)
+    name: str = Field(min_length=1, max_length=256)
+    arguments: str = Field(max_length=8 * 1024 * 1024)
+
+
 class ChatMessage(Message):
+    """One message of a chat. An assistant message may carry ``tool_calls`` (its content may
+    then be empty); a ``tool`` message is the result of the call ``tool_call_id``, of the
+    function ``name`` when known."""
+
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str = Field(max_length=8 * 1024 * 1024)
+    tool_calls: list[ToolCall] = Field(default_factory=list, max_length=1024)
+    tool_call_id: str = Field(default="", max_length=1024)
+    name: str = Field(default="", max_length=256)
+
+    @model_validator(mode="after")
+    def _tool_fields_by_role(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if (self.tool_call_id or self.name) and self.role != "tool":
+            raise ValueError("only tool messages carry tool_call_id and name")
+        return self
 
 
 class GenerateRequest(Message):
     """Generate for one request; chunks go to ``inbox`` numbered from ``start_seq``.
 
     The prompt is exactly one of ``prompt`` (text), ``messages`` (chat, rendered with the
-    model's chat template) or ``prompt_token_ids``. ``generated_token_ids`` are tokens already
+    model's chat template) or ``prompt_token_ids``. ``tools_json`` (with ``messages`` only) is
+    the tools the chat template renders into the prompt, a JSON list as templates take them
+    (``[{"type": "function", "function": {"name", "description", "parameters"}}]``); empty:
+    none (the router leaves them out when the model may not call them). ``generated_token_ids`` are tokens already
     produced elsewhere (failover, migration): the worker recomputes their KV cache and carries
     on from there. ``inbox`` and ``start_seq`` are filled in by the bus for a fresh stream; a
     migration or a failover passes them on so that the new producer continues the same stream.
@@ -205,6 +232,7 @@ class GenerateRequest(Message):
     prompt_token_ids: list[int] | None = Field(
         default=None, min_length=1, max_length=MAX_PROMPT_TOKENS
     )
+    tools_json: str = Field(default="", max_length=8 * 1024 * 1024)
     generated_token_ids: list[int] = Field(default_factory=list, max_length=MAX_TOKENS_LIMIT)
     params: SamplingParams = Field(default_factory=SamplingParams)
     inbox: str = ""
@@ -218,6 +246,8 @@ class GenerateRequest(Message):
         given = [x is not None for x in (self.prompt, self.messages, self.prompt_token_ids)]
         if sum(given) != 1:
             raise ValueError("exactly one of prompt, messages, prompt_token_ids is required")
+        if self.tools_json and self.messages is None:
+            raise ValueError("tools_json goes with messages (a chat) only")
         return self
 
 

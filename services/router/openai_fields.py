@@ -1,11 +1,11 @@
 """Which fields of OpenAI's request bodies sllm honours, accepts and ignores, or refuses.
 
-Nothing is silently dropped if it could change the answer. A request model declares the fields
-it honours; before pydantic validates them, `screen` goes over the raw body and drops the fields
-of an ``IGNORED`` set (they cannot change the answer), accepts a field of a ``REFUSED`` table
-only with a value that changes nothing (``n: 1``, ``tools: []``...), and refuses everything
-else, unknown fields included (a newer client's field could change the answer too), with a 400
-naming the field.
+Nothing is silently dropped if it could change the answer. A request model (a `RequestPart`)
+declares the fields it honours; before pydantic validates them, `screen` goes over the raw body
+and drops the fields of an ``IGNORED`` set (they cannot change the answer), accepts a field of a
+``REFUSED`` table only with a value that changes nothing (``n: 1``, ``functions: []``...), and
+refuses everything else, unknown fields included (a newer client's field could change the answer
+too), with a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, NoReturn
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 UNKNOWN = "unknown field: sllm refuses the fields it does not know rather than ignore them"
-NO_TOOLS = "tool calling is not supported yet"
+LEGACY_FUNCTIONS = "the deprecated function calling is not supported: use tools and tool_choice"
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,6 @@ REQUEST_IGNORED = frozenset(
         "prompt_cache_options",
         # A speculative-decoding hint: the answer is the same with or without it.
         "prediction",
-        # Only meaningful with tools, which are refused.
-        "parallel_tool_calls",
     }
 )
 STREAM_OPTIONS_IGNORED = frozenset({"include_obfuscation"})  # padding of chunks, not content
@@ -57,13 +55,9 @@ _ONE_CHOICE = Refused("n must be 1 (sllm returns one choice per request)", (None
 
 CHAT_REFUSED: Mapping[str, Refused] = {
     "n": _ONE_CHOICE,
-    "tools": Refused(NO_TOOLS, (None, [])),
-    "tool_choice": Refused(
-        f'{NO_TOOLS}: tool_choice may only be "none" or "auto"', (None, "none", "auto")
-    ),
-    "functions": Refused(NO_TOOLS, (None, [])),
+    "functions": Refused(LEGACY_FUNCTIONS, (None, [])),
     "function_call": Refused(
-        f'{NO_TOOLS}: function_call may only be "none" or "auto"', (None, "none", "auto")
+        f'{LEGACY_FUNCTIONS}: function_call may only be "none" or "auto"', (None, "none", "auto")
     ),
     "audio": Refused("audio output is not supported"),
     "modalities": Refused(
@@ -82,15 +76,34 @@ COMPLETION_REFUSED: Mapping[str, Refused] = {
     "suffix": Refused("suffix (insertion) is not supported yet", (None, "")),
 }
 
-# A chat message's fields beyond role and content: tool-call history, names, audio.
+# A chat message's fields beyond role, content and the tool-call history: names, audio...
 MESSAGE_REFUSED: Mapping[str, Refused] = {
-    "tool_calls": Refused(f"{NO_TOOLS}: tool calls in the history are refused", (None, [])),
-    "function_call": Refused(f"{NO_TOOLS}: function calls in the history are refused"),
-    "tool_call_id": Refused(f"{NO_TOOLS}: tool results in the history are refused"),
+    "function_call": Refused(f"{LEGACY_FUNCTIONS}: send tool_calls in the history"),
     "name": Refused("message names are not supported yet", (None, "")),
     "refusal": Refused("refusals in the history are not supported yet"),
     "audio": Refused("audio in the history is not supported"),
 }
+
+
+class RequestPart(BaseModel):
+    """A request body, or a part of one, whose fields are screened: it declares the fields it
+    honours (``FIELDS``); ``IGNORED`` ones are dropped, ``REFUSED`` ones accepted only with a
+    neutral value, and any other is a 400 naming it."""
+
+    model_config = ConfigDict(extra="forbid")
+    IGNORED: ClassVar[frozenset[str]] = frozenset()
+    REFUSED: ClassVar[Mapping[str, Refused]] = {}
+    FIELDS: ClassVar[frozenset[str]] = frozenset()  # the fields it declares (honours)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls.FIELDS = frozenset(f.alias or name for name, f in cls.model_fields.items())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _screen(cls, data: object) -> object:
+        return screen(cls, cls.FIELDS, data, cls.IGNORED, cls.REFUSED)
 
 
 def screen(
@@ -128,6 +141,12 @@ def field_error(field: str, value: object, message: str) -> InitErrorDetails:
         loc=(field,),
         input=value,
     )
+
+
+def refuse(model: type[BaseModel], field: str, value: object, message: str) -> NoReturn:
+    """Raise the `ValidationError` of a 400 naming ``field`` (inside a validator, pydantic puts
+    the path of the part in front)."""
+    raise ValidationError.from_exception_data(model.__name__, [field_error(field, value, message)])
 
 
 def _with_value(reason: str, value: object) -> str:

@@ -1,5 +1,6 @@
 """The REST API's schemas: OpenAI's completion requests, the model list, the deployments API
-(the completions' answers are in `responses`).
+(a chat's messages are in `chat_messages`, its tools in `tool_calls`, the completions' answers
+in `responses`).
 
 A request model declares the fields sllm honours and maps them to `SamplingParams`; which other
 fields are accepted and ignored (they cannot change the answer) or refused with a 400 naming
@@ -9,15 +10,13 @@ them (everything else, unknown fields included) is `openai_fields`' decision.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    TypeAdapter,
-    ValidationError,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -32,19 +31,26 @@ from libs.protocol.messages import (
 )
 from libs.protocol.state import InstanceRecord
 
+from .chat_messages import ChatMessageIn
 from .errors import ApiError
 from .keep_alive import parse_keep_alive
 from .openai_fields import (
     CHAT_REFUSED,
     COMPLETION_REFUSED,
-    CONTENT_PART_IGNORED,
-    MESSAGE_REFUSED,
-    NO_TOOLS,
     REQUEST_IGNORED,
     STREAM_OPTIONS_IGNORED,
-    Refused,
-    field_error,
-    screen,
+    RequestPart,
+    refuse,
+)
+from .tool_calls import (
+    MAX_TOOLS,
+    NO_TOOLS,
+    ToolChoice,
+    ToolIn,
+    ToolPlan,
+    ToolPlanError,
+    tool_choice_model,
+    tool_plan,
 )
 
 MAX_STOP = 16
@@ -53,86 +59,10 @@ MAX_LOGIT_BIAS = 300  # biased tokens per request, as SamplingParams allows
 MAX_TOKEN_ID = 1 << 31
 
 
-class _Request(BaseModel):
-    """A part of a request body. Unknown fields are refused: see `openai_fields`."""
-
-    model_config = ConfigDict(extra="forbid")
-    # Fields accepted and dropped (they cannot change the answer), and fields refused unless
-    # their value changes nothing.
-    IGNORED: ClassVar[frozenset[str]] = frozenset()
-    REFUSED: ClassVar[Mapping[str, Refused]] = {}
-    FIELDS: ClassVar[frozenset[str]] = frozenset()  # the fields it declares (honours)
-
-    @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        super().__pydantic_init_subclass__(**kwargs)
-        cls.FIELDS = frozenset(f.alias or name for name, f in cls.model_fields.items())
-
-    @model_validator(mode="before")
-    @classmethod
-    def _screen(cls, data: object) -> object:
-        return screen(cls, cls.FIELDS, data, cls.IGNORED, cls.REFUSED)
-
-
-class StreamOptions(_Request):
+class StreamOptions(RequestPart):
     IGNORED = STREAM_OPTIONS_IGNORED
 
     include_usage: bool = False
-
-
-class ContentPart(_Request):
-    IGNORED = CONTENT_PART_IGNORED
-
-    type: Literal["text"]
-    text: str
-
-    @model_validator(mode="before")
-    @classmethod
-    def _screen(cls, data: object) -> object:
-        kind = data.get("type") if isinstance(data, dict) else None
-        if isinstance(data, dict) and kind != "text":
-            # Said first: an image part is refused for what it is, not for its fields.
-            message = f"only text content parts are supported, got {kind!r}"
-            raise ValidationError.from_exception_data(
-                cls.__name__, [field_error("type", kind, message)]
-            )
-        return screen(cls, cls.FIELDS, data, cls.IGNORED, cls.REFUSED)
-
-
-_CONTENT_PARTS = TypeAdapter(list[ContentPart])
-
-
-class ChatMessageIn(_Request):
-    REFUSED = MESSAGE_REFUSED
-
-    role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[ContentPart] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _screen(cls, data: object) -> object:
-        role = data.get("role") if isinstance(data, dict) else None
-        if role in ("tool", "function"):
-            # Said first: the message is refused for what it is, not for its fields.
-            message = f"{NO_TOOLS}: {role} messages in the history are refused"
-            raise ValidationError.from_exception_data(
-                cls.__name__, [field_error("role", role, message)]
-            )
-        return screen(cls, cls.FIELDS, data, cls.IGNORED, cls.REFUSED)
-
-    @field_validator("content", mode="before")
-    @classmethod
-    def _parts(cls, v: object) -> object:
-        # Validated here rather than by the union, whose errors would name each of its members
-        # (``content.str``...) instead of the part at fault (``content.0.type``).
-        return _CONTENT_PARTS.validate_python(v) if isinstance(v, list) else v
-
-    def to_bus(self) -> ChatMessage:
-        if isinstance(self.content, list):
-            text = "".join(part.text for part in self.content)
-        else:
-            text = self.content or ""
-        return ChatMessage(role=self.role, content=text)
 
 
 def _check_max_tokens(name: str, value: int | None) -> int | None:
@@ -145,7 +75,7 @@ TokenId = Annotated[int, Field(ge=0, lt=MAX_TOKEN_ID)]
 Bias = Annotated[float, Field(ge=-100.0, le=100.0)]
 
 
-class _Sampling(_Request):
+class _Sampling(RequestPart):
     """The fields chat and completions share: what they honour, and how it maps to
     `SamplingParams` (OpenAI's fields, and vLLM's extensions top_k, min_p...)."""
 
@@ -246,7 +176,7 @@ class _Sampling(_Request):
         )
 
 
-class JsonSchemaFormat(_Request):
+class JsonSchemaFormat(RequestPart):
     """OpenAI's ``response_format.json_schema``: the schema is always enforced (``strict``
     or not), by constrained decoding."""
 
@@ -256,7 +186,7 @@ class JsonSchemaFormat(_Request):
     strict: bool | None = None
 
 
-class ResponseFormat(_Request):
+class ResponseFormat(RequestPart):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -283,6 +213,44 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    tools: list[ToolIn] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    _tools: ToolPlan = PrivateAttr(default=NO_TOOLS)
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _tool_choice(cls, v: object) -> object:
+        return tool_choice_model(v)
+
+    @model_validator(mode="after")
+    def _tool_plan(self) -> ChatCompletionRequest:
+        if self.tools is None and self.tool_choice in (None, "none", "auto"):
+            return self  # the common case
+        try:
+            self._tools = tool_plan(self.tools, self.tool_choice, self.parallel_tool_calls)
+        except ToolPlanError as exc:
+            refuse(type(self), exc.param, None, str(exc))
+        fmt = self.response_format.type if self.response_format else "text"
+        if self._tools.mode == "auto" and fmt != "text":
+            refuse(
+                type(self),
+                "response_format",
+                fmt,
+                f'{fmt} with tools needs tool_choice "none", "required" or a named function: '
+                "sllm cannot constrain the content and leave the model free to call a tool",
+            )
+        return self
+
+    @property
+    def tool_plan(self) -> ToolPlan:
+        """What the tool fields make of the generation (`ToolPlan`)."""
+        return self._tools
+
+    def bus_messages(self) -> list[ChatMessage]:
+        """The messages on the bus; a tool result names the function of the call it answers."""
+        names = {c.id: c.function.name for m in self.messages for c in m.tool_calls or ()}
+        return [m.to_bus(names.get(m.tool_call_id or "", "")) for m in self.messages]
 
     @field_validator("max_completion_tokens")
     @classmethod
@@ -302,7 +270,9 @@ class ChatCompletionRequest(_Sampling):
     def params(self, default_max_tokens: int) -> SamplingParams:
         limit = self.max_completion_tokens or self.max_tokens or default_max_tokens
         params = self.sampling(limit)
-        grammar = self.response_format.grammar() if self.response_format else None
+        grammar = self._tools.grammar  # a tool call is the answer: response_format has no part
+        if grammar is None and self.response_format:
+            grammar = self.response_format.grammar()
         return params.model_copy(update={"grammar": grammar}) if grammar else params
 
 

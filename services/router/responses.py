@@ -1,8 +1,9 @@
 """OpenAI's answer shapes for chat and text completions, whole and streamed (as SSE events),
-with the logprobs of their tokens when asked for."""
+with the logprobs of their tokens when asked for, and chat answers that call tools."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -13,6 +14,8 @@ from libs.protocol.messages import SamplingParams, TokenChunk, TokenLogprob, Usa
 
 from .logprobs import ChatLogprobs, CompletionLogprobs, chat_logprobs, completion_logprobs
 from .sse import event
+from .tool_calls import ToolPlan
+from .tool_output import ParsedCall, ToolAnswer, parse_output
 
 
 class _Response(BaseModel):
@@ -38,9 +41,26 @@ class AssistantMessage(_Response):
     content: str
 
 
+class FunctionCallOut(_Response):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(_Response):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
+class ToolCallMessage(_Response):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    tool_calls: list[ToolCallOut]
+
+
 class ChatChoice(_Response):
     index: int = 0
-    message: AssistantMessage
+    message: AssistantMessage | ToolCallMessage
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None
 
@@ -160,6 +180,110 @@ class ChatFormat(AnswerFormat):
             message=AssistantMessage(content=text),
             logprobs=self._logprobs(logprobs),
             finish_reason=reason,
+        )
+        return ChatCompletion(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[choice],
+            usage=UsageOut.of(usage),
+        ).model_dump()
+
+
+class ToolCallFormat(ChatFormat):
+    """A chat answer that may call tools (`ToolPlan`): its calls in ``message.tool_calls`` (or
+    streamed ``delta.tool_calls``), ``finish_reason`` "tool_calls".
+
+    Streamed, a named function's arguments go out as they come (the whole output is them);
+    ``required`` and ``auto`` output is held to the end and sent then, the calls in one chunk:
+    a JSON array cannot be told to be calls until it is whole, and ``auto`` text could always
+    turn out to be the start of a ``<tool_call>`` block.
+    """
+
+    def __init__(
+        self,
+        request_id: str,
+        model: str,
+        include_usage: bool,
+        params: SamplingParams,
+        plan: ToolPlan,
+    ) -> None:
+        super().__init__(request_id, model, include_usage, params)
+        self.plan = plan
+        self.ids: list[str] = []  # the calls' ids, by index (made once: a stream resumes)
+        self.held: list[str] = []
+        self.held_logprobs: list[TokenLogprob] = []
+        self.calls_sent = False
+
+    def _id(self, index: int) -> str:
+        while len(self.ids) <= index:
+            self.ids.append(f"call_{secrets.token_hex(12)}")
+        return self.ids[index]
+
+    def _calls(self, calls: Sequence[ParsedCall]) -> list[ToolCallOut]:
+        return [
+            ToolCallOut(
+                id=self._id(i), function=FunctionCallOut(name=c.name, arguments=c.arguments)
+            )
+            for i, c in enumerate(calls)
+        ]
+
+    def opening(self) -> list[bytes]:
+        if self.plan.mode == "auto":
+            return super().opening()
+        # Named and required answers are calls only, as OpenAI streams them.
+        return [self._chunk([ChatChunkChoice(delta={"role": "assistant", "content": None})])]
+
+    def _reason(self, answer: ToolAnswer, reason: str) -> str:
+        return "tool_calls" if answer.calls and reason == "stop" else reason
+
+    def tokens(self, chunk: TokenChunk) -> bytes | None:
+        if self.plan.mode == "named":
+            return super().tokens(chunk)
+        self.held.append(chunk.text)
+        self.held_logprobs.extend(chunk.logprobs or ())
+        return None
+
+    def text(self, text: str, logprobs: Sequence[TokenLogprob]) -> bytes:
+        # Named: the text is the arguments of the one call.
+        call: dict[str, Any] = {"index": 0, "function": {"arguments": text}}
+        if not self.calls_sent:
+            self.calls_sent = True
+            call = {**call, "id": self._id(0), "type": "function"}
+            call["function"] = {"name": self.plan.allowed[0], "arguments": text}
+        choice = ChatChunkChoice(delta={"tool_calls": [call]}, logprobs=self._logprobs(logprobs))
+        return self._chunk([choice])
+
+    def finish(self, reason: str) -> bytes:
+        if self.plan.mode == "named":
+            opening = b"" if self.calls_sent else self.text("", ())
+            return opening + super().finish("tool_calls" if reason == "stop" else reason)
+        answer = parse_output(self.plan, "".join(self.held))
+        delta: dict[str, Any] = {}
+        if answer.content:
+            delta["content"] = answer.content
+        if answer.calls:
+            delta["tool_calls"] = [
+                {"index": i, **call.model_dump()}
+                for i, call in enumerate(self._calls(answer.calls))
+            ]
+        held = b""
+        if delta or (self.logprobs and self.held_logprobs):
+            logprobs = self._logprobs(self.held_logprobs)
+            held = self._chunk([ChatChunkChoice(delta=delta, logprobs=logprobs)])
+        return held + super().finish(self._reason(answer, reason))
+
+    def whole(
+        self, text: str, logprobs: Sequence[TokenLogprob], reason: str, usage: Usage
+    ) -> dict[str, Any]:
+        answer = parse_output(self.plan, text)
+        if not answer.calls:
+            return super().whole(answer.content or "", logprobs, reason, usage)
+        message = ToolCallMessage(content=answer.content, tool_calls=self._calls(answer.calls))
+        choice = ChatChoice(
+            message=message,
+            logprobs=self._logprobs(logprobs),
+            finish_reason=self._reason(answer, reason),
         )
         return ChatCompletion(
             id=self.id,

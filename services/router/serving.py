@@ -1,5 +1,5 @@
-"""OpenAI serving: chat and text completions (streamed or whole) and the model list, on top
-of `Generation`."""
+"""OpenAI serving: chat and text completions (streamed or whole, chats calling tools too) and
+the model list, on top of `Generation`."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .cluster import read
 from .errors import to_api_error, validation_message
 from .generation import Backend, Generation
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from .responses import AnswerFormat, ChatFormat, CompletionFormat
+from .responses import AnswerFormat, ChatFormat, CompletionFormat, ToolCallFormat
 from .sse import DONE, ClientDisconnected, EventStreamResponse, event, run_until_disconnect
 
 # Status of an answer nobody reads any more (nginx's "client closed request").
@@ -39,14 +39,20 @@ class OpenAIServing:
 
     async def chat(self, body: ChatCompletionRequest, receive: Receive) -> Response:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        plan = body.tool_plan
         req = self._request(
             request_id,
             body.model,
             body.params(self.backend.settings.default_max_tokens),
-            messages=[m.to_bus() for m in body.messages],
+            messages=body.bus_messages(),
+            tools_json=plan.tools_json(),
             keep_alive_s=body.keep_alive,
         )
-        fmt = ChatFormat(request_id, body.model, body.include_usage, req.params)
+        fmt: ChatFormat
+        if plan.mode == "none":
+            fmt = ChatFormat(request_id, body.model, body.include_usage, req.params)
+        else:
+            fmt = ToolCallFormat(request_id, body.model, body.include_usage, req.params, plan)
         return await self._serve(req, fmt, bool(body.stream), receive)
 
     async def completion(self, body: CompletionRequest, receive: Receive) -> Response:
@@ -73,6 +79,7 @@ class OpenAIServing:
         prompt: str | None = None,
         messages: list[ChatMessage] | None = None,
         prompt_token_ids: list[int] | None = None,
+        tools_json: str = "",
         keep_alive_s: float | None = None,
     ) -> GenerateRequest:
         if params.seed is None:
@@ -86,13 +93,14 @@ class OpenAIServing:
                 prompt=prompt,
                 messages=messages,
                 prompt_token_ids=prompt_token_ids,
+                tools_json=tools_json,
                 params=params,
                 keep_alive_s=keep_alive_s,
             )
         except ValidationError as exc:
             message, param = validation_message(exc.errors())
             raise BadRequestError(message, detail={"param": param or ""}) from None
-        size = len(prompt or "") + sum(len(m.content) for m in messages or ())
+        size = len(prompt or "") + len(tools_json) + sum(_size(m) for m in messages or ())
         limit = self.backend.bus.nc.max_payload
         if size * 2 > limit and len(encode(req)) > limit:
             raise BadRequestError(
@@ -150,6 +158,10 @@ class OpenAIServing:
             gen.fail(exc)
             yield event(to_api_error(exc, retry_after=self.backend.settings.retry_after).body())
         yield DONE
+
+
+def _size(message: ChatMessage) -> int:
+    return len(message.content) + sum(len(c.arguments) for c in message.tool_calls)
 
 
 def _openai_reason(gen: Generation) -> str:

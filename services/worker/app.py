@@ -223,7 +223,9 @@ class WorkerService(Service):
     async def _generate(
         self, req: GenerateRequest, instance_id: str, rt: Runtime
     ) -> tuple[GenerateReply, AsyncIterator[TokenChunk]]:
-        big = len(req.prompt or "") > INLINE_PROMPT_CHARS
+        text = len(req.prompt or "") + len(req.tools_json)
+        text += sum(len(m.content) for m in req.messages or ())
+        big = text > INLINE_PROMPT_CHARS or bool(req.tools_json)  # tools: several renders
         if big or len(req.generated_token_ids) > INLINE_PRIOR_TOKENS:
             prompt_ids, detok = await asyncio.to_thread(_prepare_request, rt, req)
         else:

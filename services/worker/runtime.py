@@ -19,6 +19,7 @@ from libs.protocol.errors import BadRequestError, BusError
 from libs.protocol.messages import GenerateRequest, GrammarSpec
 
 from .batch_policy import Limits
+from .chat_template import render_chat
 from .engine import Engine
 from .validate import context_length, eos_ids, kv_budget_tokens, kv_bytes_per_token
 
@@ -111,23 +112,13 @@ class Runtime:
         self.engine.start()
 
     def prompt_ids(self, req: GenerateRequest) -> list[int]:
-        """The request's prompt as token ids (chat messages through the chat template)."""
+        """The request's prompt as token ids (chat messages and tools through the chat
+        template, see `render_chat`)."""
         tok = self.tokenizer
         if req.prompt_token_ids is not None:
             ids = list(req.prompt_token_ids)
         elif req.messages is not None:
-            if not getattr(tok, "chat_template", None):
-                raise BadRequestError(
-                    f"model {req.model!r} has no chat template: send a prompt instead"
-                )
-            try:
-                text = tok.apply_chat_template(
-                    [m.model_dump() for m in req.messages],
-                    add_generation_prompt=True,
-                    tokenize=False,
-                )
-            except Exception as exc:  # jinja raises whatever the template raises
-                raise BadRequestError(f"cannot render the chat messages: {exc}") from None
+            text = render_chat(tok, req.model, req.messages, req.tools_json)
             ids = tok.encode(text, add_special_tokens=False)
         else:
             ids = tok.encode(req.prompt or "", add_special_tokens=True)
@@ -152,7 +143,7 @@ class Runtime:
         try:
             return self._grammars.compile(spec.kind, spec.json_schema)
         except GrammarError as exc:
-            raise BadRequestError(f"response_format: {exc}") from None
+            raise BadRequestError(f"the output's JSON schema: {exc}") from None
 
     def token_text(self, token_id: int) -> str:
         """One token's own text (for logprobs)."""

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from libs.demo import write_demo_model
 
@@ -184,7 +184,10 @@ def test_bad_input_gets_clear_errors(cluster: UpCluster, client: openai.OpenAI) 
 
 
 class Pet(BaseModel):
-    """What the structured-output tests ask for (a random model, constrained)."""
+    """What the structured-output tests ask for (a random model, constrained; closed, or a
+    random model may add keys until max_tokens)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(max_length=10)
     age: int = Field(ge=0, le=30)
@@ -214,11 +217,15 @@ def test_structured_output_with_the_sdk_and_langchain(
         assert reply.choices[0].finish_reason == "stop"
         _check_pet(json.loads(reply.choices[0].message.content or ""))
     obj = client.chat.completions.create(
-        model="demo", messages=MESSAGES, max_tokens=600, response_format={"type": "json_object"}
+        model="demo",
+        messages=MESSAGES,
+        max_tokens=600,
+        seed=5,  # a random model may write one JSON string until max_tokens: fix the draw
+        response_format={"type": "json_object"},
     )
     assert isinstance(json.loads(obj.choices[0].message.content or ""), dict)
     parsed = client.chat.completions.parse(
-        model="demo", messages=MESSAGES, max_tokens=600, response_format=Pet
+        model="demo", messages=MESSAGES, max_tokens=600, seed=5, response_format=Pet
     )
     assert isinstance(parsed.choices[0].message.parsed, Pet)
 
@@ -229,6 +236,7 @@ def test_structured_output_with_the_sdk_and_langchain(
         api_key=SecretStr("unused"),
         model="demo",
         max_completion_tokens=600,
+        seed=5,
     )
     pet = llm.with_structured_output(Pet, method="json_schema").invoke("Describe a pet.")
     assert isinstance(pet, Pet)
@@ -268,10 +276,149 @@ def test_sampling_parameters_and_logprobs_through_the_sdk(client: openai.OpenAI)
     assert sum(len(p.tokens or []) for p in pieces) == 6
     with pytest.raises(openai.BadRequestError, match="tools"):
         client.chat.completions.create(
-            model="demo",
-            messages=MESSAGES,
-            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            model="demo", messages=MESSAGES, tools=[{"type": "custom", "custom": {"name": "f"}}]
         )
+
+
+class Weather(BaseModel):
+    """Get the current weather in a city."""
+
+    # Closed ("additionalProperties": false): a random model would write extra keys until
+    # max_tokens cut the arguments short.
+    model_config = ConfigDict(extra="forbid")
+
+    city: str = Field(max_length=10)
+    unit: Literal["C", "F"]
+
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": Weather.model_json_schema(),
+    },
+}
+TIME_TOOL: Any = {
+    "type": "function",
+    "function": {"name": "get_time", "description": "The time now"},  # no arguments
+}
+ASK_WEATHER: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the weather in Paris?"}
+]
+
+
+def _calls(message: Any) -> list[tuple[str, str, Any]]:
+    """A message's tool calls as (id, name, parsed arguments)."""
+    out = []
+    for call in message.tool_calls or []:
+        assert call.type == "function"
+        out.append((call.id, call.function.name, json.loads(call.function.arguments)))
+    return out
+
+
+def test_tool_calls_with_the_sdk(client: openai.OpenAI) -> None:
+    named: Any = {"type": "function", "function": {"name": "get_weather"}}
+    reply = client.chat.completions.create(
+        model="demo",
+        messages=ASK_WEATHER,
+        tools=[WEATHER_TOOL, TIME_TOOL],
+        tool_choice=named,
+        max_tokens=300,
+        seed=3,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    ((call_id, name, arguments),) = _calls(choice.message)
+    assert call_id.startswith("call_")
+    assert name == "get_weather"
+    Weather.model_validate(arguments)
+
+    required = client.chat.completions.create(
+        model="demo",
+        messages=ASK_WEATHER,
+        tools=[WEATHER_TOOL, TIME_TOOL],
+        tool_choice="required",
+        max_tokens=400,
+        temperature=0,
+    )
+    assert required.choices[0].finish_reason == "tool_calls"
+    calls = _calls(required.choices[0].message)
+    assert calls
+    for _, name, arguments in calls:
+        assert name in ("get_weather", "get_time")
+        if name == "get_weather":
+            Weather.model_validate(arguments)
+        else:
+            assert arguments == {}
+
+    # Streamed, as the SDK's helper gathers it; parsed into the model by `parse`.
+    with client.chat.completions.stream(
+        model="demo",
+        messages=ASK_WEATHER,
+        tools=[openai.pydantic_function_tool(Weather)],
+        tool_choice={"type": "function", "function": {"name": "Weather"}},
+        max_tokens=300,
+    ) as stream:
+        final = stream.get_final_completion()
+    (streamed,) = final.choices[0].message.tool_calls or []
+    assert isinstance(streamed.function.parsed_arguments, Weather)
+    assert final.choices[0].finish_reason == "tool_calls"
+
+    # The history of a call and its result is rendered, and answered.
+    history: list[ChatCompletionMessageParam] = [
+        *ASK_WEATHER,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": json.dumps(arguments)},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call_id, "content": "Sunny, 21 degrees."},
+    ]
+    answer = client.chat.completions.create(
+        model="demo", messages=history, tools=[WEATHER_TOOL], max_tokens=16, temperature=0
+    )
+    assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert answer.usage is not None
+    assert answer.usage.prompt_tokens > 100  # the tools and the tool-call history are in it
+    plain = client.chat.completions.create(
+        model="demo",
+        messages=history,
+        tools=[WEATHER_TOOL],
+        tool_choice="none",
+        max_tokens=4,
+        temperature=0,
+    )
+    assert plain.choices[0].message.tool_calls is None
+    assert plain.usage is not None
+    assert plain.usage.prompt_tokens < answer.usage.prompt_tokens  # "none": tools left out
+
+
+def test_tool_calls_with_langchain(cluster: UpCluster) -> None:
+    from langchain_core.messages import AIMessage
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        base_url=cluster.base_url + "/v1",
+        api_key=SecretStr("unused"),
+        model="demo",
+        max_completion_tokens=300,
+        seed=5,
+    )
+    message = llm.bind_tools([Weather], tool_choice="Weather").invoke("Weather in Paris?")
+    assert isinstance(message, AIMessage)
+    (call,) = message.tool_calls
+    assert call["name"] == "Weather"
+    Weather.model_validate(call["args"])
+    weather = llm.with_structured_output(Weather, method="function_calling").invoke("Paris?")
+    assert isinstance(weather, Weather)
 
 
 def test_models_and_deployment_inspection(cluster: UpCluster, client: openai.OpenAI) -> None:

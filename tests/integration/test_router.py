@@ -267,7 +267,7 @@ async def test_missing_or_wrong_fields_are_400_naming_the_field(
         ("max_completion_tokens", 0, "max_completion_tokens must be between"),
         ("temperature", 5, "temperature"),
         ("top_logprobs", 2, "top_logprobs needs logprobs: true"),
-        ("tools", [{"type": "function", "function": {"name": "f"}}], "tool calling"),
+        ("tool_choice", "required", "required tool calls need tools"),
         ("response_format", {"type": "json_schema"}, "goes with (and only with)"),
         ("some_future_field", {"x": 1}, "unknown field"),
         ("min_tokens", 2000, "min_tokens (2000) must not exceed max_tokens (1024)"),

@@ -262,7 +262,7 @@ def test_small_writes_and_loads(tmp_path: Path) -> None:
     assert len(set(generated)) > 1
     assert read_marker(path) == {
         "generator": "sllm.demo",
-        "format_version": 1,
+        "format_version": 2,
         "size": "small",
         "seed": 3,
         "dtype": "float32",

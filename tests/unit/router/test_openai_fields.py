@@ -31,6 +31,8 @@ pytestmark = pytest.mark.unit
 
 DEFAULT_MAX_TOKENS = 1024
 
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
 # Honoured: a value that changes what the worker is asked to do or how the answer looks, and
 # the fields it needs beside it to do so.
 SHARED_HONOURED: dict[str, tuple[object, dict[str, object]]] = {
@@ -62,6 +64,9 @@ CHAT_HONOURED: dict[str, tuple[object, dict[str, object]]] = {
     "logprobs": (True, {}),
     "top_logprobs": (3, {"logprobs": True}),
     "response_format": ({"type": "json_object"}, {}),
+    "tools": ([TOOL], {}),
+    "tool_choice": ("required", {"tools": [TOOL]}),
+    "parallel_tool_calls": (False, {"tools": [TOOL], "tool_choice": "required"}),
 }
 COMPLETION_HONOURED: dict[str, tuple[object, dict[str, object]]] = {
     **SHARED_HONOURED,
@@ -72,8 +77,6 @@ COMPLETION_HONOURED: dict[str, tuple[object, dict[str, object]]] = {
 # A value of each refused field that sllm cannot honour.
 CHAT_REFUSED_VALUES: dict[str, object] = {
     "n": 2,
-    "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
-    "tool_choice": "required",
     "functions": [{"name": "f", "parameters": {}}],
     "function_call": {"name": "f"},
     "audio": {"voice": "alloy", "format": "wav"},
@@ -100,7 +103,6 @@ HARMLESS_VALUES: dict[str, object] = {
     "prompt_cache_retention": "24h",
     "prompt_cache_options": {"mode": "explicit", "ttl": "30m"},
     "prediction": {"type": "content", "content": "the answer"},
-    "parallel_tool_calls": False,
 }
 
 
@@ -141,14 +143,17 @@ ROUTES = {
 def effect(req: _Sampling) -> dict[str, object]:
     """Everything of a request that reaches the worker (`GenerateRequest`) or shapes the answer."""
     prompt: object
+    tools: object = None
     if isinstance(req, ChatCompletionRequest):
-        prompt, params = [m.to_bus() for m in req.messages], req.params(DEFAULT_MAX_TOKENS)
+        prompt, params = req.bus_messages(), req.params(DEFAULT_MAX_TOKENS)
+        tools = req.tool_plan
     else:
         assert isinstance(req, CompletionRequest)
         prompt, params = req.text_or_ids(), req.params()
     return {
         "model": req.model,
         "prompt": prompt,
+        "tools": tools,
         "params": params,
         "keep_alive": req.keep_alive,
         "stream": bool(req.stream),
@@ -248,10 +253,14 @@ def _typeddicts(tp: object) -> list[type]:
 
 CHAT = ROUTES["chat"]
 MESSAGE_TYPES = _typeddicts(typing.get_type_hints(chat_sdk.CompletionCreateParamsBase)["messages"])
+CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+# The tool-call history: honoured (with the fields each needs beside it).
+MESSAGE_HONOURED: dict[str, dict[str, object]] = {
+    "tool_calls": {"role": "assistant", "tool_calls": [CALL]},
+    "tool_call_id": {"role": "tool", "tool_call_id": "c1"},
+}
 MESSAGE_REFUSED_VALUES: dict[str, object] = {
-    "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
     "function_call": {"name": "f", "arguments": "{}"},
-    "tool_call_id": "c1",
     "name": "ann",
     "refusal": "I can't",
     "audio": {"id": "a1"},
@@ -263,21 +272,56 @@ def _role(message_type: type) -> str:
     return str(role)
 
 
+def _bus(body: dict[str, object]) -> object:
+    req = parse(CHAT, body)
+    assert isinstance(req, ChatCompletionRequest)
+    return req.bus_messages()
+
+
 @pytest.mark.parametrize("message_type", MESSAGE_TYPES, ids=lambda t: t.__name__)
 def test_every_message_field_is_honoured_or_refused(message_type: type) -> None:
     role = _role(message_type)
-    base_message = {"role": role, "content": "x"}
+    required = {"tool_call_id": "c1"} if role == "tool" else {}
+    base_message = {"role": role, "content": "x", **required}
     body = {**CHAT.base, "messages": [{"role": "user", "content": "hi"}, base_message]}
-    if role in ("tool", "function"):  # tool results: refused for their role
+    if role == "function":  # the deprecated function results: refused for their role
         assert_refused(CHAT, body, "messages.1.role")
         return
     parse(CHAT, body)
-    for field in sorted(_fields(message_type) - {"role", "content"}):
+    for field in sorted(_fields(message_type) - {"role", "content", *required}):
+        if field in MESSAGE_HONOURED:
+            message = {**base_message, **MESSAGE_HONOURED[field]}
+            changed = {**body, "messages": [{"role": "user", "content": "hi"}, message]}
+            assert _bus(changed) != _bus(body)
+            continue
         assert field in MESSAGE_REFUSED, f"{role} messages' field {field!r} is unclassified"
         message = {**base_message, field: MESSAGE_REFUSED_VALUES[field]}
         assert_refused(CHAT, {**body, "messages": [message]}, f"messages.0.{field}")
         for neutral in MESSAGE_REFUSED[field].neutral:
             parse(CHAT, {**body, "messages": [{**base_message, field: neutral}]})
+
+
+def test_tool_messages_are_honoured() -> None:
+    # The SDK's tool message (role, content, tool_call_id) reaches the bus whole; the function
+    # it answers is found in the history's calls.
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "content": [{"type": "text", "text": "42"}], "tool_call_id": "c1"},
+    ]
+    messages = _bus({**CHAT.base, "messages": history})
+    assert isinstance(messages, list)
+    call, result = messages[1], messages[2]
+    assert (call.content, [(c.id, c.name, c.arguments) for c in call.tool_calls]) == (
+        "",
+        [("c1", "f", "{}")],
+    )
+    assert (result.role, result.content, result.tool_call_id, result.name) == (
+        "tool",
+        "42",
+        "c1",
+        "f",
+    )
 
 
 def test_only_text_content_parts_are_honoured() -> None:

@@ -202,26 +202,33 @@ TOOL_CALL = {"id": "c1", "type": "function", "function": {"name": "f", "argument
 @pytest.mark.parametrize(
     ("message", "param"),
     [
-        ({"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]}, "tool_calls"),
+        ({"role": "user", "content": "hi", "tool_calls": [TOOL_CALL]}, "tool_calls"),
+        (
+            {"role": "assistant", "tool_calls": [{**TOOL_CALL, "type": "custom", "custom": {}}]},
+            "tool_calls.0.type",
+        ),
+        ({"role": "assistant", "tool_calls": [{**TOOL_CALL, "function": {}}]}, "tool_calls.0"),
+        ({"role": "tool", "content": "42"}, "tool_call_id"),
+        ({"role": "user", "content": "42", "tool_call_id": "c1"}, "tool_call_id"),
         (
             {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": ""}},
             "function_call",
         ),
-        ({"role": "tool", "tool_call_id": "c1", "content": "42"}, "role"),
         ({"role": "function", "name": "f", "content": "42"}, "role"),
         ({"role": "user", "name": "ann", "content": "hi"}, "name"),
         ({"role": "assistant", "content": None, "refusal": "no"}, "refusal"),
         ({"role": "assistant", "content": None, "audio": {"id": "a1"}}, "audio"),
     ],
 )
-def test_tool_call_history_and_other_message_fields_are_refused(
+def test_malformed_tool_call_history_and_other_message_fields_are_refused(
     message: dict[str, Any], param: str
 ) -> None:
     body = {"model": "m", "messages": [*MSGS, message]}
     with pytest.raises(ValidationError) as info:
         ChatCompletionRequest.model_validate(body)
     error = to_api_error(info.value, retry_after=1)
-    assert (error.status, error.param) == (400, f"messages.1.{param}")
+    assert error.status == 400
+    assert (error.param or "").startswith(f"messages.1.{param}"), error.message
 
 
 def test_usage_is_included_only_for_streams_that_ask() -> None:
