@@ -51,10 +51,8 @@ REQUEST_IGNORED = frozenset(
 STREAM_OPTIONS_IGNORED = frozenset({"include_obfuscation"})  # padding of chunks, not content
 CONTENT_PART_IGNORED = frozenset({"prompt_cache_breakpoint"})
 
-_ONE_CHOICE = Refused("n must be 1 (sllm returns one choice per request)", (None, 1))
 
 CHAT_REFUSED: Mapping[str, Refused] = {
-    "n": _ONE_CHOICE,
     "functions": Refused(LEGACY_FUNCTIONS, (None, [])),
     "function_call": Refused(
         f'{LEGACY_FUNCTIONS}: function_call may only be "none" or "auto"', (None, "none", "auto")
@@ -70,7 +68,6 @@ CHAT_REFUSED: Mapping[str, Refused] = {
 }
 
 COMPLETION_REFUSED: Mapping[str, Refused] = {
-    "n": _ONE_CHOICE,
     "best_of": Refused("best_of must be 1 (sllm generates one completion per request)", (None, 1)),
     "echo": Refused("echo is not supported yet", (None, False)),
     "suffix": Refused("suffix (insertion) is not supported yet", (None, "")),

@@ -54,6 +54,7 @@ from .tool_calls import (
 )
 
 MAX_STOP = 16
+MAX_CHOICES = 16
 MAX_STOP_TOKEN_IDS = 64  # as SamplingParams allows
 MAX_LOGIT_BIAS = 300  # biased tokens per request, as SamplingParams allows
 MAX_TOKEN_ID = 1 << 31
@@ -92,6 +93,8 @@ class _Sampling(RequestPart):
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     logit_bias: dict[str, Bias] | None = None  # token id (a string, as in JSON) -> bias
     seed: int | None = Field(default=None, ge=0, lt=1 << 63)
+    # Choices: n samples of the prompt, the i-th with seed + i (its prefill is shared).
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
     stop: str | list[str] | None = None
     stop_token_ids: list[TokenId] | None = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
     min_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS_LIMIT)

@@ -112,8 +112,14 @@ class AnswerFormat:
     """How one kind of answer looks: its chunks, its final chunk, and its whole form."""
 
     def __init__(
-        self, request_id: str, model: str, include_usage: bool, params: SamplingParams
+        self,
+        request_id: str,
+        model: str,
+        include_usage: bool,
+        params: SamplingParams,
+        index: int = 0,
     ) -> None:
+        self.index = index  # the choice this format renders (n > 1: one format per choice)
         self.id = request_id
         self.model = model
         self.created = int(time.time())
@@ -161,14 +167,20 @@ class ChatFormat(AnswerFormat):
         return chat_logprobs(entries, self.top) if self.logprobs else None
 
     def opening(self) -> list[bytes]:
-        return [self._chunk([ChatChunkChoice(delta={"role": "assistant", "content": ""})])]
+        return [
+            self._chunk(
+                [ChatChunkChoice(index=self.index, delta={"role": "assistant", "content": ""})]
+            )
+        ]
 
     def text(self, text: str, logprobs: Sequence[TokenLogprob]) -> bytes:
-        choice = ChatChunkChoice(delta={"content": text}, logprobs=self._logprobs(logprobs))
+        choice = ChatChunkChoice(
+            index=self.index, delta={"content": text}, logprobs=self._logprobs(logprobs)
+        )
         return self._chunk([choice])
 
     def finish(self, reason: str) -> bytes:
-        return self._chunk([ChatChunkChoice(delta={}, finish_reason=reason)])
+        return self._chunk([ChatChunkChoice(index=self.index, delta={}, finish_reason=reason)])
 
     def usage(self, usage: Usage) -> bytes:
         return self._chunk([], UsageOut.of(usage))
@@ -177,6 +189,7 @@ class ChatFormat(AnswerFormat):
         self, text: str, logprobs: Sequence[TokenLogprob], reason: str, usage: Usage
     ) -> dict[str, Any]:
         choice = ChatChoice(
+            index=self.index,
             message=AssistantMessage(content=text),
             logprobs=self._logprobs(logprobs),
             finish_reason=reason,
@@ -207,8 +220,9 @@ class ToolCallFormat(ChatFormat):
         include_usage: bool,
         params: SamplingParams,
         plan: ToolPlan,
+        index: int = 0,
     ) -> None:
-        super().__init__(request_id, model, include_usage, params)
+        super().__init__(request_id, model, include_usage, params, index)
         self.plan = plan
         self.ids: list[str] = []  # the calls' ids, by index (made once: a stream resumes)
         self.held: list[str] = []
@@ -232,7 +246,11 @@ class ToolCallFormat(ChatFormat):
         if self.plan.mode == "auto":
             return super().opening()
         # Named and required answers are calls only, as OpenAI streams them.
-        return [self._chunk([ChatChunkChoice(delta={"role": "assistant", "content": None})])]
+        return [
+            self._chunk(
+                [ChatChunkChoice(index=self.index, delta={"role": "assistant", "content": None})]
+            )
+        ]
 
     def _reason(self, answer: ToolAnswer, reason: str) -> str:
         return "tool_calls" if answer.calls and reason == "stop" else reason
@@ -251,7 +269,9 @@ class ToolCallFormat(ChatFormat):
             self.calls_sent = True
             call = {**call, "id": self._id(0), "type": "function"}
             call["function"] = {"name": self.plan.allowed[0], "arguments": text}
-        choice = ChatChunkChoice(delta={"tool_calls": [call]}, logprobs=self._logprobs(logprobs))
+        choice = ChatChunkChoice(
+            index=self.index, delta={"tool_calls": [call]}, logprobs=self._logprobs(logprobs)
+        )
         return self._chunk([choice])
 
     def finish(self, reason: str) -> bytes:
@@ -270,7 +290,7 @@ class ToolCallFormat(ChatFormat):
         held = b""
         if delta or (self.logprobs and self.held_logprobs):
             logprobs = self._logprobs(self.held_logprobs)
-            held = self._chunk([ChatChunkChoice(delta=delta, logprobs=logprobs)])
+            held = self._chunk([ChatChunkChoice(index=self.index, delta=delta, logprobs=logprobs)])
         return held + super().finish(self._reason(answer, reason))
 
     def whole(
@@ -281,6 +301,7 @@ class ToolCallFormat(ChatFormat):
             return super().whole(answer.content or "", logprobs, reason, usage)
         message = ToolCallMessage(content=answer.content, tool_calls=self._calls(answer.calls))
         choice = ChatChoice(
+            index=self.index,
             message=message,
             logprobs=self._logprobs(logprobs),
             finish_reason=self._reason(answer, reason),
@@ -307,10 +328,12 @@ class CompletionFormat(AnswerFormat):
         out = None
         if self.logprobs:
             out, self.offset = completion_logprobs(logprobs, self.top, self.offset)
-        return self._chunk([CompletionChoice(text=text, logprobs=out, finish_reason=None)])
+        return self._chunk(
+            [CompletionChoice(index=self.index, text=text, logprobs=out, finish_reason=None)]
+        )
 
     def finish(self, reason: str) -> bytes:
-        return self._chunk([CompletionChoice(text="", finish_reason=reason)])
+        return self._chunk([CompletionChoice(index=self.index, text="", finish_reason=reason)])
 
     def usage(self, usage: Usage) -> bytes:
         return self._chunk([], UsageOut.of(usage))
@@ -323,6 +346,8 @@ class CompletionFormat(AnswerFormat):
             id=self.id,
             created=self.created,
             model=self.model,
-            choices=[CompletionChoice(text=text, logprobs=out, finish_reason=reason)],
+            choices=[
+                CompletionChoice(index=self.index, text=text, logprobs=out, finish_reason=reason)
+            ],
             usage=UsageOut.of(usage),
         ).model_dump()

@@ -3,9 +3,10 @@ the model list, on top of `Generation`."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -17,6 +18,7 @@ from libs.protocol.errors import BadRequestError
 from libs.protocol.messages import ChatMessage, GenerateRequest, SamplingParams, TokenLogprob
 from libs.protocol.schema import encode
 
+from .choices import fan_out, merge_whole, merged_events, total_usage
 from .cluster import read
 from .errors import to_api_error, validation_message
 from .generation import Backend, Generation
@@ -48,12 +50,14 @@ class OpenAIServing:
             tools_json=plan.tools_json(),
             keep_alive_s=body.keep_alive,
         )
-        fmt: ChatFormat
-        if plan.mode == "none":
-            fmt = ChatFormat(request_id, body.model, body.include_usage, req.params)
-        else:
-            fmt = ToolCallFormat(request_id, body.model, body.include_usage, req.params, plan)
-        return await self._serve(req, fmt, bool(body.stream), receive)
+
+        def fmt(index: int) -> ChatFormat:
+            args = (request_id, body.model, body.include_usage, req.params)
+            if plan.mode == "none":
+                return ChatFormat(*args, index=index)
+            return ToolCallFormat(*args, plan, index=index)
+
+        return await self._serve_n(req, fmt, body.n or 1, bool(body.stream), receive)
 
     async def completion(self, body: CompletionRequest, receive: Receive) -> Response:
         request_id = f"cmpl-{uuid.uuid4().hex}"
@@ -67,8 +71,12 @@ class OpenAIServing:
             req = self._request(
                 request_id, body.model, body.params(), prompt_token_ids=prompt, keep_alive_s=keep
             )
-        fmt = CompletionFormat(request_id, body.model, body.include_usage, req.params)
-        return await self._serve(req, fmt, bool(body.stream), receive)
+
+        def fmt(index: int) -> CompletionFormat:
+            args = (request_id, body.model, body.include_usage, req.params)
+            return CompletionFormat(*args, index=index)
+
+        return await self._serve_n(req, fmt, body.n or 1, bool(body.stream), receive)
 
     def _request(
         self,
@@ -108,6 +116,60 @@ class OpenAIServing:
                 detail={"param": "messages" if messages else "prompt"},
             )
         return req
+
+    async def _serve_n(
+        self,
+        req: GenerateRequest,
+        fmt: Callable[[int], AnswerFormat],
+        n: int,
+        stream: bool,
+        receive: Receive,
+    ) -> Response:
+        """Serve one choice, or ``n`` (see `choices`)."""
+        if n == 1:
+            return await self._serve(req, fmt(0), stream, receive)
+        gens = [Generation(self.backend, r) for r in fan_out(req, n)]
+        fmts = [fmt(i) for i in range(n)]
+
+        async def finish_all() -> None:
+            await asyncio.gather(*(g.finish() for g in gens))
+
+        try:
+            if stream:
+                await run_until_disconnect(receive, asyncio.gather(*(g.start() for g in gens)))
+                events = self._events_n(gens, fmts)
+                return EventStreamResponse(events, lambda _: finish_all())
+            results = await run_until_disconnect(
+                receive, asyncio.gather(*(self._whole_text(g) for g in gens))
+            )
+        except ClientDisconnected:
+            await finish_all()
+            return Response(status_code=CLIENT_CLOSED)
+        except Exception as exc:
+            for g in gens:
+                g.fail(exc)
+            await finish_all()
+            raise
+        usages = [g.final_usage() for g in gens]
+        answers = [
+            f.whole(text, logprobs, _openai_reason(g), u)
+            for f, g, (text, logprobs), u in zip(fmts, gens, results, usages, strict=True)
+        ]
+        return JSONResponse(
+            merge_whole(answers, total_usage(usages)), background=BackgroundTask(finish_all)
+        )
+
+    async def _events_n(
+        self, gens: list[Generation], fmts: list[AnswerFormat]
+    ) -> AsyncIterator[bytes]:
+        retry = self.backend.settings.retry_after
+
+        def error(exc: Exception) -> bytes:
+            return event(to_api_error(exc, retry_after=retry).body())
+
+        async for data in merged_events(gens, fmts, _openai_reason, error):
+            yield data
+        yield DONE
 
     async def _serve(
         self, req: GenerateRequest, fmt: AnswerFormat, stream: bool, receive: Receive

@@ -171,8 +171,8 @@ def test_bad_input_gets_clear_errors(cluster: UpCluster, client: openai.OpenAI) 
         client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=10**12)
     with pytest.raises(openai.BadRequestError, match="context"):
         client.chat.completions.create(model="demo", messages=MESSAGES, max_tokens=1_000_000)
-    with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="demo", messages=MESSAGES, n=2)
+    with pytest.raises(openai.BadRequestError, match="n"):
+        client.chat.completions.create(model="demo", messages=MESSAGES, n=100)
     bad = httpx.post(
         cluster.base_url + "/v1/chat/completions",
         content=b'{"model": "demo", "messages": [',
@@ -419,6 +419,44 @@ def test_tool_calls_with_langchain(cluster: UpCluster) -> None:
     Weather.model_validate(call["args"])
     weather = llm.with_structured_output(Weather, method="function_calling").invoke("Paris?")
     assert isinstance(weather, Weather)
+
+
+def test_n_choices_whole_and_streamed(client: openai.OpenAI, reference: Reference) -> None:
+    greedy = client.chat.completions.create(
+        model="demo", messages=MESSAGES, max_tokens=12, temperature=0, n=2
+    )
+    want_text, _ = reference.chat(MESSAGES, 12)
+    assert [c.index for c in greedy.choices] == [0, 1]
+    assert [c.message.content for c in greedy.choices] == [want_text, want_text]
+    sampled = client.completions.create(
+        model="demo", prompt="Once upon a time", max_tokens=16, temperature=1.0, seed=7, n=3
+    )
+    texts = [c.text for c in sorted(sampled.choices, key=lambda c: c.index)]
+    assert len(set(texts)) == 3  # each choice samples with its own seed
+    assert sampled.usage is not None
+    if all(c.finish_reason == "length" for c in sampled.choices):
+        assert sampled.usage.completion_tokens == 3 * 16  # every choice's tokens count
+    else:
+        assert sampled.usage.completion_tokens < 3 * 16
+    streamed = client.completions.create(
+        model="demo",
+        prompt="Once upon a time",
+        max_tokens=16,
+        temperature=1.0,
+        seed=7,
+        n=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    parts: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    usage = None
+    for chunk in streamed:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            parts[choice.index].append(choice.text)
+    assert ["".join(parts[i]) for i in range(3)] == texts  # the same seeds, the same samples
+    assert usage is not None
+    assert usage.completion_tokens == sampled.usage.completion_tokens
 
 
 def test_models_and_deployment_inspection(cluster: UpCluster, client: openai.OpenAI) -> None:

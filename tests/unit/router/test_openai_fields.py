@@ -37,6 +37,7 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
 # the fields it needs beside it to do so.
 SHARED_HONOURED: dict[str, tuple[object, dict[str, object]]] = {
     "model": ("other", {}),
+    "n": (3, {}),
     "max_tokens": (5, {}),
     "temperature": (0.5, {}),
     "top_p": (0.5, {}),
@@ -76,7 +77,6 @@ COMPLETION_HONOURED: dict[str, tuple[object, dict[str, object]]] = {
 
 # A value of each refused field that sllm cannot honour.
 CHAT_REFUSED_VALUES: dict[str, object] = {
-    "n": 2,
     "functions": [{"name": "f", "parameters": {}}],
     "function_call": {"name": "f"},
     "audio": {"voice": "alloy", "format": "wav"},
@@ -87,7 +87,6 @@ CHAT_REFUSED_VALUES: dict[str, object] = {
     "moderation": {"model": "omni-moderation-latest"},
 }
 COMPLETION_REFUSED_VALUES: dict[str, object] = {
-    "n": 2,
     "best_of": 3,
     "echo": True,
     "suffix": "tail",
@@ -158,6 +157,7 @@ def effect(req: _Sampling) -> dict[str, object]:
         "keep_alive": req.keep_alive,
         "stream": bool(req.stream),
         "include_usage": req.include_usage,
+        "choices": req.n or 1,
     }
 
 

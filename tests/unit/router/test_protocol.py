@@ -117,7 +117,7 @@ def test_top_p_zero_means_greedy() -> None:
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
-        ({"n": 2}, "n must be 1"),
+        ({"n": 17}, "less than or equal to 16"),
         ({"top_logprobs": 2}, "top_logprobs needs logprobs: true"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"temperature": 2.5}, "temperature"),
@@ -258,7 +258,7 @@ def test_completion_prompt_forms(prompt: Any, expected: Any) -> None:
         ({"logprobs": 6}, "logprobs"),
         ({"logprobs": -1}, "logprobs"),
         ({"suffix": "tail"}, "suffix \\(insertion\\) is not supported"),
-        ({"n": 3}, "n must be 1"),
+        ({"n": 0}, "greater than or equal to 1"),
     ],
 )
 def test_completion_refuses_what_it_cannot_honour(fields: dict[str, Any], match: str) -> None:
