@@ -90,13 +90,17 @@ def dram_root(settings: UpSettings) -> Path:
 
 
 def torch_threads_per_worker(settings: UpSettings, cpus: int | None = None) -> int:
-    """The machine's cores shared among the CPU workers, less one for the router, NATS and the
-    other services: with every core taken, a worker's idle torch threads spin on the cores
-    that the request path needs (on 2 cores, one worker with 2 threads took 7.7 ms of CPU per
-    one-token request instead of 3.4 ms, and the warm request was slower)."""
+    """The machine's cores shared out among the CPU workers (at least one each).
+
+    Workers set ``OMP_WAIT_POLICY=PASSIVE``, so their idle torch threads sleep and the router
+    and NATS get a core when they need one. An earlier rule left a core to the services
+    (cores - 1): that was for spinning threads; with sleeping ones it only halved a batching
+    worker on 2 cores (`make bench-throughput`, medium model, 64-token prompts: 26.5 -> 36.9
+    tok/s at 1 client, 49 -> 86 at 4, 130 -> 183 at 16), and a warm one-token request cost
+    no more (2.29 ms of overhead with 2 threads, 2.40 with 1: benchmarks/README.md)."""
     workers = settings.nodes * settings.workers_per_node
     cores = cpus if cpus is not None else (os.cpu_count() or 1)
-    return max(1, (cores - 1) // workers)
+    return max(1, cores // workers)
 
 
 def plan(settings: UpSettings, data_dir: Path) -> Plan:

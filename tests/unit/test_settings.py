@@ -72,9 +72,9 @@ def test_readme_lists_every_setting() -> None:
 
 @pytest.mark.parametrize(
     ("nodes", "workers", "cpus", "threads"),
-    [(1, 1, 2, 1), (2, 1, 2, 1), (1, 1, 16, 15), (2, 2, 16, 3), (4, 4, 8, 1)],
+    [(1, 1, 2, 2), (2, 1, 2, 1), (1, 1, 16, 16), (2, 2, 16, 4), (4, 4, 8, 1)],
 )
-def test_cpu_workers_leave_a_core_to_the_other_services(nodes, workers, cpus, threads) -> None:
+def test_cpu_workers_share_the_cores_out(nodes, workers, cpus, threads) -> None:
     settings = UpSettings.from_env(
         {"SLLM_NODES": str(nodes), "SLLM_WORKERS_PER_NODE": str(workers)}
     )

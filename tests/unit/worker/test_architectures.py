@@ -35,6 +35,7 @@ from services.worker.engine import Engine, Failed, Handle, Job, Token
 from services.worker.sampling import Sampling
 
 from .archs import ARCHS, VOCAB, WINDOW, Arch, build, load
+from .engine_jobs import collect
 
 pytestmark = pytest.mark.unit
 
@@ -108,21 +109,6 @@ def assert_same_greedy(
         + ("a near tie" if tie else "not a tie, a bug")
         + f"\n got {got}\n ref {expected}"
     )
-
-
-async def collect(handle: Handle) -> list[Token]:
-    out: list[Token] = []
-    try:
-        while True:
-            item = await asyncio.wait_for(handle.queue.get(), 60)
-            if isinstance(item, Failed):
-                raise item.error
-            assert isinstance(item, Token)
-            out.append(item)
-            if item.finish is not None:
-                return out
-    finally:
-        handle.cancel()
 
 
 def make_engine(model: Any, prefill_chunk: int, step_delay: float = 0.0) -> Engine:

@@ -13,8 +13,10 @@ import torch
 
 from libs.protocol.errors import BadRequestError, OverloadedError, UnavailableError
 from services.worker.batch_policy import Limits
-from services.worker.engine import Engine, Failed, Handle, Job, Token
+from services.worker.engine import Engine, Failed, Job
 from services.worker.sampling import Sampling
+
+from .engine_jobs import collect
 
 pytestmark = pytest.mark.unit
 
@@ -41,22 +43,6 @@ def hf_model(tiny_dirs: tuple[Path, Path]) -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(tiny_dirs[0])  # in eval mode
-
-
-async def collect(handle: Handle) -> list[Token]:
-    """Every token of a job, until its finish (then its slot is released)."""
-    out: list[Token] = []
-    try:
-        while True:
-            item = await asyncio.wait_for(handle.queue.get(), 60)
-            if isinstance(item, Failed):
-                raise item.error
-            assert isinstance(item, Token)
-            out.append(item)
-            if item.finish is not None:
-                return out
-    finally:
-        handle.cancel()
 
 
 async def run(engine: Engine, ids: list[int], n: int, sampling: Sampling = GREEDY) -> list[int]:

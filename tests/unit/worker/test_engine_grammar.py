@@ -13,9 +13,11 @@ import pytest
 
 from libs.protocol.errors import UnavailableError
 from services.worker.batch_policy import Limits
-from services.worker.engine import Engine, Failed, Handle, Job, Token
+from services.worker.engine import Engine, Job
 from services.worker.grammar import GrammarCompiler
 from services.worker.sampling import Sampling
+
+from .engine_jobs import collect
 
 pytestmark = pytest.mark.unit
 
@@ -46,21 +48,6 @@ async def engine(tiny_model: Any) -> AsyncIterator[Engine]:
 def compiler(tiny_model: Any, tiny_tokenizer: Any) -> GrammarCompiler:
     vocab = int(tiny_model.get_input_embeddings().num_embeddings)
     return GrammarCompiler(tiny_tokenizer, vocab, frozenset({2}))
-
-
-async def collect(handle: Handle) -> list[Token]:
-    out: list[Token] = []
-    try:
-        while True:
-            item = await asyncio.wait_for(handle.queue.get(), 60)
-            if isinstance(item, Failed):
-                raise item.error
-            assert isinstance(item, Token)
-            out.append(item)
-            if item.finish is not None:
-                return out
-    finally:
-        handle.cancel()
 
 
 @pytest.mark.parametrize("sampling", [Sampling(), Sampling(temperature=1.0, seed=4)])

@@ -16,7 +16,7 @@ import torch
 from libs.protocol.errors import BadRequestError, UnavailableError
 from libs.protocol.messages import SamplingParams, TokenBias
 from services.worker.batch_policy import Limits
-from services.worker.engine import Engine, Failed, Handle, Job, Token
+from services.worker.engine import Engine, Job, Token
 from services.worker.sampling import (
     History,
     Sampling,
@@ -25,6 +25,8 @@ from services.worker.sampling import (
     token_logprobs,
 )
 from services.worker.validate import check_sampling
+
+from .engine_jobs import collect
 
 pytestmark = pytest.mark.unit
 
@@ -136,21 +138,6 @@ async def engine(tiny_model: Any) -> AsyncIterator[Engine]:
     e.start()
     yield e
     await asyncio.to_thread(e.stop, UnavailableError("test over"), 10.0)
-
-
-async def collect(handle: Handle) -> list[Token]:
-    out: list[Token] = []
-    try:
-        while True:
-            item = await asyncio.wait_for(handle.queue.get(), 60)
-            if isinstance(item, Failed):
-                raise item.error
-            assert isinstance(item, Token)
-            out.append(item)
-            if item.finish is not None:
-                return out
-    finally:
-        handle.cancel()
 
 
 async def run(engine: Engine, s: Sampling, n: int = 12, ids: list[int] = PROMPT) -> list[Token]:
