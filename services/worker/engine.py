@@ -296,6 +296,11 @@ class Engine:
                     self._flush()
                     if self._step_delay > 0 and stepped:
                         time.sleep(self._step_delay)
+                    elif not stepped:
+                        # Running jobs, none of which could feed (all waiting for a prefix
+                        # being computed elsewhere): wait for news rather than spin.
+                        with self._cv:
+                            self._cv.wait(timeout=0.01)
         except BaseException as exc:  # a bug: fail every job rather than leave them hanging
             log.exception("engine thread crashed")
             error = InternalError(f"engine crashed: {exc!r}")

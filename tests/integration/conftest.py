@@ -1,9 +1,11 @@
-"""Fixtures of the router tests: the router under uvicorn, an HTTP client to it, and a warm
-model on a stand-in worker (a module may define its own under the same name)."""
+"""Fixtures of the integration tests: the tiny demo model as a checkpoint (worker tests); the
+router under uvicorn, an HTTP client to it, and a warm model on a stand-in worker (router tests).
+A module may define its own under the same name."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,6 +25,17 @@ from .router_stubs import (
 )
 
 HTTP_TIMEOUT = httpx.Timeout(20.0)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny demo model converted to the sllm format, once per module."""
+    from libs.demo import write_demo_model
+    from libs.loader import convert_hf
+
+    root = tmp_path_factory.mktemp("tiny")
+    write_demo_model(root / "hf", "tiny")
+    return convert_hf(root / "hf", root / "ckpt")
 
 
 @pytest.fixture

@@ -80,16 +80,6 @@ def gen(
     )
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from libs.demo import write_demo_model
-    from libs.loader import convert_hf
-
-    root = tmp_path_factory.mktemp("busy")
-    write_demo_model(root / "hf", "tiny")
-    return convert_hf(root / "hf", root / "ckpt")
-
-
 @pytest.fixture
 async def events(bus: Bus) -> Events:
     ev = Events()

@@ -60,16 +60,6 @@ N = 48  # tokens per generation
 DELAY = "0.02"  # seconds per decode step: a migration lands where the test wants it
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from libs.demo import write_demo_model
-    from libs.loader import convert_hf
-
-    root = tmp_path_factory.mktemp("migration")
-    write_demo_model(root / "hf", "tiny")
-    return convert_hf(root / "hf", root / "ckpt")
-
-
 @pytest.fixture
 async def events(bus: Bus) -> Events:
     ev = Events()

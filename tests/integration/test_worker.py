@@ -52,17 +52,6 @@ Ensure = Callable[[EnsureRequest], Awaitable[EnsureReply]]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny demo model converted to the sllm format, once for this module."""
-    from libs.demo import write_demo_model
-    from libs.loader import convert_hf
-
-    root = tmp_path_factory.mktemp("worker")
-    write_demo_model(root / "hf", "tiny")
-    return convert_hf(root / "hf", root / "ckpt")
-
-
-@pytest.fixture(scope="module")
 def reference(checkpoint: Path) -> tuple[Any, Any]:
     """(model, tokenizer) loaded directly, to compare the worker's output with."""
     from transformers import AutoTokenizer
