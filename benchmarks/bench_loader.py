@@ -299,20 +299,51 @@ def run_tmpfs(plan: Plan, files: list[Path]) -> None:
                 row.how = f"`mmap` every file, same touch; best of ({medians} GB/s): {best_v}"
                 plan.info["tmpfs_variants"] = {v: [x.seconds for x in xs] for v, xs in by.items()}
         if "sllm-shm" in plan.cases and plan.sllm_ok:
-            shm_runs: list[tuple[str, str, bool | None, bool | None]] = [
-                ("sllm-shm", "defaults", plan.args.verify, None)
+            shm_runs: list[tuple[str, str, bool | None, bool | None, bool]] = [
+                ("sllm-shm", "defaults", plan.args.verify, None, False)
             ]
             if plan.args.verify is None:  # also show what checksum verification costs here
-                shm_runs.append(("sllm-shm-noverify", "verify=False", False, None))
-                # How the worker loads a DRAM-tier copy the storage service verified.
-                shm_runs.append(
-                    ("sllm-shm-worker", "as the worker: verify=False, prefault=False", False, False)
-                )
+                shm_runs += [
+                    ("sllm-shm-noverify", "verify=False", False, None, False),
+                    # How the worker loads a DRAM-tier copy: verify=True, the copy as the
+                    # storage service leaves it (verified on its way in and sealed: unchanged
+                    # partitions are not hashed again), no pre-faulting.
+                    (
+                        "sllm-shm-worker",
+                        "as the worker: verify=True on the sealed copy, prefault=False",
+                        True,
+                        False,
+                        True,
+                    ),
+                    # The same load of a copy changed since its seal (or never sealed): every
+                    # chunk is hashed at load, the hash faulting the pages in.
+                    (
+                        "sllm-shm-hash",
+                        "verify=True, unsealed copy (hashed at load), prefault=False",
+                        True,
+                        False,
+                        False,
+                    ),
+                    # The worker's way before DRAM-tier copies were verified: nothing checked.
+                    (
+                        "sllm-shm-lazy",
+                        "verify=False, prefault=False (the worker before)",
+                        False,
+                        False,
+                        False,
+                    ),
+                ]
             jobs = []
-            for key, what, verify, prefault in shm_runs:
+            for key, what, verify, prefault, sealed in shm_runs:
                 how = f"fresh process, from the /dev/shm copy ({what})"
                 row = plan.row(key, "sllm", "sllm load_checkpoint", how, "tmpfs")
-                params = {"case": "sllm-fresh", "path": str(dst), "cold": False, "verify": verify}
+                params = {
+                    "case": "sllm-fresh",
+                    "path": str(dst),
+                    "cold": False,
+                    "verify": verify,
+                    "sealed": sealed,
+                }
                 if prefault is not None:
                     params["prefault"] = prefault
                 jobs.append((row, params))

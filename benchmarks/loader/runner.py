@@ -53,8 +53,9 @@ def run(params: dict[str, Any]) -> tuple[list[Sample], dict[str, Any]]:
     verify = params.get("verify")
     cold, warm_after = bool(params.get("cold")), bool(params.get("warm_after"))
     if case == "sllm-fresh":
-        prefault = params.get("prefault")
-        return sllm_cases.fresh(Path(params["path"]), cold, warm_after, verify, prefault), info
+        prefault, sealed = params.get("prefault"), bool(params.get("sealed"))
+        path = Path(params["path"])
+        return sllm_cases.fresh(path, cold, warm_after, verify, prefault, sealed), info
     if case == "sllm-model":
         return sllm_cases.model(Path(params["path"]), cold, warm_after, verify), info
     if case == "sllm-worker":

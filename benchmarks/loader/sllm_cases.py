@@ -78,10 +78,28 @@ def fresh(
     warm_after: bool,
     verify: bool | None = None,
     prefault: bool | None = None,
+    sealed: bool = False,
 ) -> list[Sample]:
-    """``load_checkpoint`` with the defaults (no pool), as a fresh process does it."""
+    """``load_checkpoint`` with the defaults (no pool), as a fresh process does it.
+
+    ``sealed``: first (untimed) seal the copy as the storage service does after verifying it
+    into the DRAM tier (libs/loader/seal.py), and remove the seal afterwards; without it any
+    seal is removed first, so that every other row hashes what it verifies.
+    """
+    from libs.loader.format import read_layout
+    from libs.loader.seal import SEAL_FILE, write_seal
+
+    seal = path / SEAL_FILE
+    seal.unlink(missing_ok=True)
+    if sealed:
+        write_seal(path, read_layout(path).partitions)
     load = _Checkpoint(path, **_kwargs(verify, prefault))
-    return measure(load, data_files(path), cold=cold, warm_after=warm_after, describe=load.describe)
+    try:
+        return measure(
+            load, data_files(path), cold=cold, warm_after=warm_after, describe=load.describe
+        )
+    finally:
+        seal.unlink(missing_ok=True)
 
 
 def model(path: Path, cold: bool, warm_after: bool, verify: bool | None = None) -> list[Sample]:

@@ -7,11 +7,13 @@ single atomic script: two schedulers can never hand out the same worker.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 from libs.protocol.keys import Keys
 from libs.protocol.messages import DeploymentSpec
@@ -25,6 +27,8 @@ StorageTier = Literal["registry", "ssd", "dram"]
 # Instances in these states hold their checkpoint (read, mapped or about to be): its tier
 # copies on their node must stay.
 IN_USE_STATUSES = frozenset({"loading", "ready", "stopping"})
+# A repair checks again this often when the records it watches change under it.
+REPAIR_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,16 @@ class ClusterState:
         self._forget_orphan = redis.register_script(_FORGET_ORPHAN)
         self._retire = redis.register_script(_RETIRE)
 
+    # --- the store's own epoch ----------------------------------------------------------------
+
+    async def store_epoch(self) -> str:
+        """An id the store keeps for as long as it keeps its data: set by whoever asks first,
+        so a Redis that restarted empty (or was flushed) answers a new one, and every service
+        that sees it change re-publishes what it owns."""
+        fresh = uuid.uuid4().hex
+        old = await self.redis.set(self.keys.store_epoch, fresh, nx=True, get=True)
+        return fresh if old is None else _s(old)
+
     # --- leases -----------------------------------------------------------------------------
 
     async def hold_lease(self, name: str, holder: str, ttl_s: float) -> bool:
@@ -229,8 +243,8 @@ class ClusterState:
 
     # --- workers ----------------------------------------------------------------------------
 
-    async def register_worker(self, worker_id: str, node_id: str, device: str) -> None:
-        """(Re-)register; a restarted worker comes back free."""
+    async def register_worker(self, worker_id: str, node_id: str, device: str) -> int:
+        """(Re-)register; a restarted worker comes back free. Returns its new epoch."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(
                 self.keys.worker(worker_id),
@@ -238,6 +252,29 @@ class ClusterState:
             )
             pipe.hincrby(self.keys.worker(worker_id), "epoch", 1)
             pipe.sadd(self.keys.workers, worker_id)
+            _, epoch, _ = await pipe.execute()
+        return int(epoch)
+
+    async def restore_worker(
+        self, worker: WorkerRecord, instance: InstanceRecord | None = None
+    ) -> None:
+        """Write back a worker's registration as it stands (epoch and reservation kept) and
+        the record of the instance it hosts: what a worker re-publishes when the store lost
+        its data (`store_epoch` changed)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self.keys.worker(worker.worker_id),
+                mapping={
+                    "node_id": worker.node_id,
+                    "device": worker.device,
+                    "instance_id": worker.instance_id,
+                    "epoch": worker.epoch,
+                },
+            )
+            pipe.sadd(self.keys.workers, worker.worker_id)
+            if instance is not None:
+                pipe.set(self.keys.instance(instance.instance_id), encode_json(instance))
+                pipe.sadd(self.keys.model_instances(instance.model), instance.instance_id)
             await pipe.execute()
 
     async def unregister_worker(self, worker_id: str) -> None:
@@ -414,3 +451,50 @@ class ClusterState:
     async def next_placement_turn(self) -> int:
         """A cluster-wide counter (round-robin placement): 1, 2, 3..."""
         return int(await self.redis.incr(self.keys.placement_turn))
+
+    # --- reconciliation (the scheduler's repairs of inconsistent records) -------------------
+
+    async def all_instances(self) -> list[InstanceRecord]:
+        """Every instance record, of deployed models and of deleted ones alike."""
+        ids: set[str] = set()
+        async for key in self.redis.scan_iter(match=self.keys.model_instances("*"), count=1000):
+            ids.update(_s(i) for i in await self.redis.smembers(key))
+        return await self._get_many((self.keys.instance(i) for i in sorted(ids)), InstanceRecord)
+
+    async def repair(
+        self,
+        worker_id: str,
+        instance_id: str,
+        *,
+        free_worker: bool,
+        delete_record: bool,
+        still: Callable[[WorkerRecord | None, InstanceRecord | None], bool],
+    ) -> bool:
+        """Free ``worker_id`` (if it holds ``instance_id``) and/or delete the instance's record,
+        only if ``still(worker, record)`` holds for them as they are now. Atomic: the worker,
+        its liveness and the record are WATCHed from the check to the write, and a write in
+        between makes it check again. True if repaired."""
+        wkey, ikey = self.keys.worker(worker_id), self.keys.instance(instance_id)
+        akey = self.keys.alive("worker", worker_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for _ in range(REPAIR_ATTEMPTS):
+                try:
+                    await pipe.watch(wkey, akey, ikey)
+                    fields = await pipe.hgetall(wkey)
+                    alive = await pipe.exists(akey)
+                    raw = await pipe.get(ikey)
+                    worker = _worker_record(worker_id, fields, alive)
+                    record = None if raw is None else decode_json(raw, InstanceRecord)
+                    if not still(worker, record):
+                        return False
+                    pipe.multi()  # type: ignore[no-untyped-call]  # (redis-py leaves it untyped)
+                    if free_worker and worker is not None and worker.instance_id == instance_id:
+                        pipe.hset(wkey, "instance_id", "")
+                    if delete_record and record is not None:
+                        pipe.delete(ikey)
+                        pipe.srem(self.keys.model_instances(record.model), instance_id)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+        return False

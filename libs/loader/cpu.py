@@ -17,7 +17,7 @@ from .hooks import Cancel, LoadStats, ProgressFn, raise_if_cancelled
 from .index import CheckpointIndex
 from .pool import HostPool
 from .probe import probe_files
-from .verified import FileKey, file_key, is_verified, remember
+from .verified import FileKey, file_key, remember, trusted
 from .views import build_views
 
 __all__ = ["DEFAULT_READ_THREADS", "JOB_BYTES", "host_buffer", "load_cpu", "partition_bases"]
@@ -137,37 +137,41 @@ def load_cpu(
         nthreads = threads or DEFAULT_READ_THREADS
     t2 = time.perf_counter()
     stats.phases["alloc"] = t2 - t1
-    # Mapped tmpfs partitions this process already verified are not hashed again (verified.py).
+    # Mapped tmpfs partitions this process verified, or that their verifier sealed, and that
+    # have not changed since, are not hashed again (verified.py, seal.py).
     keys: list[FileKey | None] = [None] * len(paths)
     if use_map and verify:
         keys = [
             file_key(p, part) if tmpfs else None
             for p, part, tmpfs in zip(paths, index.partitions, residency.on_tmpfs, strict=True)
         ]
-    trusted = [is_verified(k) for k in keys]
-    stats.trusted_bytes = sum(p.size for p, t in zip(index.partitions, trusted, strict=True) if t)
-    jobs = chunk_jobs(
+    trust = trusted(index.path, index.partitions, keys)
+    stats.trusted_bytes = sum(p.size for p, t in zip(index.partitions, trust, strict=True) if t)
+    every_job = chunk_jobs(
         [p.size for p in index.partitions],
         [buf.address + b for b in bases],
         index.chunk_size,
         JOB_BYTES,
     )
-    hashes = chunk_hashes(index, verify, skip=trusted)
+    jobs = every_job
+    if use_map:
+        # A mapping needs work only where there is something to hash, or pages to fault in.
+        work = [i for i, t in enumerate(trust) if (verify and not t) or prefault]
+        jobs = every_job[np.isin(every_job[:, 0], np.array(work, dtype=np.uint64))]
+    hashes = chunk_hashes(index, verify, skip=trust)
     task = _native.Task(
         [str(p) for p in paths], direct, hashes, index.chunk_size, jobs, nthreads, verify, mode
     )
     stats.threads = min(nthreads, len(jobs))
-    # Nothing to hash and nothing to fault in: the mapping is all there is to a lazy load.
-    lazy = use_map and not verify and not prefault
     try:
-        if lazy:
+        if len(jobs):
+            run_task(task, paths, total=total, progress=progress, cancel=cancel)
+        else:  # nothing to hash or fault in: the mapping is all there is to a lazy load
             raise_if_cancelled(cancel)
             if progress is not None:
                 progress(total, total)
-        else:
-            run_task(task, paths, total=total, progress=progress, cancel=cancel)
         if use_map and verify:
-            _settle_trust(index, paths, keys, trusted, jobs, nthreads, stats)
+            _settle_trust(index, paths, keys, trust, every_job, nthreads, stats)
     except BaseException:
         # Drop our references now: a caller that keeps the exception (and so this frame)
         # must not keep the buffer, or a pool region, alive with it.

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .cpu import load_cpu
-from .errors import IndexCorrupt, PartitionMissing, PartitionTruncated
+from .format import check_sizes
 from .hooks import Cancel, LoadStats, ProgressFn, raise_if_cancelled
 from .index import CheckpointIndex, read_index
 from .pool import HostPool
@@ -50,8 +50,9 @@ def load_checkpoint(
             ``{tensor-name prefix: device}`` (longest prefix wins; ``""`` is the default).
         pool: a :class:`HostPool` to carve the host buffer (or the GPU staging ring) from. The
             region returns to the pool when the returned tensors are garbage collected.
-        verify: check every chunk's XXH3-64 as it arrives (mapped tmpfs partitions that this
-            process verified before and that have not changed since are not hashed again).
+        verify: check every chunk's XXH3-64 as it arrives. A mapped tmpfs partition is not
+            hashed again if it has not changed since this process verified it, or since its
+            verifier sealed it (seal.py: the storage service seals the DRAM tier's copies).
         threads: engine worker threads (default: 8 for reads, all CPUs for mapped data).
         progress: ``progress(bytes_done, bytes_total)``, called from this thread; an exception
             it raises aborts the load and propagates.
@@ -59,12 +60,13 @@ def load_checkpoint(
             :class:`LoadCancelled`.
         zero_copy: CPU only: True always maps, False always reads, None maps when the data is
             already in memory. Mapped views are private: writing to them never changes the file.
-        prefault: CPU mapped path with ``verify=False`` only: False skips faulting the pages in
-            during the load (they fault in lazily, with the kernel's fault-around, when first
-            read: about twice as fast on tmpfs). Only for files that are never truncated or
-            rewritten in place while mapped, like the DRAM tier's files, which the storage
-            service writes once, atomically, and verifies; otherwise a truncated file would
-            raise SIGBUS on first read instead of a typed error during the load.
+        prefault: CPU mapped path: False skips faulting in the pages of partitions that are
+            not hashed (``verify=False``, or trusted as above); they fault in lazily, with the
+            kernel's fault-around, when first read: about twice as fast on tmpfs. Only for
+            files that are never truncated or rewritten in place while mapped, like the DRAM
+            tier's files, which the storage service writes once, atomically, and verifies;
+            otherwise a truncated file would raise SIGBUS on first read instead of a typed
+            error during the load. Hashed partitions are faulted in by the hashing itself.
         stats: a :class:`LoadStats` to fill in (tier, mode, bytes, seconds, phases...).
 
     Raises:
@@ -135,20 +137,4 @@ def resolve_placement(device: DeviceSpec, index: CheckpointIndex) -> dict[str, t
 
 def partition_paths(index: CheckpointIndex) -> list[Path]:
     """Partition paths, after checking that each exists with exactly the declared size."""
-    paths = []
-    for i, p in enumerate(index.partitions):
-        path = index.partition_path(i)
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            raise PartitionMissing("partition file is missing", path=path) from None
-        if size < p.size:
-            raise PartitionTruncated(
-                f"partition has {size} of {p.size} bytes", path=path, offset=size
-            )
-        if size > p.size:
-            raise IndexCorrupt(
-                f"partition has {size} bytes, the index says {p.size}", path=path, offset=p.size
-            )
-        paths.append(path)
-    return paths
+    return check_sizes(index.path, index.partitions)

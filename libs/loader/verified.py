@@ -1,37 +1,21 @@
-"""Which tmpfs partitions this process has verified: DRAM-tier reloads need not hash them again.
-
-Checksums guard against corruption in storage and transfer. A partition in tmpfs lives only in
-RAM: once its chunks matched the index, its bytes change only through a write, and every write
-moves the file's mtime/ctime. So a (device, inode, size, mtime, ctime, index hashes) key that was
-verified stays verified. Files on disk never qualify: the page cache may drop their pages and
-read them back from a disk that has rotted since.
-"""
+"""Which tmpfs partitions need no hashing at load: those this process verified before, and
+those a verifier sealed (seal.py), as long as the file has not changed since."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
-from .index import PartitionInfo
+from .format import PartitionInfo
+from .seal import FileKey, file_key, read_seal
 
-__all__ = ["FileKey", "file_key", "is_verified", "remember"]
-
-FileKey = tuple[int, int, int, int, int, int]
+__all__ = ["FileKey", "file_key", "is_verified", "remember", "trusted"]
 
 _MAX_ENTRIES = 4096
 _lock = threading.Lock()
 _verified: OrderedDict[FileKey, None] = OrderedDict()
-
-
-def file_key(path: Path, part: PartitionInfo) -> FileKey | None:
-    """The identity of a partition file's current content, or None if it cannot be stat'ed."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, hash(part.chunks))
 
 
 def is_verified(key: FileKey | None) -> bool:
@@ -54,3 +38,15 @@ def remember(key: FileKey | None) -> None:
         _verified.move_to_end(key)
         while len(_verified) > _MAX_ENTRIES:
             _verified.popitem(last=False)
+
+
+def trusted(
+    directory: Path, partitions: Sequence[PartitionInfo], keys: Sequence[FileKey | None]
+) -> list[bool]:
+    """Per partition: whether its current key (None: not eligible) was verified by this
+    process or is the one the directory's seal vouches for."""
+    seal = read_seal(directory) if any(k is not None for k in keys) else {}
+    return [
+        k is not None and (is_verified(k) or seal.get(p.file) == k)
+        for p, k in zip(partitions, keys, strict=True)
+    ]

@@ -26,6 +26,8 @@ from .messages import (
     MigrateRequest,
     PlaceReply,
     PlaceRequest,
+    QuarantineReply,
+    QuarantineRequest,
     RunningReply,
     RunningRequest,
     ServiceInfoReply,
@@ -57,6 +59,10 @@ WORKER_GENERATE = StreamEndpoint(
 
 STORAGE_ENSURE = Endpoint("ensure", "storage.{node_id}.ensure", EnsureRequest, EnsureReply)
 STORAGE_EVICT = Endpoint("evict", "storage.{node_id}.evict", EvictRequest, EvictReply)
+# A worker whose load found the copy an ensure gave it damaged reports it (see `_bring_up`).
+STORAGE_QUARANTINE = Endpoint(
+    "quarantine", "storage.{node_id}.quarantine", QuarantineRequest, QuarantineReply
+)
 
 # Live migration: the scheduler asks the source worker (migrate); the source drives the
 # destination worker (adopt, then deltas, then commit or abort).

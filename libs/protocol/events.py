@@ -36,6 +36,14 @@ class ServiceStoppedEvent(Event):
     reason: str = ""
 
 
+class StateRepublishedEvent(Event):
+    """A service wrote back what it owns because the cluster state store lost its data."""
+
+    kind: Literal["state.republished"] = "state.republished"
+    service: str
+    epoch: str  # the store's new epoch
+
+
 class InstanceStartingEvent(Event):
     kind: Literal["instance.starting"] = "instance.starting"
     instance_id: str
@@ -123,6 +131,20 @@ class EvictedEvent(Event):
     tier: str
     bytes: int
     reason: str = ""
+
+
+class CopyQuarantinedEvent(Event):
+    """A tier copy failed verification and was removed; the next ensure of the model serves
+    another tier or fetches it again. ``file`` and ``offset`` say where, ``reason`` what."""
+
+    kind: Literal["storage.quarantined"] = "storage.quarantined"
+    node_id: str
+    model: str
+    tier: str
+    file: str = ""
+    offset: int | None = None
+    reason: str = ""
+    reporter: str = ""  # who found it: a worker id, or the storage service itself
 
 
 class PlacementEvent(Event):
@@ -329,6 +351,22 @@ class MigrationAbortedEvent(Event):
     reason: str
 
 
+class RecordRepairedEvent(Event):
+    """The scheduler's reconciliation found records that contradict each other and repaired
+    them: freed ``worker_id`` (reserved for an instance that is not its) and/or deleted the
+    record of ``instance_id`` (nothing backs it). ``problem`` is what was wrong (see
+    `services/scheduler/reconcile.py`), ``detail`` says it in words."""
+
+    kind: Literal["scheduler.repaired"] = "scheduler.repaired"
+    problem: str
+    worker_id: str
+    instance_id: str
+    model: str = ""
+    freed_worker: bool
+    deleted_record: bool
+    detail: str = ""
+
+
 def event_kind(cls: type[Event]) -> str:
     """The kind an event class publishes under (its ``kind`` field's default)."""
     default = cls.model_fields["kind"].default
@@ -342,6 +380,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     for cls in (
         ServiceStartedEvent,
         ServiceStoppedEvent,
+        StateRepublishedEvent,
         InstanceStartingEvent,
         InstanceReadyEvent,
         InstanceStoppedEvent,
@@ -351,6 +390,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         FetchProgressEvent,
         FetchDoneEvent,
         EvictedEvent,
+        CopyQuarantinedEvent,
         PlacementEvent,
         ScaledEvent,
         ColdStartEvent,
@@ -365,5 +405,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
         MigrationRoundEvent,
         MigrationCommittedEvent,
         MigrationAbortedEvent,
+        RecordRepairedEvent,
     )
 }

@@ -471,3 +471,28 @@ class EvictRequest(Message):
 class EvictReply(Message):
     model: str
     evicted: bool
+
+
+class QuarantineRequest(Message):
+    """A reader found a tier copy damaged (a chunk's hash, a file's size): the node's storage
+    service checks the claim and takes the copy out of service, so the next ensure serves
+    another tier or fetches a fresh copy.
+
+    ``path`` is the copy's directory as an `EnsureReply` named it: a report about a copy that
+    has been replaced since changes nothing.
+    """
+
+    model: str = Field(min_length=1, max_length=128)
+    tier: Literal["dram", "ssd"]
+    path: str = Field(min_length=1, max_length=4096)
+    file: str = Field(default="", max_length=4096)  # the damaged file, by name in the copy
+    offset: int | None = Field(default=None, ge=0)  # where in it (a chunk's start)
+    reason: str = Field(default="", max_length=1024)
+    reporter: str = Field(default="", max_length=256)  # who found it (a worker id)
+
+
+class QuarantineReply(Message):
+    model: str
+    tier: Literal["dram", "ssd"]
+    quarantined: bool  # False: not this node's current copy, or the copy checked intact
+    detail: str = ""

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import ClassVar
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
@@ -27,6 +27,7 @@ from libs.protocol.events import (
 )
 
 from .auth import ApiKeys
+from .body_limit import BodyLimit
 from .cluster import ClusterView
 from .demand import DemandTracker
 from .deployments import DeploymentsApi
@@ -36,7 +37,7 @@ from .hotpath import HotPath
 from .liveness import LivenessWatch
 from .metrics import RouterMetrics
 from .placement import ColdStarts
-from .routes import v1_routes
+from .routes import api_key_check, v1_routes
 from .serving import OpenAIServing
 from .settings import RouterSettings
 
@@ -49,7 +50,9 @@ class RouterService(Service):
     def __init__(self, settings: RouterSettings) -> None:
         super().__init__(settings, instance_id=settings.instance_id)
         self.router_settings = settings
-        self.api_keys = ApiKeys(settings.api_keys)
+        self.api_keys = ApiKeys(
+            settings.api_keys, admin=settings.admin_keys, metrics=settings.metrics_keys
+        )
         self.metrics = RouterMetrics()
         self._serving: OpenAIServing | None = None
         self._deployments: DeploymentsApi | None = None
@@ -91,7 +94,7 @@ class RouterService(Service):
         self._serving = OpenAIServing(backend)
         watch = asyncio.create_task(LivenessWatch(backend).run())  # silent instances
         self._stack.callback(watch.cancel)
-        self._deployments = DeploymentsApi(backend)
+        self._deployments = DeploymentsApi(backend, s.allow_list())
 
         async def on_instance(ev: InstanceReadyEvent) -> None:
             view.changed(ev.model)
@@ -149,9 +152,10 @@ class RouterService(Service):
         return True, "ok"
 
 
-def create_app(svc: RouterService) -> HotPath:
-    """The ASGI app of the router: the completion routes' `HotPath` in front of FastAPI."""
-    return HotPath(create_fastapi(svc), svc)
+def create_app(svc: RouterService) -> BodyLimit:
+    """The ASGI app of the router: the body limit of every route, then the completion routes'
+    `HotPath`, then FastAPI."""
+    return BodyLimit(HotPath(create_fastapi(svc), svc), svc.router_settings.max_body_bytes)
 
 
 def create_fastapi(svc: RouterService) -> FastAPI:
@@ -200,7 +204,7 @@ def create_fastapi(svc: RouterService) -> FastAPI:
             {"status": "ready" if ok else "unavailable", "detail": why}, 200 if ok else 503
         )
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[Depends(api_key_check(svc.api_keys.check_metrics))])
     async def metrics() -> Response:
         try:  # the scheduler's estimate errors live in the cluster state
             errors = await ClusterState(svc.redis, svc.keys).estimate_errors()

@@ -1,11 +1,13 @@
 """The deployments API: register, list, inspect and delete models.
 
 Changes go through the scheduler (it owns instances and workers); reads come straight from
-cluster state.
+cluster state. A ``checkpoint_uri`` outside the registry allow-list is refused here, before the
+scheduler stores anything (the storage service checks again when it fetches).
 """
 
 from __future__ import annotations
 
+from libs.common.registry_allow import AllowList, SourceRefused
 from libs.protocol.endpoints import SCHED_DEPLOY, SCHED_UNDEPLOY
 from libs.protocol.errors import BadRequestError, NotFoundError
 from libs.protocol.messages import DeploymentSpec, DeployRequest, UndeployRequest
@@ -20,8 +22,9 @@ def _not_found(name: str) -> NotFoundError:
 
 
 class DeploymentsApi:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, allow: AllowList) -> None:
         self.backend = backend
+        self.allow = allow
 
     async def _out(self, spec: DeploymentSpec) -> DeploymentOut:
         state = self.backend.view.state
@@ -36,6 +39,12 @@ class DeploymentsApi:
                 f"({spec.max_instances})",
                 detail={"param": "min_instances"},
             )
+        try:
+            self.allow.check(spec.checkpoint_uri)
+        except SourceRefused as exc:
+            raise BadRequestError(
+                f"checkpoint_uri: {exc.reason}", detail={"param": "checkpoint_uri"}
+            ) from None
         b = self.backend
         reply = await b.bus.request(
             SCHED_DEPLOY,

@@ -33,6 +33,8 @@ def error_type(status: int) -> str:
     """OpenAI's ``error.type`` for a status (clients dispatch on the status, people read this)."""
     if status == 401:
         return "authentication_error"
+    if status == 403:
+        return "permission_error"
     if status == 429:
         return "rate_limit_error"
     if status >= 500:
@@ -122,6 +124,15 @@ def unauthorized(message: str) -> ApiError:
         code="invalid_api_key",
         headers={"WWW-Authenticate": "Bearer"},
     )
+
+
+def forbidden(message: str) -> ApiError:
+    """A 403: the key is known but its role may not do this."""
+    return ApiError(status=403, message=message, code="permission_denied")
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, f"the request body is larger than {limit} bytes", code="too_large")
 
 
 def validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:

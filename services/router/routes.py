@@ -11,7 +11,6 @@ from starlette.responses import Response
 
 from libs.protocol.messages import DeploymentSpec
 
-from .auth import ApiKeys
 from .protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -26,17 +25,19 @@ if TYPE_CHECKING:
     from .app import RouterService
 
 
-def api_key_check(keys: ApiKeys) -> Callable[[str | None], Awaitable[None]]:
-    """``keys`` as a FastAPI dependency."""
+def api_key_check(check: Callable[[str | None], None]) -> Callable[[str | None], Awaitable[None]]:
+    """One of `ApiKeys`'s checks as a FastAPI dependency."""
 
-    async def check(authorization: str | None = Header(default=None)) -> None:
-        keys.check(authorization)
+    async def dependency(authorization: str | None = Header(default=None)) -> None:
+        check(authorization)
 
-    return check
+    return dependency
 
 
 def v1_routes(svc: RouterService) -> APIRouter:
-    api = APIRouter(prefix="/v1", dependencies=[Depends(api_key_check(svc.api_keys))])
+    keys = svc.api_keys
+    api = APIRouter(prefix="/v1", dependencies=[Depends(api_key_check(keys.check))])
+    admin = APIRouter(prefix="/v1", dependencies=[Depends(api_key_check(keys.check_admin))])
 
     @api.post("/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -55,21 +56,24 @@ def v1_routes(svc: RouterService) -> APIRouter:
         spec = await svc.deployments.get(model)
         return ModelCard(id=spec.name, created=int(spec.created_at))
 
-    @api.post("/deployments", status_code=201, response_model=None)
+    @admin.post("/deployments", status_code=201, response_model=None)
     async def put_deployment(spec: DeploymentSpec) -> JSONResponse:
         out, created = await svc.deployments.put(spec)
         return JSONResponse(out.model_dump(), status_code=201 if created else 200)
 
-    @api.get("/deployments")
+    @admin.get("/deployments")
     async def list_deployments() -> DeploymentList:
         return await svc.deployments.list()
 
-    @api.get("/deployments/{name:path}")
+    @admin.get("/deployments/{name:path}")
     async def get_deployment(name: str) -> DeploymentOut:
         return await svc.deployments.get(name)
 
-    @api.delete("/deployments/{name:path}")
+    @admin.delete("/deployments/{name:path}")
     async def delete_deployment(name: str) -> DeploymentDeleted:
         return await svc.deployments.delete(name)
 
-    return api
+    both = APIRouter()
+    both.include_router(api)
+    both.include_router(admin)
+    return both

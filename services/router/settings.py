@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from libs.common.registry_allow import DEFAULT_REGISTRY_ALLOW, REGISTRY_ALLOW_HELP, AllowList
 from libs.common.settings import CommonSettings, SettingsError, setting
 from libs.protocol.messages import MAX_TOKENS_LIMIT
+
+# Bodies above this are refused (413) on every route; the completion routes also stop at 4x
+# the bus's largest message. A chat of 128k tokens is well under 1 MiB of JSON.
+DEFAULT_MAX_BODY_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -23,8 +28,22 @@ class RouterSettings(CommonSettings):
     )
     place_timeout: float = setting(10.0, "seconds one placement request to the scheduler may take")
     api_keys: tuple[str, ...] = setting(
-        (), "comma-separated API keys accepted as `Authorization: Bearer` on /v1; empty: no auth"
+        (),
+        "comma-separated inference API keys (`Authorization: Bearer`) for completions and "
+        "models; empty: inference is open",
     )
+    admin_keys: tuple[str, ...] = setting(
+        (),
+        "comma-separated admin API keys for /v1/deployments (they also work as inference "
+        "keys); empty: admin routes are open only while SLLM_API_KEYS is empty too, else 403",
+    )
+    metrics_keys: tuple[str, ...] = setting(
+        (), "comma-separated keys that may read /metrics (admin keys may too); empty: open"
+    )
+    max_body_bytes: int = setting(
+        DEFAULT_MAX_BODY_BYTES, "largest request body on any route, in bytes; larger: 413"
+    )
+    registry_allow: tuple[str, ...] = setting(DEFAULT_REGISTRY_ALLOW, REGISTRY_ALLOW_HELP)
     default_max_tokens: int = setting(
         1024, "max_tokens of a chat completion that sets none (completions default to 16)"
     )
@@ -71,5 +90,18 @@ class RouterSettings(CommonSettings):
             raise SettingsError("SLLM_FAILOVER_ATTEMPTS must be 0 or more")
         if self.liveness_probe_interval < 0:
             raise SettingsError("SLLM_LIVENESS_PROBE_INTERVAL must be 0 or more")
-        if any(any(c.isspace() for c in k) for k in self.api_keys):
-            raise SettingsError("SLLM_API_KEYS: keys must not contain whitespace")
+        for name in ("api_keys", "admin_keys", "metrics_keys"):
+            if any(any(c.isspace() for c in k) for k in getattr(self, name)):
+                raise SettingsError(f"SLLM_{name.upper()}: keys must not contain whitespace")
+        if set(self.admin_keys) & set(self.api_keys):
+            raise SettingsError("SLLM_ADMIN_KEYS and SLLM_API_KEYS must not share a key")
+        if self.max_body_bytes < 1024:
+            raise SettingsError("SLLM_MAX_BODY_BYTES must be at least 1024")
+        try:
+            self.allow_list()
+        except ValueError as exc:
+            raise SettingsError(f"SLLM_REGISTRY_ALLOW: {exc}") from None
+
+    def allow_list(self) -> AllowList:
+        """``registry_allow`` parsed (relative directories from the working directory)."""
+        return AllowList.parse(self.registry_allow)

@@ -45,18 +45,17 @@ from libs.protocol.state import InstanceRecord
 from .autoscaler import may_take_worker, remaining_load_s, start_beside_loading
 from .coldpolicy import Bounds
 from .coldstart import ColdStartConfig, ColdStarts
+from .deployment_book import DeploymentBook
 from .loads import LoadFeedback
 from .migration import Orchestrator
 from .placement import NodeView, SourceTier, WorkerView, rank, round_robin
 from .prefetch import prefetch
+from .repairs import Reconciler
 from .scaling import ScaleLoop
 from .settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
 
-# A reservation without an instance record is stale after this long (the scheduler that made
-# it died between reserving and recording).
-STALE_RESERVATION_S = 30.0
 RESERVE_ATTEMPTS = 8
 # How long a placement request waits for a cold start's wait or migration to end before it
 # answers "unavailable" (the router asks again).
@@ -75,7 +74,7 @@ class SchedulerService(Service):
             "registry": settings.prior_registry_gbps * 1e9,
         }
         self._model_locks: dict[str, asyncio.Lock] = {}
-        self._orphans: dict[tuple[str, str], float] = {}
+        self.book = DeploymentBook()
 
     def routes(self) -> list[Route]:
         return [
@@ -92,6 +91,8 @@ class SchedulerService(Service):
 
     async def on_start(self) -> None:
         self.state = ClusterState(self.redis, self.keys)
+        self.reconciler = Reconciler(self.bus, self.state)
+        self.book.refresh(await self.state.deployments(), same_store=True)
         self.feedback = LoadFeedback(self.bus, self.state, window=self.sched.calibration_window)
         await self.bus.subscribe(
             self.bus.subjects.event("load.report"),
@@ -148,6 +149,7 @@ class SchedulerService(Service):
             update={"created_at": existing.created_at if existing else time.time()}
         )
         created = await self.state.put_deployment(spec)
+        self.book.put(spec)
         await self.bus.emit(
             DeploymentEvent(name=spec.name, action="created" if created else "updated")
         )
@@ -168,6 +170,7 @@ class SchedulerService(Service):
         self.scaler.wake()
 
     async def undeploy(self, req: UndeployRequest) -> UndeployReply:
+        self.book.delete(req.name)
         if not await self.state.delete_deployment(req.name):
             raise NotFoundError(f"no deployment named {req.name!r}", detail={"model": req.name})
         await self.bus.emit(DeploymentEvent(name=req.name, action="deleted"))
@@ -401,32 +404,27 @@ class SchedulerService(Service):
         while True:
             await asyncio.sleep(self.sched.housekeeping_interval)
             with contextlib.suppress(Exception):
+                await self._read_deployments()
                 await self.sweep()
 
+    async def _read_deployments(self) -> None:
+        """Keep the book up to date with deployments other schedulers made or deleted."""
+        before = await self.state.store_epoch()
+        stored = await self.state.deployments()
+        after = await self.state.store_epoch()
+        self.book.refresh(stored, same_store=before == after == self._store_epoch)
+
+    async def on_store_reset(self) -> None:
+        """Write back every deployment this scheduler knows (the instances come back from
+        their workers, the tiers from their storage services)."""
+        for spec in self.book.specs():
+            await self.state.put_deployment(spec)
+        self.scaler.wake()  # deployments with min_instances get them again
+
     async def sweep(self) -> None:
-        """Forget instances whose worker died; free reservations nobody recorded."""
-        workers = await self.state.workers()
-        alive = {w.worker_id for w in workers if w.alive}
-        epochs = {w.worker_id: w.epoch for w in workers}
-        for dep in await self.state.deployments():
-            for rec in await self.state.instances(dep.name):
-                if rec.worker_id not in alive:
-                    await self._forget(rec, "worker died")
-                elif rec.worker_epoch and rec.worker_epoch != epochs.get(rec.worker_id):
-                    # Its worker is alive but registered again since the instance was placed:
-                    # it was restarted, and came back free, before its heartbeat lapsed.
-                    await self._forget(rec, "worker restarted")
-        now = time.monotonic()
-        for w in workers:
-            if not w.instance_id:
-                continue
-            if await self.state.get_instance(w.instance_id) is not None:
-                self._orphans.pop((w.worker_id, w.instance_id), None)
-                continue
-            first_seen = self._orphans.setdefault((w.worker_id, w.instance_id), now)
-            if now - first_seen > STALE_RESERVATION_S:
-                await self.state.release_worker(w.worker_id, w.instance_id)
-                self._orphans.pop((w.worker_id, w.instance_id), None)
+        """Repair records that contradict each other: forget instances whose worker died,
+        restarted or does not hold them, free reservations nobody recorded (`reconcile`)."""
+        await self.reconciler.run()
 
 
 def _existing(rec: InstanceRecord, remaining_s: float) -> PlaceReply:

@@ -2,7 +2,8 @@
 
 ``ensure`` makes a model's checkpoint available in a tier (fetched from the registry into the
 SSD tier, promoted from SSD into the DRAM tier with LRU eviction that never takes a copy a live
-instance on this node uses); ``evict`` removes it.
+instance on this node uses); ``evict`` removes it; ``quarantine`` removes a copy that a reader
+found damaged, once the claim checks out.
 Locality and measured bandwidths go to Redis through `ClusterState`; every step is an event.
 """
 
@@ -21,9 +22,16 @@ from redis.exceptions import RedisError
 from libs.cluster import ClusterState
 from libs.common.service import Service, ServiceKind
 from libs.protocol import Route, route
-from libs.protocol.endpoints import STORAGE_ENSURE, STORAGE_EVICT
+from libs.protocol.endpoints import STORAGE_ENSURE, STORAGE_EVICT, STORAGE_QUARANTINE
 from libs.protocol.errors import BusTimeoutError, UnavailableError
-from libs.protocol.messages import EnsureReply, EnsureRequest, EvictReply, EvictRequest
+from libs.protocol.messages import (
+    EnsureReply,
+    EnsureRequest,
+    EvictReply,
+    EvictRequest,
+    QuarantineReply,
+    QuarantineRequest,
+)
 from libs.protocol.state import NodeRecord
 
 from .concurrency import BlockingPool
@@ -48,6 +56,7 @@ class StorageService(Service):
             node_id=settings.node_id,
         )
         self.storage_settings = settings
+        self.allow = settings.allow_list()  # SLLM_REGISTRY_ALLOW
         self.ssd = TierCatalog("ssd", settings.ssd_dir.absolute(), settings.ssd_capacity_bytes)
         self.dram = TierCatalog("dram", settings.dram_dir.absolute(), settings.dram_capacity_bytes)
         self.pool = BlockingPool(settings.storage_io_threads, "storage-io")
@@ -58,12 +67,13 @@ class StorageService(Service):
             *super().routes(),
             route(STORAGE_ENSURE, self.ensure, node_id=self.node_id),
             route(STORAGE_EVICT, self.evict, node_id=self.node_id),
+            route(STORAGE_QUARANTINE, self.quarantine, node_id=self.node_id),
         ]
 
     # --- handlers --------------------------------------------------------------------------
 
     async def ensure(self, req: EnsureRequest) -> EnsureReply:
-        source = parse_registry_uri(req.checkpoint_uri)
+        source = parse_registry_uri(req.checkpoint_uri, self.allow)
         t0 = time.monotonic()
         limit = self.storage_settings.ensure_timeout
         try:
@@ -88,6 +98,15 @@ class StorageService(Service):
         except TimeoutError:
             raise BusTimeoutError(f"evict {req.model}: not done within {limit:g}s") from None
         return EvictReply(model=req.model, evicted=evicted)
+
+    async def quarantine(self, req: QuarantineRequest) -> QuarantineReply:
+        limit = self.storage_settings.ensure_timeout
+        try:
+            async with asyncio.timeout(limit):
+                removed, detail = await self.tiers.quarantine(req)
+        except TimeoutError:
+            raise BusTimeoutError(f"quarantine {req.model}: not done within {limit:g}s") from None
+        return QuarantineReply(model=req.model, tier=req.tier, quarantined=removed, detail=detail)
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -161,6 +180,11 @@ class StorageService(Service):
                 self.publisher.bandwidth[catalog.name].seed(bps)
                 log.info("%s tier reads at %.0f MB/s (probe)", catalog.name, bps / 1e6)
                 await self.publisher.publish_bandwidth(catalog.name)
+
+    async def on_store_reset(self) -> None:
+        """The node, its tiers' contents and its measured bandwidths, written back now (not
+        at the next periodic refresh; a write that fails here the refresh repairs)."""
+        await self.publisher.sync(self._node_record(), (self.ssd, self.dram))
 
     async def _refresh(self) -> None:
         # Redis may lose its data (a restart without persistence): re-announce periodically.

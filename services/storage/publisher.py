@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from libs.cluster import ClusterState
 from libs.protocol import Bus
 from libs.protocol.events import (
+    CopyQuarantinedEvent,
     EvictedEvent,
     FetchDoneEvent,
     FetchProgressEvent,
@@ -142,6 +143,38 @@ class NodePublisher:
                 tier=catalog.name,
                 bytes=entry.bytes,
                 reason=reason,
+            )
+        )
+
+    async def quarantined(
+        self,
+        model: str,
+        tier: str,
+        *,
+        file: str,
+        offset: int | None,
+        reason: str,
+        reporter: str,
+    ) -> None:
+        log.warning(
+            "%s: %s copy quarantined (%s%s, found by %s): %s",
+            model,
+            tier,
+            file or "-",
+            "" if offset is None else f" @ {offset}",
+            reporter or "this service",
+            reason,
+        )
+        await self.bus.emit(
+            CopyQuarantinedEvent(
+                source=self.source,
+                node_id=self.node_id,
+                model=model,
+                tier=tier,
+                file=file,
+                offset=offset,
+                reason=reason,
+                reporter=reporter or self.source,
             )
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from libs.common.registry_allow import DEFAULT_REGISTRY_ALLOW, REGISTRY_ALLOW_HELP, AllowList
 from libs.common.settings import CommonSettings, SettingsError, setting
 from libs.protocol.subjects import token
 
@@ -36,6 +37,7 @@ class StorageSettings(CommonSettings):
     locality_refresh_interval: float = setting(
         30.0, "seconds between re-publications of a node's locality and bandwidths in Redis"
     )
+    registry_allow: tuple[str, ...] = setting(DEFAULT_REGISTRY_ALLOW, REGISTRY_ALLOW_HELP)
 
     def validate(self) -> None:
         super().validate()
@@ -49,6 +51,14 @@ class StorageSettings(CommonSettings):
             raise SettingsError("SLLM_STORAGE_IO_THREADS must be at least 1")
         if self.locality_refresh_interval <= 0:
             raise SettingsError("SLLM_LOCALITY_REFRESH_INTERVAL must be positive")
+        try:
+            self.allow_list()
+        except ValueError as exc:
+            raise SettingsError(f"SLLM_REGISTRY_ALLOW: {exc}") from None
+
+    def allow_list(self) -> AllowList:
+        """``registry_allow`` parsed (relative directories from the working directory)."""
+        return AllowList.parse(self.registry_allow)
 
     @property
     def dram_capacity_bytes(self) -> int:

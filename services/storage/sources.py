@@ -1,17 +1,20 @@
 """Fetching a checkpoint from the registry (``file://`` sllm or Hugging Face directory,
-``http(s)://`` sllm directory) or from another tier. Blocking: callers run these in threads."""
+``http(s)://`` sllm directory) or from another tier. Blocking: callers run these in threads.
+
+A registry source passed the allow-list by its URI already (`parse_registry_uri`); here the
+node checks what only it can see: where symlinks lead and what a host name resolves to. Errors
+name the URI, never a local path or what a remote host said (that goes to the log)."""
 
 from __future__ import annotations
 
 import http.client
+import logging
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote
 
+from libs.common.registry_allow import SourceRefused
 from libs.protocol.errors import (
     BadRequestError,
     BusTimeoutError,
@@ -20,15 +23,18 @@ from libs.protocol.errors import (
     UnavailableError,
 )
 
+from . import registry_http
 from .checkpoint import (
     INDEX_FILE,
-    MAX_INDEX_BYTES,
     CheckpointFiles,
     parse_index,
     read_index_bytes,
 )
+from .registry_http import MAX_REGISTRY_INDEX_BYTES
 from .transfer import Meter, copy_exact, open_direct, storage_full, verify_exact, write_bytes
 from .uri import RegistrySource
+
+log = logging.getLogger(__name__)
 
 SourceKind = Literal["sllm-file", "hf-file", "sllm-http"]
 _HF_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
@@ -43,35 +49,74 @@ class FetchPlan:
     need_bytes: int
     index_raw: bytes = b""
     files: CheckpointFiles | None = None
+    addresses: tuple[str, ...] = ()  # an HTTP source's checked addresses: fetch uses these
 
 
 def prepare(source: RegistrySource, timeout: float) -> FetchPlan:
     """Look at the source without copying data: `NotFoundError` if it does not exist,
-    `BadRequestError` if it is not a checkpoint we can use."""
+    `BadRequestError` if the node refuses it or it is not a checkpoint we can use."""
     if source.kind == "http":
-        raw = _http_get_small(source.base_url + INDEX_FILE, timeout, source.uri)
-        files = parse_index(raw)
-        return FetchPlan(source, "sllm-http", files.total_bytes, raw, files)
+        addresses = registry_http.resolve(source)
+        raw = registry_http.read_index(source, addresses, INDEX_FILE, timeout)
+        files = _parse_remote_index(source, raw)
+        return FetchPlan(source, "sllm-http", files.total_bytes, raw, files, addresses)
     assert source.path is not None
     path = source.path
+    uri = source.uri
     try:
+        _check_local(source, path)
         if not path.exists():
-            raise NotFoundError(f"checkpoint {source.uri}: {path} does not exist")
+            raise NotFoundError(f"checkpoint {uri} does not exist")
         if not path.is_dir():
-            raise BadRequestError(f"checkpoint {source.uri}: {path} is not a directory")
+            raise BadRequestError(f"checkpoint {uri} is not a directory")
         if (path / INDEX_FILE).is_file():
-            raw = read_index_bytes(path)
+            raw = _read_local_index(source, path / INDEX_FILE)
             files = parse_index(raw)
+            for name in [p.file for p in files.partitions] + [f.name for f in files.files]:
+                _check_local(source, path / name)
             return FetchPlan(source, "sllm-file", files.total_bytes, raw, files)
         if (path / "config.json").is_file() and any(next(path.glob(p), None) for p in _HF_WEIGHTS):
-            need = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-            return FetchPlan(source, "hf-file", need)
+            entries = [f for f in path.iterdir() if f.is_file()]
+            for f in entries:
+                _check_local(source, f)
+            return FetchPlan(source, "hf-file", sum(f.stat().st_size for f in entries))
     except PermissionError as exc:
-        raise BadRequestError(f"checkpoint {source.uri}: cannot read: {exc}") from None
+        log.warning("checkpoint %s: %r", uri, exc)
+        raise BadRequestError(f"checkpoint {uri}: the storage service cannot read it") from None
     raise BadRequestError(
-        f"checkpoint {source.uri}: {path} holds neither an sllm checkpoint ({INDEX_FILE}) "
+        f"checkpoint {uri} holds neither an sllm checkpoint ({INDEX_FILE}) "
         "nor a Hugging Face model (config.json and *.safetensors)"
     )
+
+
+def _check_local(source: RegistrySource, path: Path) -> None:
+    """Symlinks (the directory's or a file's) must not lead out of the registry directories."""
+    try:
+        source.allow.check_local(path)
+    except SourceRefused as exc:
+        where = f"{path} -> {os.path.realpath(path)}"
+        raise registry_http.refused(source, f"{where}: {exc.reason}") from None
+
+
+def _read_local_index(source: RegistrySource, path: Path) -> bytes:
+    with open(path, "rb") as f:
+        raw = f.read(MAX_REGISTRY_INDEX_BYTES + 1)
+    if len(raw) > MAX_REGISTRY_INDEX_BYTES:
+        raise CorruptError(
+            f"checkpoint {source.uri}: the index is larger than {MAX_REGISTRY_INDEX_BYTES} bytes"
+        )
+    return raw
+
+
+def _parse_remote_index(source: RegistrySource, raw: bytes) -> CheckpointFiles:
+    try:
+        return parse_index(raw)
+    except CorruptError as exc:
+        # The message may quote what the far end sent: the log gets it, the client does not.
+        log.warning("checkpoint %s: bad index: %s", source.uri, exc.message)
+        raise CorruptError(
+            f"checkpoint {source.uri}: the registry's {INDEX_FILE} is not a valid sllm index"
+        ) from None
 
 
 def fetch(plan: FetchPlan, dst: Path, meter: Meter, timeout: float) -> CheckpointFiles:
@@ -181,68 +226,39 @@ def _convert(plan: FetchPlan, dst: Path, meter: Meter) -> CheckpointFiles:
 # --- HTTP -------------------------------------------------------------------------------------
 
 
-def _open_url(url: str, timeout: float, uri: str) -> http.client.HTTPResponse:
-    try:
-        resp = urllib.request.urlopen(url, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        if exc.code == 404:
-            raise NotFoundError(f"checkpoint {uri}: {url} not found (HTTP 404)") from None
-        raise UnavailableError(f"checkpoint {uri}: {url} answered HTTP {exc.code}") from None
-    except TimeoutError:
-        raise BusTimeoutError(
-            f"checkpoint {uri}: {url} did not answer within {timeout:g}s"
-        ) from None
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError):
-            raise BusTimeoutError(
-                f"checkpoint {uri}: {url} did not answer within {timeout:g}s"
-            ) from None
-        raise UnavailableError(f"checkpoint {uri}: cannot reach {url}: {exc.reason}") from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise UnavailableError(f"checkpoint {uri}: cannot reach {url}: {exc}") from None
-    assert isinstance(resp, http.client.HTTPResponse)
-    return resp
-
-
-def _http_get_small(url: str, timeout: float, uri: str) -> bytes:
-    with _open_url(url, timeout, uri) as resp:
-        try:
-            raw = resp.read(MAX_INDEX_BYTES + 1)
-        except (TimeoutError, OSError, http.client.HTTPException) as exc:
-            raise UnavailableError(f"checkpoint {uri}: reading {url} failed: {exc}") from None
-    if len(raw) > MAX_INDEX_BYTES:
-        raise CorruptError(f"checkpoint {uri}: index larger than {MAX_INDEX_BYTES} bytes")
-    return raw
-
-
 def _fetch_http(
     plan: FetchPlan, files: CheckpointFiles, dst: Path, meter: Meter, timeout: float
 ) -> None:
+    uri = plan.source.uri
     items = [(p.file, p.size, p.chunks) for p in files.partitions]
     items += [(f.name, f.size, ()) for f in files.files]
     for name, size, hashes in items:
-        url = plan.source.base_url + quote(name)
-        with _open_url(url, timeout, plan.source.uri) as resp:
+        # At most the bytes the index declares: a longer (or endless) body is cut off there.
+        with registry_http.get(plan.source, plan.addresses, name, timeout) as resp:
             length = resp.getheader("Content-Length")
             if length is not None and length.isdigit() and int(length) != size:
-                raise CorruptError(f"{url}: {length} bytes, the index says {size}")
+                raise CorruptError(
+                    f"checkpoint {uri}: {name} is {length} bytes, the index says {size}"
+                )
             try:
                 copy_exact(
-                    resp,
+                    registry_http.Body(resp, meter.cancel),
                     dst / name,
                     size,
                     meter,
-                    what=url,
+                    what=f"checkpoint {uri}: {name}",
                     tier="ssd",
                     chunk_size=files.chunk_size,
                     hashes=hashes,
                 )
                 extra = resp.read(1)
             except TimeoutError:
-                raise BusTimeoutError(f"{url}: stalled for {timeout:g}s") from None
+                raise BusTimeoutError(
+                    f"checkpoint {uri}: the registry stalled for {timeout:g}s"
+                ) from None
             except (ConnectionError, http.client.HTTPException) as exc:
-                raise UnavailableError(f"{url}: transfer failed: {exc}") from None
+                registry_http.log.warning("checkpoint %s: reading %s: %r", uri, name, exc)
+                raise UnavailableError(f"checkpoint {uri}: reading {name} failed") from None
             if extra:
-                raise CorruptError(f"{url}: longer than the {size} bytes the index says")
+                raise CorruptError(f"checkpoint {uri}: {name} is longer than the index says")
     write_bytes(dst / INDEX_FILE, plan.index_raw, "ssd")

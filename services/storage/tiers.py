@@ -1,5 +1,6 @@
 """The node's tiers in motion: ensure (fetch into SSD, promote into DRAM with LRU eviction),
-evict, and the one refetch a failed verification earns. File work runs in `BlockingPool`."""
+evict, quarantine (a damaged copy reported by a reader), and the one refetch a failed
+verification earns. File work runs in `BlockingPool`."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
+from libs.loader.seal import write_seal
 from libs.protocol.errors import ConflictError, CorruptError, StorageFullError
-from libs.protocol.messages import Tier
+from libs.protocol.messages import QuarantineRequest, Tier
 
 from .checkpoint import INDEX_FILE, Marker, parse_index, read_index_bytes
 from .concurrency import BlockingPool, KeyedLocks
 from .lru import TierCatalog, TierEntry, refusal_reason
 from .names import MARKER_FILE, checkpoint_dirname
 from .publisher import NodePublisher
+from .quarantine import confirm_damage
 from .sources import FetchPlan, copy_checkpoint, fetch, prepare
 from .transfer import Meter, Staging, retire, storage_full, write_bytes
 from .uri import RegistrySource
@@ -90,15 +93,48 @@ class TierManager:
                         raise CorruptError(
                             f"{model}: SSD copy failed verification: {exc.message}"
                         ) from None
-                    log.warning("%s: SSD copy failed verification, fetching again: %s", model, exc)
                     refetched[0] = True
-                    promoted = None
+                    damage = exc.message
                 else:
                     if promoted is None:
                         return ssd_entry, "ssd", source_tier
                     return promoted, "dram", source_tier
             async with self.locks.hold(model):  # the corrupt copy goes; the loop fetches again
-                await self._evict(model, self.ssd, "corrupt")
+                await self._quarantine(model, self.ssd, reason=damage)
+
+    async def quarantine(self, req: QuarantineRequest) -> tuple[bool, str]:
+        """A reader found the copy at ``req.path`` damaged: check the claim (the chunk it
+        names, else the whole copy) and, if it holds, remove the copy so that the next ensure
+        serves another tier or fetches again. Returns (removed, what was found)."""
+        catalog = self.dram if req.tier == "dram" else self.ssd
+        async with self.locks.hold(req.model):
+            entry = catalog.get(req.model)
+            if entry is None or str(entry.path) != req.path:
+                return False, f"not the {catalog.name} tier's current copy of {req.model}"
+            path = entry.path
+            damage = await self.pool.run(
+                lambda cancel: confirm_damage(
+                    path, req.file, req.offset, Meter(total=0, cancel=cancel)
+                )
+            )
+            if damage is None:
+                log.warning(
+                    "%s: %s reported the %s copy damaged (%s), but it checks intact",
+                    req.model,
+                    req.reporter or "a reader",
+                    catalog.name,
+                    req.reason,
+                )
+                return False, "the copy checks intact"
+            await self._quarantine(
+                req.model,
+                catalog,
+                file=req.file,
+                offset=req.offset,
+                reason=damage,
+                reporter=req.reporter,
+            )
+            return True, damage
 
     async def evict(self, model: str, tier: Literal["dram", "ssd"]) -> bool:
         """Remove from ``tier``; removing the SSD copy removes the DRAM copy too. A copy a
@@ -277,6 +313,9 @@ class TierManager:
             with Staging(self.dram.root) as staging:
                 staging.checkpoint.mkdir()
                 copy_checkpoint(src, files, raw, staging.checkpoint, meter, "dram", direct=True)
+                # Every chunk was just hashed on its way in: loaders need not hash it again
+                # while the files stay as they are now (libs/loader/seal.py).
+                write_seal(staging.checkpoint, files.partitions)
                 write_bytes(staging.checkpoint / MARKER_FILE, marker.dump(), "dram")
                 staging.commit(dst)
         except OSError as exc:
@@ -329,6 +368,22 @@ class TierManager:
             await self._retired(entry.path)
         finally:
             await self.publisher.evicted(entry, catalog, reason)
+
+    async def _quarantine(
+        self,
+        model: str,
+        catalog: TierCatalog,
+        *,
+        reason: str,
+        file: str = "",
+        offset: int | None = None,
+        reporter: str = "",
+    ) -> None:
+        """Remove a copy that failed verification (never served again) and say so."""
+        if await self._evict(model, catalog, "corrupt"):
+            await self.publisher.quarantined(
+                model, catalog.name, file=file, offset=offset, reason=reason, reporter=reporter
+            )
 
     async def _evict(self, model: str, catalog: TierCatalog, reason: str) -> bool:
         entry = self._take(model, catalog)

@@ -99,7 +99,9 @@ def copy_exact(
     view = memoryview(buf)
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(dst, flags, 0o644)
+        # Read-only: nothing rewrites a tier copy in place (a new copy replaces it whole), so a
+        # stray write fails instead of silently changing weights (and breaking a DRAM seal).
+        fd = os.open(dst, flags, 0o444)
         try:
             _copy_loop(src, fd, view, size, meter, what, chunk_size, hashes)
             os.fsync(fd)

@@ -1,58 +1,39 @@
-"""Registry URIs: ``file://`` directories and ``http(s)://`` checkpoint directories."""
+"""Registry URIs: ``file://`` directories and ``http(s)://`` checkpoint directories, as far as
+the registry allow-list (``SLLM_REGISTRY_ALLOW``) lets them through."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urlsplit
 
+from libs.common.registry_allow import AllowList, FileSource, HttpSource, SourceRefused
 from libs.protocol.errors import BadRequestError
+
+DENY_ALL = AllowList((), ())
 
 
 @dataclass(frozen=True)
 class RegistrySource:
-    """Where a checkpoint comes from: a local directory or an HTTP base URL ending in ``/``."""
+    """Where a checkpoint comes from: a local directory or an HTTP base URL ending in ``/``,
+    with the allow-list that fetching it must still satisfy (symlinks, resolved addresses)."""
 
     uri: str
     kind: Literal["file", "http"]
     path: Path | None = None
     base_url: str = ""
+    http: HttpSource | None = None
+    allow: AllowList = field(default=DENY_ALL, repr=False)
 
 
-def parse_registry_uri(uri: str) -> RegistrySource:
+def parse_registry_uri(uri: str, allow: AllowList) -> RegistrySource:
     """Parse a checkpoint URI; anything but an absolute ``file://`` path or ``http(s)://`` URL
-    is a `BadRequestError` naming the URI."""
+    that ``allow`` lets through is a `BadRequestError` naming the URI and why (from the URI
+    alone: nothing on this node is looked at yet)."""
     try:
-        parts = urlsplit(uri)
-    except ValueError as exc:
-        raise BadRequestError(f"checkpoint URI {uri!r} is malformed: {exc}") from None
-    scheme = parts.scheme.lower()
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise BadRequestError(
-                f"checkpoint URI {uri!r}: file:// URIs must name a local path (file:///abs/dir)"
-            )
-        if parts.query or parts.fragment:
-            raise BadRequestError(f"checkpoint URI {uri!r}: file:// URIs take no query")
-        raw = unquote(parts.path)
-        if not raw.startswith("/") or "\x00" in raw:
-            raise BadRequestError(f"checkpoint URI {uri!r}: the path must be absolute")
-        return RegistrySource(uri=uri, kind="file", path=Path(raw))
-    if scheme in ("http", "https"):
-        if not parts.hostname:
-            raise BadRequestError(f"checkpoint URI {uri!r} has no host")
-        if parts.query or parts.fragment:
-            raise BadRequestError(
-                f"checkpoint URI {uri!r}: a query or fragment cannot be joined with file names"
-            )
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as exc:
-            raise BadRequestError(f"checkpoint URI {uri!r}: {exc}") from None
-        base = uri if uri.endswith("/") else uri + "/"
-        return RegistrySource(uri=uri, kind="http", base_url=base)
-    raise BadRequestError(
-        f"checkpoint URI {uri!r}: unsupported scheme {parts.scheme or '(none)'!r}; "
-        "use file:///abs/dir or http(s)://host/dir/"
-    )
+        src = allow.check(uri)
+    except SourceRefused as exc:
+        raise BadRequestError(f"checkpoint URI {uri!r}: {exc.reason}") from None
+    if isinstance(src, FileSource):
+        return RegistrySource(uri=uri, kind="file", path=src.path, allow=allow)
+    return RegistrySource(uri=uri, kind="http", base_url=src.base_url, http=src, allow=allow)

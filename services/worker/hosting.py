@@ -1,22 +1,19 @@
 """The one model instance a worker hosts: load it (storage, loader, engine), serve it, unload it.
 
-Every way out of a load (storage error, loader error, timeout, an unload) ends in the same
-teardown: the engine stops, the memory is returned, the instance record is deleted and the
-worker's reservation is released, so nothing is left half-loaded.
+Every way out of a load (storage error, loader error, timeout, an unload, a cancellation at
+any point) ends in the same teardown, run once and to its end (`teardown.Teardowns`): the
+engine stops, the memory is returned, the instance record is deleted and the worker's
+reservation is released, so nothing is left half-loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
-import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal
 
 from redis.exceptions import RedisError
 
@@ -30,16 +27,7 @@ from libs.protocol.errors import (
     NotFoundError,
     UnavailableError,
 )
-from libs.protocol.events import (
-    Event,
-    InstanceFailedEvent,
-    InstanceIdleEvent,
-    InstanceReadyEvent,
-    InstanceStartingEvent,
-    InstanceStoppedEvent,
-    LoadPhaseEvent,
-    LoadReportEvent,
-)
+from libs.protocol.events import Event, InstanceStoppedEvent
 from libs.protocol.messages import (
     EnsureRequest,
     LoadReply,
@@ -48,9 +36,18 @@ from libs.protocol.messages import (
     UnloadReply,
     UnloadRequest,
 )
-from libs.protocol.state import InstanceRecord
 
+from . import keepalive
+from .load_news import LoadNews
 from .settings import WorkerSettings
+from .teardown import (
+    DRAIN_S,
+    STOP_GRACE_S,
+    TEARDOWN_WAIT_S,
+    Teardowns,
+    close_runtime,
+    run_cancellable,
+)
 
 if TYPE_CHECKING:
     from libs.loader import HostPool
@@ -61,13 +58,8 @@ log = logging.getLogger(__name__)
 
 # An instance that went idle says so (`instance.idle`) if it is still idle this much later.
 IDLE_NEWS_DELAY_S = 0.1
-
-T = TypeVar("T")
-
-# How long an unload waits for the engine's current forward pass, for a cancelled load to
-# notice its token, and for in-flight streams to send their error frames.
-STOP_GRACE_S = 10.0
-DRAIN_S = 2.0
+# Why an instance whose load was cancelled (by an unload, or before it even began) failed.
+UNLOADED_DURING_LOAD = "unloaded during the load"
 
 
 def prepare(torch_threads: int, host_pool_gb: float) -> HostPool | None:
@@ -84,7 +76,8 @@ class Hosted:
     status: Literal["loading", "ready", "stopping"]
     requested_at: float  # time.perf_counter() when the load request arrived
     runtime: Runtime | None = None
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None  # the load
+    teardown: asyncio.Task[None] | None = None  # the end: once begun, it runs to its end
     # Idleness, for keep-alive: requests in flight and taken so far, when the last one
     # finished (wall time), and until when finished requests asked to keep it loaded.
     in_flight: int = 0
@@ -117,6 +110,15 @@ class Host:
         self.hosted: Hosted | None = None
         self._prepared = prepared
         self._control = asyncio.Lock()  # load and unload decisions, one at a time
+        self._news = LoadNews(bus, worker_id=worker_id, node_id=node_id)
+        self._teardowns = Teardowns(
+            bus=bus,
+            state=state,
+            worker_id=worker_id,
+            node_id=node_id,
+            torch_ready=self._torch_ready,
+            forget=self._forget,
+        )
 
     def ready(self, model: str) -> tuple[Hosted, Runtime]:
         """The instance serving ``model``: `NotFoundError` if none, `UnavailableError` if it is
@@ -146,6 +148,7 @@ class Host:
             hosted = Hosted(req.instance_id, req.model, "loading", time.perf_counter())
             self.hosted = hosted
             hosted.task = asyncio.create_task(self._load(hosted, req))
+            hosted.task.add_done_callback(partial(self._load_ended, hosted))
         return LoadReply(instance_id=req.instance_id, worker_id=self.worker_id)
 
     async def _check_reservation(self, req: LoadRequest) -> None:
@@ -168,21 +171,24 @@ class Host:
             )
 
     async def _load(self, hosted: Hosted, req: LoadRequest) -> None:
-        await self._emit(
-            InstanceStartingEvent(
-                instance_id=hosted.instance_id,
-                model=hosted.model,
-                worker_id=self.worker_id,
-                node_id=self.node_id,
-            )
-        )
+        """Bring the instance up and announce it; any failure or cancellation begins its
+        teardown (`_load_ended` covers a cancellation before the first line ran)."""
         timeout = self.settings.load_timeout
         try:
+            await self._news.starting(hosted)
             try:
                 async with asyncio.timeout(timeout):
                     source_tier = await self._bring_up(hosted, req)
             except TimeoutError:
                 raise LoadFailedError(f"load did not finish within {timeout:g}s") from None
+            if hosted.teardown is not None:
+                # Torn down while this load did not heed its cancellation (one is lost when
+                # a reply lands at the same moment): what it loaded belongs to nobody.
+                runtime, hosted.runtime = hosted.runtime, None
+                if runtime is not None:
+                    await close_runtime(runtime)
+                return
+            _honour_lost_cancellation()
             load_s = time.perf_counter() - hosted.requested_at
             hosted.status = "ready"
             hosted.idle_since = time.time()
@@ -195,37 +201,23 @@ class Host:
             )
             if rec is None:
                 raise LoadFailedError("the instance record was deleted during the load")
-            await self._emit(
-                InstanceReadyEvent(
-                    instance_id=hosted.instance_id,
-                    model=hosted.model,
-                    worker_id=self.worker_id,
-                    node_id=self.node_id,
-                    source_tier=source_tier,
-                    load_s=load_s,
-                )
-            )
-            log.info("instance %s of %s ready in %.3fs", hosted.instance_id, hosted.model, load_s)
-            await self._emit(
-                LoadReportEvent(
-                    instance_id=hosted.instance_id,
-                    model=hosted.model,
-                    worker_id=self.worker_id,
-                    node_id=self.node_id,
-                    source_tier=source_tier,
-                    bytes=hosted.load_bytes,
-                    seconds=load_s,
-                    one_off_s=hosted.phases.get("startup", 0.0),
-                    phases=dict(hosted.phases),
-                )
-            )
+            await self._news.ready(hosted, source_tier, load_s)
+            _honour_lost_cancellation()
             if source_tier != "dram":
                 self.bus.spawn(self._promote(req))
         except asyncio.CancelledError:
-            await self._fail(hosted, "unloaded during the load")
+            self._teardowns.begin(hosted, UNLOADED_DURING_LOAD)
             raise
         except Exception as exc:
-            await self._fail(hosted, _describe(exc))
+            # Awaited without being tied to it: a cancellation of this task from here on
+            # (an unload, a shutdown) leaves the teardown running.
+            await asyncio.wait({self._teardowns.begin(hosted, _describe(exc))})
+
+    def _load_ended(self, hosted: Hosted, task: asyncio.Task[None]) -> None:
+        """However the load task ended, its instance is ready or being torn down: a task
+        cancelled before it started never ran its own handlers."""
+        if hosted.status != "ready":
+            self._teardowns.begin(hosted, UNLOADED_DURING_LOAD)
 
     async def _promote(self, req: LoadRequest) -> None:
         """After a load from SSD: have the node keep a DRAM copy, so the next cold start of
@@ -245,147 +237,83 @@ class Host:
 
         It asks for the SSD tier, which returns the DRAM copy when there is one: loading
         straight from SSD (parallel direct reads) beats copying into DRAM first and then
-        loading; the copy into DRAM happens afterwards (`_promote`).
+        loading; the copy into DRAM happens afterwards (`_promote`). A copy that the load finds
+        damaged is reported (the storage service quarantines it) and the load runs once more
+        on what the next ensure gives (`fetch.load_with_fallback`).
         """
-        t0 = time.perf_counter()
-        reply = await self.bus.request(
-            STORAGE_ENSURE,
-            EnsureRequest(model=req.model, checkpoint_uri=req.checkpoint_uri, tier="ssd"),
-            timeout=self.settings.load_timeout,
-            node_id=self.node_id,
-        )
-        await self._phase(
-            hosted, "ensure", time.perf_counter() - t0, reply.bytes, reply.source_tier
-        )
-        if not self._prepared.done():  # the torch import of a just-started worker
-            t0 = time.perf_counter()
-            await asyncio.shield(self._prepared)
-            await self._phase(hosted, "startup", time.perf_counter() - t0)
-        pool = self._prepared.result()
         from libs.loader import CancelToken
+        from libs.protocol.messages import EnsureReply
 
+        from .fetch import NodeStorage, load_with_fallback
         from .runtime import EngineSettings, load_runtime
 
-        token = CancelToken()
-        fn = partial(
-            load_runtime,
-            reply.path,
-            device=self.settings.device,
-            pool=pool,
-            cancel=token,
-            engine=EngineSettings(
-                max_batch=self.settings.max_batch,
-                kv_cache_gb=self.settings.kv_cache_gb,
-                prefill_chunk=self.settings.prefill_chunk,
-                max_queue=self.settings.max_queue,
-            ),
-            name=f"sllm-engine-{hosted.instance_id}",
-            # The storage service checked every chunk when it wrote the DRAM copy, and its
-            # files are written once (atomically) and never truncated: hashing or pre-faulting
-            # them again would only cost. An SSD copy is checked on every read (disks rot).
-            verify=reply.tier != "dram",
-            prefault=reply.tier != "dram",
-            step_delay=self.settings.decode_delay,
+        async def ensured(reply: EnsureReply, seconds: float) -> None:
+            await self._phase(hosted, "ensure", seconds, reply.bytes, reply.source_tier)
+
+        async def load(reply: EnsureReply) -> None:
+            if not self._prepared.done():  # the torch import of a just-started worker
+                t0 = time.perf_counter()
+                await asyncio.shield(self._prepared)
+                await self._phase(hosted, "startup", time.perf_counter() - t0)
+            token = CancelToken()
+            fn = partial(
+                load_runtime,
+                reply.path,
+                device=self.settings.device,
+                pool=self._prepared.result(),
+                cancel=token,
+                engine=EngineSettings(
+                    max_batch=self.settings.max_batch,
+                    kv_cache_gb=self.settings.kv_cache_gb,
+                    prefill_chunk=self.settings.prefill_chunk,
+                    max_queue=self.settings.max_queue,
+                ),
+                name=f"sllm-engine-{hosted.instance_id}",
+                # Every tier's copy is verified (verify=True): chunks are hashed as they load,
+                # except DRAM-tier partitions unchanged since the storage service hashed and
+                # sealed them (libs/loader/seal.py). Those are mapped without pre-faulting:
+                # the storage service writes them once and never truncates them.
+                prefault=reply.tier != "dram",
+                step_delay=self.settings.decode_delay,
+            )
+            runtime, report = await run_cancellable(fn, token.cancel, _dispose_loaded)
+            hosted.runtime = runtime
+            await self._phase(hosted, "read", report.read_s, report.read_bytes, report.read_tier)
+            await self._phase(hosted, "build", report.build_s)
+            await self._phase(hosted, "tokenizer", report.tokenizer_s)
+
+        storage = NodeStorage(
+            self.bus,
+            node_id=self.node_id,
+            worker_id=self.worker_id,
+            timeout=self.settings.load_timeout,
         )
-        runtime, report = await run_cancellable(fn, token.cancel, _dispose_loaded)
-        hosted.runtime = runtime
-        await self._phase(hosted, "read", report.read_s, report.read_bytes, report.read_tier)
-        await self._phase(hosted, "build", report.build_s)
-        await self._phase(hosted, "tokenizer", report.tokenizer_s)
+        reply, _ = await load_with_fallback(storage, req.model, req.checkpoint_uri, load, ensured)
         return reply.source_tier
 
     async def _phase(
         self, hosted: Hosted, phase: str, seconds: float, nbytes: int = 0, tier: str = ""
     ) -> None:
-        hosted.phases[phase] = hosted.phases.get(phase, 0.0) + seconds
-        hosted.load_bytes = max(hosted.load_bytes, nbytes)
-        await self._emit(
-            LoadPhaseEvent(
-                instance_id=hosted.instance_id,
-                model=hosted.model,
-                worker_id=self.worker_id,
-                phase=phase,
-                seconds=seconds,
-                bytes=nbytes,
-                tier=tier,
-            )
-        )
-
-    async def _fail(self, hosted: Hosted, error: str) -> None:
-        log.warning("instance %s of %s failed: %s", hosted.instance_id, hosted.model, error)
-        hosted.status = "stopping"
-        with contextlib.suppress(RedisError, OSError):
-            await self.state.update_instance(hosted.instance_id, status="failed", error=error)
-        await self._emit(
-            InstanceFailedEvent(
-                instance_id=hosted.instance_id,
-                model=hosted.model,
-                worker_id=self.worker_id,
-                error=error,
-            )
-        )
-        await self._teardown(hosted)
+        await self._news.phase(hosted, phase, seconds, nbytes, tier)
 
     # --- requests in flight (keep-alive) ---------------------------------------------------
 
     def begin(self, hosted: Hosted) -> None:
         """A request was accepted: the instance is busy until `end`."""
-        hosted.in_flight += 1
-        hosted.requests += 1
-        if hosted.idle_news is not None:  # it did not stay idle: nothing to announce
-            hosted.idle_news.cancel()
-            hosted.idle_news = None
+        keepalive.begin(hosted)
 
     def end(self, hosted: Hosted, keep_alive_s: float | None) -> None:
-        """A request finished; it keeps the instance loaded ``keep_alive_s`` more seconds
-        (negative: indefinitely; None: no wish of its own). The last one out says so."""
-        now = time.time()
-        hosted.in_flight = max(hosted.in_flight - 1, 0)
-        if keep_alive_s is not None:
-            until = math.inf if keep_alive_s < 0 else now + keep_alive_s
-            hosted.keep_until = max(hosted.keep_until, until)
-        if hosted.in_flight or hosted.status != "ready":
-            return
-        hosted.idle_since = now
-        # Announced only if it stays idle a moment: back-to-back requests (a busy instance)
-        # cost no event each, and the scheduler's keep-alive clock loses nothing that matters.
-        if hosted.idle_news is None:
+        """A request finished (see `keepalive.end`). The last one out says so, if the
+        instance stays idle a moment: back-to-back requests (a busy instance) cost no event
+        each, and the scheduler's keep-alive clock loses nothing that matters."""
+        if keepalive.end(hosted, keep_alive_s, time.time()) and hosted.idle_news is None:
             loop = asyncio.get_running_loop()
             hosted.idle_news = loop.call_later(IDLE_NEWS_DELAY_S, self._announce_idle, hosted)
 
     def _announce_idle(self, hosted: Hosted) -> None:
         hosted.idle_news = None
-        if hosted.in_flight or hosted.status != "ready":
-            return
-        self.bus.spawn(
-            self._emit(
-                InstanceIdleEvent(
-                    instance_id=hosted.instance_id,
-                    model=hosted.model,
-                    worker_id=self.worker_id,
-                    keep_until=hosted.keep_until if math.isfinite(hosted.keep_until) else None,
-                    requests=hosted.requests,
-                )
-            )
-        )
-
-    def _refusal(self, hosted: Hosted, req: UnloadRequest) -> UnloadReply | None:
-        """Why a conditional unload must not happen now, as the reply; None: it may."""
-        if hosted.status == "ready" and not hosted.in_flight:
-            left = 0.0 if req.ignore_keep_alive else hosted.keep_until - time.time()
-            if left <= 0:
-                return None
-            retry: float | None = left if math.isfinite(left) else None
-        else:
-            retry = None
-        return UnloadReply(
-            instance_id=hosted.instance_id,
-            freed=False,
-            unloaded=False,
-            in_flight=hosted.in_flight,
-            retry_after_s=retry,
-            requests=hosted.requests,
-        )
+        if (event := keepalive.idle_event(hosted, self.worker_id)) is not None:
+            self.bus.spawn(self._emit(event))
 
     # --- unload -----------------------------------------------------------------------------
 
@@ -394,7 +322,8 @@ class Host:
             hosted = self.hosted
             if hosted is None or hosted.instance_id != req.instance_id:
                 raise NotFoundError(f"worker {self.worker_id} has no instance {req.instance_id}")
-            if req.only_if_idle and (refused := self._refusal(hosted, req)) is not None:
+            refused = keepalive.refusal(hosted, req, time.time()) if req.only_if_idle else None
+            if refused is not None:
                 return refused
             # No await between the check and `_stop` marking the instance as stopping: a
             # request cannot slip in between (it would find the instance not ready).
@@ -412,17 +341,17 @@ class Host:
         """Stop ``hosted``; returns whether its teardown finished."""
         log.info("stopping instance %s of %s: %s", hosted.instance_id, hosted.model, reason)
         task = hosted.task
-        freed = True
-        if task is not None and not task.done():
-            # Still loading: the load task sees the cancellation and tears down itself.
+        loading = hosted.teardown is None and task is not None and not task.done()
+        if loading:
+            # Cancel it, and give it time to notice (its loader thread stops at the next
+            # chunk); its end begins the teardown. A load already failing is not cancelled:
+            # its teardown is under way, and is waited for below.
+            assert task is not None
             task.cancel()
             await asyncio.wait({task}, timeout=STOP_GRACE_S + DRAIN_S)
-            freed = task.done()
-        else:
-            hosted.status = "stopping"
-            with contextlib.suppress(RedisError, OSError):
-                await self.state.update_instance(hosted.instance_id, status="stopping")
-            await self._teardown(hosted)
+        # `asyncio.wait`, not `await`: if this caller is cancelled, the teardown goes on.
+        teardown = self._teardowns.begin(hosted, UNLOADED_DURING_LOAD if loading else None)
+        await asyncio.wait({teardown}, timeout=TEARDOWN_WAIT_S)
         await self._emit(
             InstanceStoppedEvent(
                 instance_id=hosted.instance_id,
@@ -431,71 +360,32 @@ class Host:
                 reason=reason,
             )
         )
-        return freed
+        return teardown.done()
 
-    async def _teardown(self, hosted: Hosted) -> None:
-        """Stop the engine, free the memory, delete the record and release the worker."""
-        hosted.status = "stopping"
-        runtime, hosted.runtime = hosted.runtime, None
-        if runtime is not None:
-            engine = runtime.engine
-            await asyncio.to_thread(
-                runtime.close, UnavailableError("instance unloaded"), STOP_GRACE_S
-            )
-            # Let in-flight streams send their error frames and give their slots back.
-            await engine.drained(DRAIN_S)
-            del runtime, engine
-        await asyncio.to_thread(self._free_memory)
-        rec = InstanceRecord(
-            instance_id=hosted.instance_id,
-            model=hosted.model,
-            worker_id=self.worker_id,
-            node_id=self.node_id,
-            status="stopping",
-            created_at=0.0,
-        )
+    def _forget(self, hosted: Hosted) -> None:
+        """The end of a teardown: the worker takes new loads."""
         if self.hosted is hosted:
             self.hosted = None
-        try:
-            await self.state.retire_instance(rec)
-        except (RedisError, OSError) as exc:
-            log.error("could not retire instance %s: %r", hosted.instance_id, exc)
 
-    def _free_memory(self) -> None:
-        if self._prepared.done():  # torch is imported: let it return cached device memory too
-            from .runtime import free_memory
-
-            free_memory()
-        else:
-            gc.collect()
+    def _torch_ready(self) -> bool:
+        p = self._prepared
+        return p.done() and not p.cancelled() and p.exception() is None
 
     async def _emit(self, event: Event) -> None:
-        await self.bus.emit(event.model_copy(update={"source": self.worker_id}))
-
-
-async def run_cancellable(
-    fn: Callable[[], T], cancel: Callable[[], None], dispose: Callable[[T], None]
-) -> T:
-    """Run blocking ``fn`` in a thread; if the caller is cancelled, call ``cancel`` (so that
-    the thread stops early), wait a while for the thread, and ``dispose`` of a result that
-    arrives anyway (it would otherwise hold memory nobody owns)."""
-    fut: asyncio.Future[T] = asyncio.ensure_future(asyncio.to_thread(fn))
-    try:
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        cancel()
-
-        def discard(f: asyncio.Future[T]) -> None:
-            if not f.cancelled() and f.exception() is None:
-                dispose(f.result())
-
-        fut.add_done_callback(discard)
-        await asyncio.wait({fut}, timeout=STOP_GRACE_S)
-        raise
+        await self._news.emit(event)
 
 
 def _dispose_loaded(loaded: tuple[Runtime, object]) -> None:
     loaded[0].close(UnavailableError("instance unloaded"), STOP_GRACE_S)
+
+
+def _honour_lost_cancellation() -> None:
+    """Raise `CancelledError` if this task was cancelled and an await swallowed it: in Python
+    3.11 `asyncio.wait_for` (under NATS requests) returns its result instead when the reply
+    and the cancellation land in the same loop iteration."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _describe(exc: BaseException) -> str:

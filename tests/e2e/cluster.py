@@ -28,7 +28,16 @@ class UpCluster:
         self.root = "e2e" + os.urandom(4).hex()
         self.log_path = tmp / "up.log"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SLLM_")}
-        self.env.update({"SLLM_ROOT": self.root, "PYTHONUNBUFFERED": "1", **env})
+        self.env.update(
+            {
+                "SLLM_ROOT": self.root,
+                "PYTHONUNBUFFERED": "1",
+                # Tests deploy models they write into sibling temporary directories (pytest's
+                # tmp_path): the registry is pytest's base temporary directory.
+                "SLLM_REGISTRY_ALLOW": str(tmp.parent),
+                **env,
+            }
+        )
         self.argv = [
             SLLM,
             "up",

@@ -63,6 +63,7 @@ def router_settings(nats_url: str, redis_url: str, root: str, **env: str) -> Rou
         "SLLM_START_TIMEOUT": "10",
         "SLLM_STREAM_IDLE_TIMEOUT": "10",
         "SLLM_RETRY_AFTER": "3",
+        "SLLM_REGISTRY_ALLOW": "/models",  # where the tests' deployments say they come from
     }
     return RouterSettings.from_env({**base, **env})
 

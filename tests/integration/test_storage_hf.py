@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from libs.cluster import ClusterState
+from libs.common.registry_allow import AllowList
 from libs.protocol import Bus, Keys
 from libs.protocol.endpoints import STORAGE_ENSURE
 from libs.protocol.errors import CancelledError, CorruptError, NoRespondersError
@@ -46,7 +47,7 @@ def hf_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def storage(
-    nats_server: Any, redis_server: Any, root: str, tmp_path: Path
+    nats_server: Any, redis_server: Any, root: str, tmp_path: Path, hf_model: Path
 ) -> AsyncIterator[StorageService]:
     settings = StorageSettings.from_env(
         {
@@ -58,6 +59,7 @@ async def storage(
             "SLLM_DRAM_DIR": str(tmp_path / "dram"),
             "SLLM_BANDWIDTH_PROBE_MB": "0",
             "SLLM_BANDWIDTH_MIN_SAMPLE_MB": "0",  # the demo model is tiny
+            "SLLM_REGISTRY_ALLOW": str(hf_model.parent),
         }
     )
     svc = StorageService(settings)
@@ -145,7 +147,7 @@ def multi_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fetch(src: Path, staging: Path, meter: Meter | None = None) -> CheckpointFiles:
-    plan = prepare(parse_registry_uri(src.as_uri()), timeout=5.0)
+    plan = prepare(parse_registry_uri(src.as_uri(), AllowList.parse([str(src)])), timeout=5.0)
     assert plan.kind == "hf-file"
     staging.mkdir()
     return fetch(plan, staging / "checkpoint", meter or Meter(plan.need_bytes), timeout=5.0)

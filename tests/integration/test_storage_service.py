@@ -97,8 +97,9 @@ class Storages:
 
 @pytest.fixture
 async def start_storage(
-    nats_server: Any, redis_server: Any, root: str, tmp_path: Path
-) -> AsyncIterator[Storages]:
+    nats_server: Any, redis_server: Any, root: str, tmp_path: Path,
+    http_registry: tuple[str, list[str]],
+) -> AsyncIterator[Storages]:  # fmt: skip
     storages = Storages(
         {
             "SLLM_NATS_URL": nats_server.url,
@@ -110,6 +111,8 @@ async def start_storage(
             "SLLM_DRAM_CAPACITY_GB": "0.0006",  # two small checkpoints, not three
             "SLLM_BANDWIDTH_PROBE_MB": "0",  # its temp file would show in the tier listings
             "SLLM_BANDWIDTH_MIN_SAMPLE_MB": "0",  # test checkpoints are tiny
+            # The test's directory and its HTTP registry, explicitly: it is on loopback.
+            "SLLM_REGISTRY_ALLOW": f"{tmp_path},{http_registry[0]}/",
         }
     )
     yield storages
@@ -337,14 +340,14 @@ async def test_http_registry(
 
 
 async def test_an_unreachable_http_registry_is_unavailable(
-    start_storage: Storages, bus: Bus, http_registry: tuple[str, list[str]]
+    start_storage: Storages, bus: Bus
 ) -> None:
-    await start_storage()
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    await start_storage(SLLM_REGISTRY_ALLOW=f"http://127.0.0.1:{port}/")
     with pytest.raises(UnavailableError, match="cannot reach"):
         await ensure(bus, "x", f"http://127.0.0.1:{port}/x/")
 

@@ -6,11 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from libs.common.registry_allow import AllowList
 from libs.protocol.errors import BadRequestError
 from services.storage.names import checkpoint_dirname, is_checkpoint_dirname, is_leftover
 from services.storage.uri import parse_registry_uri
 
 pytestmark = pytest.mark.unit
+
+ALLOW = AllowList.parse(
+    ["/models", "http://127.0.0.1:8000/ckpt/", "https://registry.example/", "http://h/"]
+)
 
 
 @pytest.mark.parametrize(
@@ -44,9 +49,9 @@ def test_staging_and_trash_names_are_leftovers_not_checkpoints() -> None:
 
 
 def test_file_uri_gives_an_absolute_path() -> None:
-    src = parse_registry_uri("file:///models/my%20model")
+    src = parse_registry_uri("file:///models/my%20model", ALLOW)
     assert (src.kind, src.path) == ("file", Path("/models/my model"))
-    assert parse_registry_uri("file://localhost/m").path == Path("/m")
+    assert parse_registry_uri("file://localhost/models/m", ALLOW).path == Path("/models/m")
 
 
 @pytest.mark.parametrize(
@@ -57,7 +62,7 @@ def test_file_uri_gives_an_absolute_path() -> None:
     ],
 )
 def test_http_uri_becomes_a_directory_base_url(uri: str, base: str) -> None:
-    src = parse_registry_uri(uri)
+    src = parse_registry_uri(uri, ALLOW)
     assert (src.kind, src.base_url) == ("http", base)
 
 
@@ -73,9 +78,11 @@ def test_http_uri_becomes_a_directory_base_url(uri: str, base: str) -> None:
         "http://h/a?sig=1",
         "http://h:notaport/a",
         "",
+        "file:///etc/passwd",
+        "http://127.0.0.1:8001/ckpt/a",
     ],
 )
 def test_other_uris_are_bad_requests_naming_the_uri(uri: str) -> None:
     with pytest.raises(BadRequestError) as info:
-        parse_registry_uri(uri)
+        parse_registry_uri(uri, ALLOW)
     assert repr(uri) in info.value.message

@@ -1,0 +1,112 @@
+"""The worker's side of its node's storage: ensure a copy of the checkpoint, load it, and when
+the load finds that copy damaged, report it (the storage service checks the claim and
+quarantines the copy) and load once more from what the next ensure gives: another tier's
+copy, or a fresh one from the registry. A damaged copy costs one retry, never wrong weights,
+and never a model that fails on this node for good."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from libs.loader.errors import (
+    CheckpointNotFound,
+    ChecksumMismatch,
+    IndexCorrupt,
+    LoaderError,
+    PartitionMissing,
+    PartitionTruncated,
+)
+from libs.protocol import Bus
+from libs.protocol.endpoints import STORAGE_ENSURE, STORAGE_QUARANTINE
+from libs.protocol.errors import BusError
+from libs.protocol.messages import EnsureReply, EnsureRequest, QuarantineRequest
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# What a load raises when the copy itself is bad (the storage service verified it once, so
+# something changed it since): a chunk's hash, a file missing or of the wrong size, the index.
+COPY_DAMAGE: tuple[type[LoaderError], ...] = (
+    ChecksumMismatch,
+    PartitionMissing,
+    PartitionTruncated,
+    IndexCorrupt,
+    CheckpointNotFound,
+)
+
+
+class NodeStorage:
+    """One worker's requests to its node's storage service."""
+
+    def __init__(self, bus: Bus, *, node_id: str, worker_id: str, timeout: float) -> None:
+        self.bus = bus
+        self.node_id = node_id
+        self.worker_id = worker_id
+        self.timeout = timeout
+
+    async def ensure(self, model: str, checkpoint_uri: str) -> EnsureReply:
+        """The fastest copy on this node (asking for SSD returns the DRAM copy if there is one:
+        loading straight from SSD beats copying into DRAM first)."""
+        reply: EnsureReply = await self.bus.request(
+            STORAGE_ENSURE,
+            EnsureRequest(model=model, checkpoint_uri=checkpoint_uri, tier="ssd"),
+            timeout=self.timeout,
+            node_id=self.node_id,
+        )
+        return reply
+
+    async def report_damage(self, copy: EnsureReply, exc: LoaderError) -> bool:
+        """Tell the storage service that ``copy`` is damaged; whether it was quarantined.
+        A failed report is logged: the retry's ensure may still find a good copy."""
+        inside = exc.path is not None and os.path.dirname(exc.path) == copy.path
+        req = QuarantineRequest(
+            model=copy.model,
+            tier=copy.tier,
+            path=copy.path,
+            file=os.path.basename(exc.path) if inside and exc.path else "",
+            offset=exc.offset if isinstance(exc, ChecksumMismatch) else None,
+            reason=f"{type(exc).__name__}: {exc.message}"[:1024],
+            reporter=self.worker_id,
+        )
+        try:
+            reply = await self.bus.request(
+                STORAGE_QUARANTINE, req, timeout=self.timeout, node_id=self.node_id
+            )
+        except BusError as exc_bus:
+            log.warning("could not report the damaged copy of %s: %s", copy.model, exc_bus)
+            return False
+        log.warning(
+            "%s copy of %s is damaged (%s): %s",
+            copy.tier,
+            copy.model,
+            req.reason,
+            "quarantined" if reply.quarantined else f"not quarantined ({reply.detail})",
+        )
+        return reply.quarantined
+
+
+async def load_with_fallback(
+    storage: NodeStorage,
+    model: str,
+    checkpoint_uri: str,
+    load: Callable[[EnsureReply], Awaitable[T]],
+    ensured: Callable[[EnsureReply, float], Awaitable[None]],
+) -> tuple[EnsureReply, T]:
+    """Ensure a copy and ``load`` it; if the load finds the copy damaged (`COPY_DAMAGE`),
+    report it and do both once more. ``ensured(reply, seconds)`` follows every ensure."""
+    for attempt in range(2):
+        t0 = time.perf_counter()
+        copy = await storage.ensure(model, checkpoint_uri)
+        await ensured(copy, time.perf_counter() - t0)
+        try:
+            return copy, await load(copy)
+        except COPY_DAMAGE as exc:
+            if attempt:
+                raise
+            await storage.report_damage(copy, exc)
+    raise AssertionError("unreachable")  # the loop returns or raises
