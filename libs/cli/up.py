@@ -2,85 +2,46 @@
 
 Starts embedded NATS and Redis (unless URLs are given), then the scheduler, one storage service
 per simulated node, the workers of each node and the router as child processes; waits until
-all of them are alive; prints how to call it; on SIGINT/SIGTERM stops everything in order.
+all of them are alive; prints how to call it; restarts any of them that exits (with backoff,
+`supervise.py`); on SIGINT/SIGTERM stops everything in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libs.common.embedded import EmbeddedNats, EmbeddedRedis, EmbeddedServer
+from libs.common.embedded import EmbeddedNats, EmbeddedRedis
 from libs.common.redis_client import connect_redis
 from libs.protocol import Bus, Keys
 from libs.protocol.endpoints import SCHED_DEPLOY
+from libs.protocol.errors import UnavailableError
 from libs.protocol.messages import DeploymentSpec, DeployRequest
 
 from .settings import UpSettings
+from .supervise import Backoff, Child, ChildSpec, ServerChild, Supervisor
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # Children get SIGTERM if `sllm up` itself dies (even by SIGKILL): no orphans.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-# A child that crashes is restarted, as compose's `restart: unless-stopped` would, unless it
-# crashes this often within a minute: then something is wrong and `sllm up` stops.
-MAX_RESTARTS_PER_MINUTE = 5
-
-
-@dataclass
-class Child:
-    name: str
-    module: str
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    base_env: dict[str, str] = field(default_factory=dict)
-    restarts: list[float] = field(default_factory=list)
-
-    def start(self, base_env: Mapping[str, str]) -> None:
-        self.base_env = dict(base_env)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module],
-            env={**self.base_env, **self.env},
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches `sllm up` only; it stops children in order
-            preexec_fn=_die_with_parent,
-        )
-
-    @property
-    def exited(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def restart(self) -> bool:
-        """Start again after a crash; False when it crashed too often to keep trying."""
-        now = time.monotonic()
-        self.restarts = [t for t in self.restarts if now - t < 60.0] + [now]
-        if len(self.restarts) > MAX_RESTARTS_PER_MINUTE:
-            return False
-        self.start(self.base_env)
-        return True
+# Restarts: 0.5 s after a first crash, doubling to 30 s for a process that keeps crashing;
+# a minute of running resets it. A crash loop never stops the other services.
+BACKOFF = Backoff(first_s=0.5, max_s=30.0, healthy_after_s=60.0)
+# Before the cluster is up, a process that exits this many times in a row is a configuration
+# problem (a port in use, a bad setting): say so and stop rather than retry for minutes.
+STARTUP_CRASHES = 3
 
 
 @dataclass
 class Plan:
     """What `sllm up` will run: derived from the settings, no side effects."""
 
-    children: list[Child] = field(default_factory=list)
+    children: list[ChildSpec] = field(default_factory=list)
     expected_alive: dict[str, int] = field(default_factory=dict)
 
 
@@ -105,11 +66,11 @@ def torch_threads_per_worker(settings: UpSettings, cpus: int | None = None) -> i
 
 def plan(settings: UpSettings, data_dir: Path) -> Plan:
     p = Plan()
-    p.children.append(Child("scheduler", "services.scheduler", {}))
+    p.children.append(ChildSpec("scheduler", "services.scheduler", {}))
     for n in range(settings.nodes):
         node = f"node-{n}"
         p.children.append(
-            Child(
+            ChildSpec(
                 f"storage/{node}",
                 "services.storage",
                 {
@@ -127,9 +88,9 @@ def plan(settings: UpSettings, data_dir: Path) -> Plan:
                 # CPU workers share this machine's cores: each taking all of them (torch's
                 # default) oversubscribes it and makes every forward pass several times slower.
                 env["SLLM_TORCH_THREADS"] = str(torch_threads_per_worker(settings))
-            p.children.append(Child(f"worker/{worker}", "services.worker", env))
+            p.children.append(ChildSpec(f"worker/{worker}", "services.worker", env))
     p.children.append(
-        Child(
+        ChildSpec(
             "router",
             "services.router",
             {"SLLM_HOST": settings.host, "SLLM_PORT": str(settings.port)},
@@ -208,17 +169,26 @@ def up(settings: UpSettings) -> int:
 
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    servers: list[EmbeddedServer] = []
     the_plan = plan(settings, data_dir)
+    supervisor = Supervisor()
+    servers: list[ServerChild] = []
     code = 0
     try:
         nats_url, redis_url = settings.nats_url, settings.redis_url
         if not nats_url:
-            servers.append(EmbeddedNats(data_dir=data_dir / "nats").start())
-            nats_url = servers[-1].url
+            servers.append(ServerChild(EmbeddedNats(data_dir=data_dir / "nats"), BACKOFF))
         if not redis_url:
-            servers.append(EmbeddedRedis(data_dir=data_dir / "redis").start())
-            redis_url = servers[-1].url
+            # The state of record: an append-only file under the data dir (fsync every
+            # second), so deployments survive a crash of the server and a restart of `sllm up`.
+            redis = EmbeddedRedis(data_dir=data_dir / "redis", persist=True)
+            servers.append(ServerChild(redis, BACKOFF))
+        for server in servers:
+            server.start()
+            supervisor.members.append(server)
+            if isinstance(server.server, EmbeddedNats):
+                nats_url = server.server.url
+            else:
+                redis_url = server.server.url
         print(f"sllm: NATS {nats_url}  Redis {redis_url}", flush=True)
         asyncio.run(_prepare_bus(nats_url, redis_url, settings))
         model = Path(settings.model) if settings.model else _demo_model(data_dir)
@@ -232,21 +202,17 @@ def up(settings: UpSettings) -> int:
             "SLLM_REDIS_URL": redis_url,
             "PYTHONUNBUFFERED": "1",
         }
-        for child in the_plan.children:
-            child.start(base_env)
-        _wait_until_up(settings, the_plan, redis_url, stop_signal)
+        for spec in the_plan.children:
+            child = Child(spec, base_env, BACKOFF)
+            child.start()
+            supervisor.members.append(child)
+        _wait_until_up(settings, the_plan, supervisor, redis_url, stop_signal)
         name = model_name(settings, model)
         asyncio.run(_deploy(nats_url, settings, name, model.resolve().as_uri()))
         took = time.monotonic() - t0
         print(_banner(settings, name, model, took), flush=True)
         while not stop_signal:
-            for child in the_plan.children:
-                if child.exited is None:
-                    continue
-                print(f"sllm: {child.name} exited with {child.exited}; restarting", flush=True)
-                if not child.restart():
-                    print(f"sllm: {child.name} keeps crashing; stopping", flush=True)
-                    raise _Stop
+            supervisor.tick()  # a child that exits is restarted (backoff); the rest serve on
             time.sleep(0.2)
         print("sllm: stopping", flush=True)
     except _Stop:
@@ -254,9 +220,9 @@ def up(settings: UpSettings) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        code = _shutdown(the_plan) or code
+        code = _shutdown([m for m in supervisor.members if isinstance(m, Child)]) or code
         for server in reversed(servers):
-            server.stop()
+            server.server.stop()
         shutil.rmtree(dram_root(settings), ignore_errors=True)
     return code
 
@@ -282,33 +248,40 @@ _COMMON_VARS = {
 }
 
 
-def _wait_until_up(settings: UpSettings, p: Plan, redis_url: str, stop: list[int]) -> None:
+def _wait_until_up(
+    settings: UpSettings, p: Plan, supervisor: Supervisor, redis_url: str, stop: list[int]
+) -> None:
+    """Until every service is alive and the router ready; a child that exits meanwhile is
+    restarted like later on, and only the start-up timeout gives up."""
     deadline = time.monotonic() + settings.startup_timeout
     keys = Keys(settings.root)
+    counts: dict[str, int] = {}
     while True:
         if stop:
             raise _Stop
-        for child in p.children:
-            if child.exited is not None:
-                print(f"sllm: {child.name} failed to start (exit {child.exited})", flush=True)
+        supervisor.tick()
+        for member in supervisor.members:
+            if member.crashes >= STARTUP_CRASHES:  # misconfigured, not unlucky
+                print(f"sllm: {member.name} failed to start {member.crashes} times", flush=True)
                 raise _Stop
-        counts = asyncio.run(_alive_counts(redis_url, keys, list(p.expected_alive)))
-        if counts == p.expected_alive and _router_ready(settings.host, settings.port):
-            return
+        with contextlib.suppress(UnavailableError):
+            counts = asyncio.run(_alive_counts(redis_url, keys, list(p.expected_alive)))
+            if counts == p.expected_alive and _router_ready(settings.host, settings.port):
+                return
         if time.monotonic() > deadline:
             print(f"sllm: not up after {settings.startup_timeout:g}s: alive {counts}", flush=True)
             raise _Stop
         time.sleep(0.2)
 
 
-def _shutdown(p: Plan, timeout: float = 20.0) -> int:
+def _shutdown(children: list[Child], timeout: float = 20.0) -> int:
     """SIGTERM the router first (no new requests), then workers, storage, scheduler."""
     code = 0
-    for child in reversed(p.children):
+    for child in reversed(children):
         if child.proc is not None and child.proc.poll() is None:
             child.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    for child in reversed(p.children):
+    for child in reversed(children):
         if child.proc is None:
             continue
         try:

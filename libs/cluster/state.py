@@ -7,6 +7,7 @@ single atomic script: two schedulers can never hand out the same worker.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -129,6 +130,16 @@ class ClusterState:
         self._forget_orphan = redis.register_script(_FORGET_ORPHAN)
         self._retire = redis.register_script(_RETIRE)
 
+    # --- the store's own epoch ----------------------------------------------------------------
+
+    async def store_epoch(self) -> str:
+        """An id the store keeps for as long as it keeps its data: set by whoever asks first,
+        so a Redis that restarted empty (or was flushed) answers a new one, and every service
+        that sees it change re-publishes what it owns."""
+        fresh = uuid.uuid4().hex
+        old = await self.redis.set(self.keys.store_epoch, fresh, nx=True, get=True)
+        return fresh if old is None else _s(old)
+
     # --- leases -----------------------------------------------------------------------------
 
     async def hold_lease(self, name: str, holder: str, ttl_s: float) -> bool:
@@ -229,8 +240,8 @@ class ClusterState:
 
     # --- workers ----------------------------------------------------------------------------
 
-    async def register_worker(self, worker_id: str, node_id: str, device: str) -> None:
-        """(Re-)register; a restarted worker comes back free."""
+    async def register_worker(self, worker_id: str, node_id: str, device: str) -> int:
+        """(Re-)register; a restarted worker comes back free. Returns its new epoch."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(
                 self.keys.worker(worker_id),
@@ -238,6 +249,29 @@ class ClusterState:
             )
             pipe.hincrby(self.keys.worker(worker_id), "epoch", 1)
             pipe.sadd(self.keys.workers, worker_id)
+            _, epoch, _ = await pipe.execute()
+        return int(epoch)
+
+    async def restore_worker(
+        self, worker: WorkerRecord, instance: InstanceRecord | None = None
+    ) -> None:
+        """Write back a worker's registration as it stands (epoch and reservation kept) and
+        the record of the instance it hosts: what a worker re-publishes when the store lost
+        its data (`store_epoch` changed)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self.keys.worker(worker.worker_id),
+                mapping={
+                    "node_id": worker.node_id,
+                    "device": worker.device,
+                    "instance_id": worker.instance_id,
+                    "epoch": worker.epoch,
+                },
+            )
+            pipe.sadd(self.keys.workers, worker.worker_id)
+            if instance is not None:
+                pipe.set(self.keys.instance(instance.instance_id), encode_json(instance))
+                pipe.sadd(self.keys.model_instances(instance.model), instance.instance_id)
             await pipe.execute()
 
     async def unregister_worker(self, worker_id: str) -> None:

@@ -240,9 +240,21 @@ class EmbeddedNats(EmbeddedServer):
 
 
 class EmbeddedRedis(EmbeddedServer):
-    """valkey-server (Redis-compatible), in-memory only: cluster state is re-derivable."""
+    """valkey-server (Redis-compatible). With ``persist``, the state of record survives a
+    crash: an append-only file in the data directory, fsync'd every second (at most a second
+    of writes lost, which the services re-publish); without it, memory only (test fixtures)."""
 
     name = "redis"
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        persist: bool = False,
+    ):
+        super().__init__(port=port, data_dir=data_dir)
+        self.persist = persist
 
     def argv(self) -> list[str]:
         return [
@@ -254,7 +266,9 @@ class EmbeddedRedis(EmbeddedServer):
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.persist else "no",
+            "--appendfsync",
+            "everysec",
             "--dir",
             str(self.data_dir),
             "--daemonize",

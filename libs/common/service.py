@@ -17,9 +17,15 @@ from typing import ClassVar, Literal
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from libs.cluster import ClusterState
 from libs.protocol import Bus, BusError, Keys, Route, route
 from libs.protocol.endpoints import SERVICE_INFO
-from libs.protocol.events import ServiceStartedEvent, ServiceStoppedEvent
+from libs.protocol.errors import UnavailableError
+from libs.protocol.events import (
+    ServiceStartedEvent,
+    ServiceStoppedEvent,
+    StateRepublishedEvent,
+)
 from libs.protocol.messages import InfoRequest, ServiceInfoReply
 from libs.protocol.schema import encode_json
 
@@ -55,6 +61,7 @@ class Service:
         self._stack = AsyncExitStack()
         self._bus: Bus | None = None
         self._redis: aioredis.Redis | None = None
+        self._store_epoch = ""  # the cluster state store's epoch this service last published to
 
     @property
     def bus(self) -> Bus:
@@ -87,6 +94,11 @@ class Service:
     async def on_stop(self) -> None:
         """Hook: runs before the connections close."""
 
+    async def on_store_reset(self) -> None:
+        """Hook: the cluster state store (Redis) lost its data (it restarted empty, or failed
+        over to a replica that had nothing): write back what this service owns. Raising
+        leaves the reset pending: the next heartbeat tries again."""
+
     async def start(self) -> None:
         s = self.settings
         self._bus = await Bus.connect(
@@ -98,6 +110,10 @@ class Service:
         self._stack.push_async_callback(self._bus.close)
         self._redis = await connect_redis(s.redis_url, timeout=s.request_timeout)
         self._stack.push_async_callback(self._redis.aclose)
+        try:
+            self._store_epoch = await ClusterState(self._redis, self.keys).store_epoch()
+        except (RedisError, OSError) as exc:
+            raise UnavailableError(f"cannot read the cluster state: {exc!r}") from None
         await self.on_start()
         await self._bus.serve(self.kind, self.routes(), version=VERSION)
         heartbeat = asyncio.create_task(self._heartbeat())
@@ -126,12 +142,33 @@ class Service:
     async def _heartbeat(self) -> None:
         key = self.keys.alive(self.kind, self.instance_id)
         ttl_ms = int(self.settings.heartbeat_ttl * 1000)
+        state = ClusterState(self.redis, self.keys)
         while True:
             try:
                 await self.redis.set(key, encode_json(await self.info(InfoRequest())), px=ttl_ms)
+                await self._check_store(state)
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat failed: %r", exc)
             await asyncio.sleep(self.settings.heartbeat_interval)
+
+    async def _check_store(self, state: ClusterState) -> None:
+        """Re-publish what this service owns once the store's epoch changed (it lost its data)."""
+        epoch = await state.store_epoch()
+        if epoch == self._store_epoch:
+            return
+        log.warning("the cluster state store lost its data: re-publishing this %s's", self.kind)
+        try:
+            await self.on_store_reset()
+        except (RedisError, OSError):
+            raise  # the store is unreachable again: the heartbeat logs it, the next beat retries
+        except Exception:
+            # Visible, and retried at the next beat: the heartbeat itself must go on.
+            log.exception("re-publishing after the store's reset failed")
+            return
+        self._store_epoch = epoch
+        await self.bus.emit(
+            StateRepublishedEvent(source=self.instance_id, service=self.kind, epoch=epoch)
+        )
 
 
 def fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -36,6 +36,14 @@ class ServiceStoppedEvent(Event):
     reason: str = ""
 
 
+class StateRepublishedEvent(Event):
+    """A service wrote back what it owns because the cluster state store lost its data."""
+
+    kind: Literal["state.republished"] = "state.republished"
+    service: str
+    epoch: str  # the store's new epoch
+
+
 class InstanceStartingEvent(Event):
     kind: Literal["instance.starting"] = "instance.starting"
     instance_id: str
@@ -342,6 +350,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     for cls in (
         ServiceStartedEvent,
         ServiceStoppedEvent,
+        StateRepublishedEvent,
         InstanceStartingEvent,
         InstanceReadyEvent,
         InstanceStoppedEvent,

@@ -21,6 +21,11 @@ class Keys:
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    # The store's epoch: a random id, set once while the store keeps its data.
+    @property
+    def store_epoch(self) -> str:
+        return self._k("store_epoch")
+
     # Liveness: a string key with a TTL, refreshed by the service's heartbeat.
     def alive(self, kind: str, instance_id: str) -> str:
         return self._k("alive", token(kind), token(instance_id))

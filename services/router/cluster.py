@@ -17,6 +17,11 @@ from libs.protocol.state import InstanceRecord
 
 T = TypeVar("T")
 
+# While Redis cannot be reached (a restart, a failover), requests go on with what was last read
+# (deployments, ready instances) for this long: a worker that no longer has an instance says so,
+# and the request moves on as after any stale read.
+STALE_OK_S = 120.0
+
 
 def least_loaded(
     ready: Sequence[InstanceRecord], inflight: Mapping[str, int], avoid: Collection[str] = ()
@@ -47,6 +52,8 @@ class ClusterView:
         self.clock = clock
         self.inflight: dict[str, int] = {}
         self._ready: dict[str, tuple[float, list[InstanceRecord]]] = {}
+        # The last successful read per model, which events do not clear: the fallback.
+        self._last_ready: dict[str, tuple[float, list[InstanceRecord]]] = {}
         self._deployments: dict[str, tuple[float, DeploymentSpec]] = {}
         self._suspects: dict[str, float] = {}
         self._fetches: dict[str, asyncio.Task[list[InstanceRecord]]] = {}
@@ -61,7 +68,12 @@ class ClusterView:
         hit = self._deployments.get(model)
         if hit is not None and self.clock() - hit[0] < self.ttl:
             return hit[1]
-        spec = await read("deployments", lambda: self.state.get_deployment(model))
+        try:
+            spec = await read("deployments", lambda: self.state.get_deployment(model))
+        except UnavailableError:
+            if hit is not None and self.clock() - hit[0] < STALE_OK_S:
+                return hit[1]
+            raise
         if spec is None:
             self._deployments.pop(model, None)
         else:
@@ -97,8 +109,15 @@ class ClusterView:
 
     async def _fetch(self, model: str) -> list[InstanceRecord]:
         version = self._versions.get(model, 0)
-        records = await read("instances", lambda: self.state.instances(model))
+        try:
+            records = await read("instances", lambda: self.state.instances(model))
+        except UnavailableError:
+            last = self._last_ready.get(model)
+            if last is not None and self.clock() - last[0] < STALE_OK_S:
+                return last[1]
+            raise
         ready = [r for r in records if r.status == "ready"]
+        self._last_ready[model] = (self.clock(), ready)
         if self._versions.get(model, 0) == version:
             # Only cache what no event has contradicted since the read began.
             self._ready[model] = (self.clock(), ready)

@@ -45,6 +45,7 @@ from libs.protocol.state import InstanceRecord
 from .autoscaler import may_take_worker, remaining_load_s, start_beside_loading
 from .coldpolicy import Bounds
 from .coldstart import ColdStartConfig, ColdStarts
+from .deployment_book import DeploymentBook
 from .loads import LoadFeedback
 from .migration import Orchestrator
 from .placement import NodeView, SourceTier, WorkerView, rank, round_robin
@@ -76,6 +77,7 @@ class SchedulerService(Service):
         }
         self._model_locks: dict[str, asyncio.Lock] = {}
         self._orphans: dict[tuple[str, str], float] = {}
+        self.book = DeploymentBook()
 
     def routes(self) -> list[Route]:
         return [
@@ -92,6 +94,7 @@ class SchedulerService(Service):
 
     async def on_start(self) -> None:
         self.state = ClusterState(self.redis, self.keys)
+        self.book.refresh(await self.state.deployments(), same_store=True)
         self.feedback = LoadFeedback(self.bus, self.state, window=self.sched.calibration_window)
         await self.bus.subscribe(
             self.bus.subjects.event("load.report"),
@@ -148,6 +151,7 @@ class SchedulerService(Service):
             update={"created_at": existing.created_at if existing else time.time()}
         )
         created = await self.state.put_deployment(spec)
+        self.book.put(spec)
         await self.bus.emit(
             DeploymentEvent(name=spec.name, action="created" if created else "updated")
         )
@@ -168,6 +172,7 @@ class SchedulerService(Service):
         self.scaler.wake()
 
     async def undeploy(self, req: UndeployRequest) -> UndeployReply:
+        self.book.delete(req.name)
         if not await self.state.delete_deployment(req.name):
             raise NotFoundError(f"no deployment named {req.name!r}", detail={"model": req.name})
         await self.bus.emit(DeploymentEvent(name=req.name, action="deleted"))
@@ -401,7 +406,22 @@ class SchedulerService(Service):
         while True:
             await asyncio.sleep(self.sched.housekeeping_interval)
             with contextlib.suppress(Exception):
+                await self._read_deployments()
                 await self.sweep()
+
+    async def _read_deployments(self) -> None:
+        """Keep the book up to date with deployments other schedulers made or deleted."""
+        before = await self.state.store_epoch()
+        stored = await self.state.deployments()
+        after = await self.state.store_epoch()
+        self.book.refresh(stored, same_store=before == after == self._store_epoch)
+
+    async def on_store_reset(self) -> None:
+        """Write back every deployment this scheduler knows (the instances come back from
+        their workers, the tiers from their storage services)."""
+        for spec in self.book.specs():
+            await self.state.put_deployment(spec)
+        self.scaler.wake()  # deployments with min_instances get them again
 
     async def sweep(self) -> None:
         """Forget instances whose worker died; free reservations nobody recorded."""

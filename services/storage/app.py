@@ -162,6 +162,11 @@ class StorageService(Service):
                 log.info("%s tier reads at %.0f MB/s (probe)", catalog.name, bps / 1e6)
                 await self.publisher.publish_bandwidth(catalog.name)
 
+    async def on_store_reset(self) -> None:
+        """The node, its tiers' contents and its measured bandwidths, written back now (not
+        at the next periodic refresh; a write that fails here the refresh repairs)."""
+        await self.publisher.sync(self._node_record(), (self.ssd, self.dram))
+
     async def _refresh(self) -> None:
         # Redis may lose its data (a restart without persistence): re-announce periodically.
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, ClassVar
 
@@ -34,6 +35,7 @@ from libs.protocol.messages import (
     TokenChunk,
     Usage,
 )
+from libs.protocol.state import InstanceRecord, WorkerRecord
 
 from .adoption import Adoptions
 from .detok import IncrementalDetokenizer
@@ -66,6 +68,7 @@ class WorkerService(Service):
         self.running: dict[str, Running] = {}
         self._adoptions: Adoptions | None = None
         self._migrations: Migrations | None = None
+        self.epoch = 0  # which registration of this worker (the cluster state's count)
 
     @property
     def host(self) -> Host:
@@ -132,7 +135,32 @@ class WorkerService(Service):
             prepare=_prepare_request,
             running=self.running,
         )
-        await self.state.register_worker(self.instance_id, self.node_id, s.device)
+        self.epoch = await self.state.register_worker(self.instance_id, self.node_id, s.device)
+
+    async def on_store_reset(self) -> None:
+        """Register again as this worker stands: its epoch, its reservation and the record
+        of the instance it hosts, so that the router and scheduler find it serving."""
+        h = self.host.hosted
+        worker = WorkerRecord(
+            worker_id=self.instance_id,
+            node_id=self.node_id,
+            device=self.worker_settings.device,
+            instance_id=h.instance_id if h is not None else "",
+            epoch=self.epoch,
+        )
+        instance = None
+        if h is not None and h.status != "stopping":  # a stopping one retires itself
+            instance = InstanceRecord(
+                instance_id=h.instance_id,
+                model=h.model,
+                worker_id=self.instance_id,
+                node_id=self.node_id,
+                status=h.status,
+                created_at=time.time(),
+                ready_at=time.time() if h.status == "ready" else None,
+                worker_epoch=self.epoch,
+            )
+        await self.state.restore_worker(worker, instance)
 
     async def on_stop(self) -> None:
         if self._adoptions is not None:
