@@ -15,11 +15,12 @@ PYTEST_ARGS ?=
 # e.g. make bench-throughput THROUGHPUT_ARGS=--quick
 THROUGHPUT_ARGS ?=
 
-.PHONY: install test check lint format typecheck pytest up bench bench-loader bench-serving bench-trace bench-migration bench-throughput clean help
+.PHONY: install test check lint format typecheck pytest chaos up bench bench-loader bench-serving bench-trace bench-migration bench-throughput clean help
 
 help:
 	@echo "make up           install if needed, then run the whole system (Ctrl-C stops it)"
 	@echo "make test         install if needed, then format check, lint, types and all tests"
+	@echo "make chaos        the fault tests (tests/chaos) with more rounds than CI"
 	@echo "make bench-loader checkpoint loading benchmark (one table)"
 	@echo "make bench-serving time to first token: warm, cold from DRAM/SSD/registry, baseline"
 	@echo "make bench-trace   bursty many-model trace: our placement vs round-robin"
@@ -55,6 +56,11 @@ format: install
 
 up: install
 	$(BIN)/sllm up
+
+# The fault tests of tests/chaos with more rounds than CI's one (make chaos CHAOS_ROUNDS=20).
+CHAOS_ROUNDS ?= 5
+chaos: install
+	SLLM_CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(BIN)/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
 
 bench-loader: install
 	$(BIN)/python -m pip install --disable-pip-version-check -q "$(TORCH)" -e ".[test,bench]"

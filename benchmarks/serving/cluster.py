@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from libs.cli.credentials import CREDENTIALS_FILE, read_env_file
 from libs.common.embedded import free_port
 
 from .common import log
@@ -83,8 +84,9 @@ class UpCluster:
                 self.stop()
                 raise RuntimeError(f"sllm up did not come up within {timeout:g}s:\n{tail}")
             time.sleep(0.2)
-        line = next(x for x in self.log_tail(1 << 20).splitlines() if x.startswith("sllm: NATS "))
-        _, _, self.nats_url, _, self.redis_url = line.split()
+        # The bus is authenticated: the admin URLs are in the credentials file, not the log.
+        creds = read_env_file(self.state_dir / CREDENTIALS_FILE)
+        self.nats_url, self.redis_url = creds["SLLM_NATS_URL"], creds["SLLM_REDIS_URL"]
         log(f"sllm up: {self.nodes} nodes x 1 worker up in {time.monotonic() - t0:.1f}s")
         return self
 

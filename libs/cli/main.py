@@ -1,4 +1,5 @@
-"""The ``sllm`` command: ``up``, ``demo-model``, ``convert``, ``events``, ``health``, ``settings``."""
+"""The ``sllm`` command: ``up``, ``demo-model``, ``convert``, ``events``, ``health``,
+``credentials``, ``settings``."""
 
 from __future__ import annotations
 
@@ -70,6 +71,19 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_credentials(args: argparse.Namespace) -> int:
+    from .credentials import write_bundle
+
+    written = write_bundle(
+        args.dir, root=args.root, nats_address=args.nats, redis_address=args.redis
+    )
+    if not written:
+        print(f"sllm credentials: {args.dir} already holds credentials; kept them")
+    for path in written:
+        print(path)
+    return 0
+
+
 def _cmd_settings(args: argparse.Namespace) -> int:
     from libs.common.settings import settings_table
 
@@ -83,11 +97,11 @@ async def _tail_events(url: str, root: str, replay: bool, count: int, timeout: f
     from nats.js.api import DeliverPolicy
 
     from libs.protocol import Bus
-    from libs.protocol.errors import BusError
+    from libs.protocol.errors import BusError, CredentialsError
 
     try:
         bus = await Bus.connect(url, name="sllm-events", root=root)
-    except BusError as exc:
+    except (BusError, CredentialsError) as exc:
         print(f"sllm events: {exc}", file=sys.stderr)
         return 2
     try:
@@ -117,7 +131,9 @@ async def _tail_events(url: str, root: str, replay: bool, count: int, timeout: f
 def _cmd_events(args: argparse.Namespace) -> int:
     from libs.common.settings import CommonSettings
 
-    settings = CommonSettings.from_env()
+    from .credentials import operator_env
+
+    settings = CommonSettings.from_env(operator_env())
     url = args.nats_url or settings.nats_url
     try:
         return asyncio.run(_tail_events(url, settings.root, args.all, args.count, args.timeout))
@@ -129,15 +145,17 @@ async def _health(kind: str, instance_id: str, timeout: float) -> int:
     from libs.common.settings import CommonSettings
     from libs.protocol import Bus
     from libs.protocol.endpoints import SERVICE_INFO
-    from libs.protocol.errors import BusError
+    from libs.protocol.errors import BusError, CredentialsError
     from libs.protocol.messages import InfoRequest
 
-    settings = CommonSettings.from_env()
+    from .credentials import operator_env
+
+    settings = CommonSettings.from_env(operator_env())
     try:
         bus = await Bus.connect(
             settings.nats_url, name="sllm-health", root=settings.root, connect_timeout=timeout
         )
-    except BusError as exc:
+    except (BusError, CredentialsError) as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
         return 1
     try:
@@ -187,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="replay retained events first")
     p.add_argument("--count", type=int, default=0, help="exit after this many events")
     p.add_argument("--timeout", type=float, default=0, help="exit after this many idle seconds")
-    p.add_argument("--nats-url", default="", help="default: SLLM_NATS_URL")
+    p.add_argument(
+        "--nats-url", default="", help="default: SLLM_NATS_URL, else .sllm/credentials.env"
+    )
     p.set_defaults(func=_cmd_events)
 
     p = sub.add_parser("health", help="ask one service instance for its info over the bus")
@@ -195,6 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("instance_id")
     p.add_argument("--timeout", type=float, default=3.0)
     p.set_defaults(func=_cmd_health)
+
+    p = sub.add_parser(
+        "credentials", help="generate NATS users per role and a Valkey password (compose, k8s)"
+    )
+    p.add_argument("dir", type=Path, help="directory for the files (created, mode 0600 files)")
+    p.add_argument("--root", default="sllm", help="the subject root the permissions cover")
+    p.add_argument("--nats", default="nats:4222", help="NATS host:port the URLs name")
+    p.add_argument("--redis", default="redis:6379", help="Valkey host:port the URLs name")
+    p.set_defaults(func=_cmd_credentials)
 
     p = sub.add_parser("settings", help="print every SLLM_* setting as a Markdown table")
     p.set_defaults(func=_cmd_settings)

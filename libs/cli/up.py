@@ -23,9 +23,11 @@ from libs.common.embedded import EmbeddedNats, EmbeddedRedis
 from libs.common.redis_client import connect_redis
 from libs.protocol import Bus, Keys
 from libs.protocol.endpoints import SCHED_DEPLOY
-from libs.protocol.errors import UnavailableError
+from libs.protocol.errors import CredentialsError, UnavailableError, redact_url
 from libs.protocol.messages import DeploymentSpec, DeployRequest
+from libs.protocol.permissions import Role
 
+from .credentials import Credentials, role_of, write_env_file
 from .settings import UpSettings
 from .supervise import Backoff, Child, ChildSpec, ServerChild, Supervisor
 
@@ -105,7 +107,42 @@ def plan(settings: UpSettings, data_dir: Path) -> Plan:
     return p
 
 
-async def _prepare_bus(nats_url: str, redis_url: str, settings: UpSettings) -> None:
+@dataclass
+class BusAccess:
+    """How `sllm up` and its children reach NATS and Redis (URLs with credentials)."""
+
+    nats: str  # as admin (sllm up itself, operators)
+    redis: str
+    role_urls: dict[Role, str] = field(default_factory=dict)  # NATS per service role
+    credentials_file: Path | None = None
+
+
+def _start_servers(settings: UpSettings, data_dir: Path, supervisor: Supervisor) -> BusAccess:
+    """Start (and supervise) the embedded NATS and Valkey the settings do not point to
+    elsewhere, each requiring the credentials generated for this run."""
+    creds = Credentials.generate()
+    access = BusAccess(nats=settings.nats_url, redis=settings.redis_url)
+    if not settings.nats_url:
+        nats = EmbeddedNats(data_dir=data_dir / "nats", users=creds.nats_users(settings.root))
+        supervisor.members.append(ServerChild(nats, BACKOFF))
+        access.role_urls = {role: nats.url_for(role) for role in creds.nats}
+        access.nats = nats.url_for("admin")
+    if not settings.redis_url:
+        # The state of record: an append-only file under the data dir (fsync every
+        # second), so deployments survive a crash of the server and a restart of `sllm up`.
+        redis = EmbeddedRedis(data_dir=data_dir / "redis", persist=True, password=creds.redis)
+        supervisor.members.append(ServerChild(redis, BACKOFF))
+        access.redis = redis.client_url
+    for member in supervisor.members:
+        member.start()
+    if not (settings.nats_url and settings.redis_url):
+        access.credentials_file = write_env_file(
+            data_dir, {"SLLM_NATS_URL": access.nats, "SLLM_REDIS_URL": access.redis}
+        )
+    return access
+
+
+async def _prepare_bus(nats_url: str, settings: UpSettings) -> None:
     bus = await Bus.connect(nats_url, name="sllm-up", root=settings.root)
     try:
         await bus.ensure_event_stream()
@@ -171,26 +208,13 @@ def up(settings: UpSettings) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     the_plan = plan(settings, data_dir)
     supervisor = Supervisor()
-    servers: list[ServerChild] = []
     code = 0
     try:
-        nats_url, redis_url = settings.nats_url, settings.redis_url
-        if not nats_url:
-            servers.append(ServerChild(EmbeddedNats(data_dir=data_dir / "nats"), BACKOFF))
-        if not redis_url:
-            # The state of record: an append-only file under the data dir (fsync every
-            # second), so deployments survive a crash of the server and a restart of `sllm up`.
-            redis = EmbeddedRedis(data_dir=data_dir / "redis", persist=True)
-            servers.append(ServerChild(redis, BACKOFF))
-        for server in servers:
-            server.start()
-            supervisor.members.append(server)
-            if isinstance(server.server, EmbeddedNats):
-                nats_url = server.server.url
-            else:
-                redis_url = server.server.url
-        print(f"sllm: NATS {nats_url}  Redis {redis_url}", flush=True)
-        asyncio.run(_prepare_bus(nats_url, redis_url, settings))
+        bus = _start_servers(settings, data_dir, supervisor)
+        print(f"sllm: NATS {redact_url(bus.nats)}  Redis {redact_url(bus.redis)}", flush=True)
+        if bus.credentials_file is not None:
+            print(f"sllm: credentials for operator tools in {bus.credentials_file}", flush=True)
+        asyncio.run(_prepare_bus(bus.nats, settings))
         model = Path(settings.model) if settings.model else _demo_model(data_dir)
 
         base_env = {
@@ -198,17 +222,25 @@ def up(settings: UpSettings) -> int:
             # the ones `sllm up` decides per child (ids, ports, tier dirs) never do.
             **{k: v for k, v in os.environ.items() if k not in _PER_CHILD_VARS},
             **{k: v for k, v in settings.as_env().items() if k in _COMMON_VARS},
-            "SLLM_NATS_URL": nats_url,
-            "SLLM_REDIS_URL": redis_url,
+            "SLLM_NATS_URL": bus.nats,
+            "SLLM_REDIS_URL": bus.redis,
             "PYTHONUNBUFFERED": "1",
         }
+        # Storage fetches only from allowed sources: this run's models folder and the model
+        # it serves, besides whatever the user allowed.
+        allowed = [str(data_dir / "models"), str(model.resolve())]
+        if os.environ.get("SLLM_REGISTRY_ALLOW"):
+            allowed.append(os.environ["SLLM_REGISTRY_ALLOW"])
+        base_env["SLLM_REGISTRY_ALLOW"] = ",".join(allowed)
         for spec in the_plan.children:
+            if bus.role_urls:  # each service connects as its role, within its permissions
+                spec.env["SLLM_NATS_URL"] = bus.role_urls[role_of(spec.module)]
             child = Child(spec, base_env, BACKOFF)
             child.start()
             supervisor.members.append(child)
-        _wait_until_up(settings, the_plan, supervisor, redis_url, stop_signal)
+        _wait_until_up(settings, the_plan, supervisor, bus.redis, stop_signal)
         name = model_name(settings, model)
-        asyncio.run(_deploy(nats_url, settings, name, model.resolve().as_uri()))
+        asyncio.run(_deploy(bus.nats, settings, name, model.resolve().as_uri()))
         took = time.monotonic() - t0
         print(_banner(settings, name, model, took), flush=True)
         while not stop_signal:
@@ -217,12 +249,16 @@ def up(settings: UpSettings) -> int:
         print("sllm: stopping", flush=True)
     except _Stop:
         code = 1
+    except CredentialsError as exc:
+        print(f"sllm: {exc}", flush=True)
+        code = 2
     except KeyboardInterrupt:
         pass
     finally:
         code = _shutdown([m for m in supervisor.members if isinstance(m, Child)]) or code
-        for server in reversed(servers):
-            server.server.stop()
+        for member in reversed(supervisor.members):
+            if isinstance(member, ServerChild):
+                member.server.stop()
         shutil.rmtree(dram_root(settings), ignore_errors=True)
     return code
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +20,7 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -212,14 +215,87 @@ class EmbeddedServer:
         self.close()
 
 
+_URL_SAFE = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+def check_credential(value: str) -> str:
+    """Users and passwords go into URLs as they are (nats-py does not percent-decode them):
+    letters, digits, '_' and '-' only (what `secrets.token_urlsafe` makes)."""
+    if not _URL_SAFE.fullmatch(value):
+        raise EmbeddedServerError("credentials must be letters, digits, '_' or '-'")
+    return value
+
+
+@dataclass(frozen=True)
+class NatsUser:
+    """One NATS user of an authenticated embedded server, with what it may publish/subscribe."""
+
+    user: str
+    password: str
+    publish: tuple[str, ...] = (">",)
+    subscribe: tuple[str, ...] = (">",)
+
+    def __post_init__(self) -> None:
+        check_credential(self.user)
+        check_credential(self.password)
+
+
+def _private_file(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path``, readable by this user only (it holds credentials)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
+def auth_conf(password: str) -> str:
+    """A valkey config line requiring ``password``."""
+    return f"requirepass {_quoted(password)}\n"
+
+
+def _quoted(value: str) -> str:
+    # nats-server config strings: JSON escaping is a subset it reads; quoted, "$" is literal.
+    return json.dumps(value)
+
+
+def nats_auth_conf(users: tuple[NatsUser, ...]) -> str:
+    """A nats-server ``authorization`` block: these users, each within its permissions."""
+    lines = ["authorization {", "  users = ["]
+    for u in users:
+        pub = ", ".join(_quoted(s) for s in u.publish)
+        sub = ", ".join(_quoted(s) for s in u.subscribe)
+        lines.append(
+            f"    {{user: {_quoted(u.user)}, password: {_quoted(u.password)}, "
+            f"permissions: {{publish: {{allow: [{pub}]}}, subscribe: {{allow: [{sub}]}}}}}}"
+        )
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
+
+
 class EmbeddedNats(EmbeddedServer):
-    """nats-server with JetStream on, storing in the data directory."""
+    """nats-server with JetStream on, storing in the data directory; with ``users``, only
+    they may connect, each within its permissions (the config file is written 0600)."""
 
     name = "nats"
 
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        users: tuple[NatsUser, ...] = (),
+    ):
+        super().__init__(port=port, data_dir=data_dir)
+        self.users = users
+
+    def _write_config(self) -> Path:
+        return _private_file(self.data_dir / "auth.conf", nats_auth_conf(self.users))
+
     def argv(self) -> list[str]:
+        config = ["-c", str(self._write_config())] if self.users else []
         return [
             nats_server_binary(),
+            *config,
             "-a",
             self.host,
             "-p",
@@ -236,7 +312,13 @@ class EmbeddedNats(EmbeddedServer):
 
     @property
     def url(self) -> str:
+        """The address, without credentials (what logs may show)."""
         return f"nats://{self.host}:{self.port}"
+
+    def url_for(self, user: str) -> str:
+        """The address with ``user``'s credentials in it (what a client connects with)."""
+        (match,) = [u for u in self.users if u.user == user]
+        return f"nats://{match.user}:{match.password}@{self.host}:{self.port}"
 
 
 class EmbeddedRedis(EmbeddedServer):
@@ -252,13 +334,18 @@ class EmbeddedRedis(EmbeddedServer):
         port: int | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         persist: bool = False,
+        password: str = "",
     ):
         super().__init__(port=port, data_dir=data_dir)
         self.persist = persist
+        self.password = check_credential(password) if password else ""
 
     def argv(self) -> list[str]:
+        # The password goes in a 0600 config file, not on the command line (`ps` shows argv).
+        auth = [str(_private_file(self.data_dir / "auth.conf", auth_conf(self.password)))]
         return [
             redis_server_binary(),
+            *(auth if self.password else []),
             "--bind",
             self.host,
             "--port",
@@ -278,8 +365,24 @@ class EmbeddedRedis(EmbeddedServer):
         ]
 
     def probe(self) -> Callable[[socket.socket], bool]:
-        return _redis_ready
+        if not self.password:
+            return _redis_ready
+        auth = f"AUTH {self.password}\r\n".encode()
+
+        def ready(sock: socket.socket) -> bool:
+            sock.sendall(auth)
+            return sock.recv(64).startswith(b"+OK") and _redis_ready(sock)
+
+        return ready
 
     @property
     def url(self) -> str:
+        """The address, without the password (what logs may show)."""
         return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def client_url(self) -> str:
+        """The address with the password in it (what a client connects with)."""
+        if not self.password:
+            return self.url
+        return f"redis://:{self.password}@{self.host}:{self.port}/0"

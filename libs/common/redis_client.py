@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
-from libs.protocol.errors import UnavailableError
+from libs.protocol.errors import CredentialsError, UnavailableError, redact_url
 
 
 async def connect_redis(url: str, *, timeout: float = 5.0) -> aioredis.Redis:
@@ -19,7 +19,14 @@ async def connect_redis(url: str, *, timeout: float = 5.0) -> aioredis.Redis:
     )
     try:
         await client.ping()
+    except (AuthenticationError, ResponseError) as exc:
+        await client.aclose()
+        if isinstance(exc, AuthenticationError) or "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            raise CredentialsError(
+                f"Redis at {redact_url(url)} refused the credentials in SLLM_REDIS_URL: {exc}"
+            ) from None
+        raise UnavailableError(f"Redis at {redact_url(url)} answered: {exc!r}") from None
     except (RedisError, OSError) as exc:
         await client.aclose()
-        raise UnavailableError(f"cannot reach Redis at {url}: {exc!r}") from None
+        raise UnavailableError(f"cannot reach Redis at {redact_url(url)}: {exc!r}") from None
     return client

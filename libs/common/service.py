@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from libs.cluster import ClusterState
 from libs.protocol import Bus, BusError, Keys, Route, route
 from libs.protocol.endpoints import SERVICE_INFO
-from libs.protocol.errors import UnavailableError
+from libs.protocol.errors import CredentialsError, UnavailableError
 from libs.protocol.events import (
     ServiceStartedEvent,
     ServiceStoppedEvent,
@@ -196,6 +196,10 @@ def run_service(build: Callable[[], Service], *, startup_timeout: float = 60.0) 
             try:
                 await svc.start()
                 break
+            except CredentialsError as exc:  # configuration, not a server still starting
+                await svc.stop("start failed")
+                log.error("%s could not start: %s", svc.kind, exc)
+                return 2
             except BusError as exc:
                 await svc.stop("start failed")
                 svc = build()

@@ -32,6 +32,13 @@ def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
 
+def _read_secret(path: str, name: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"{name}_FILE={path!r}: {exc.strerror}") from None
+
+
 def _parse(raw: str, typ: Any, name: str) -> Any:
     try:
         if typ is bool:
@@ -79,6 +86,10 @@ class CommonSettings:
                 values[f.name] = overrides[f.name]
             elif name in env:
                 values[f.name] = _parse(env[name], hints[f.name], name)
+            elif name + "_FILE" in env:  # a secret mounted as a file (compose, Kubernetes)
+                values[f.name] = _parse(
+                    _read_secret(env[name + "_FILE"], name), hints[f.name], name
+                )
         settings = cls(**values)
         settings.validate()
         return settings

@@ -30,12 +30,14 @@ from .errors import (
     BadRequestError,
     BusError,
     BusTimeoutError,
+    CredentialsError,
     InternalError,
     NoRespondersError,
     OverloadedError,
     StreamHandedOver,
     UnavailableError,
     error_for_code,
+    redact_url,
 )
 from .events import Event, event_kind
 from .schema import (
@@ -161,15 +163,29 @@ class Bus:
     ) -> Bus:
         """Connect to NATS at ``url``; reconnect forever after a successful first connect."""
 
+        refused: list[str] = []
+
         async def on_error(exc: Exception) -> None:
-            log.debug("nats %s: %s", name, exc)
+            text = str(exc)
+            if "Authorization Violation" in text or "Authentication" in text:
+                refused.append(text)
+            if "permissions violation" in text:
+                # Someone asked for something its role may not do: a bug or an intruder.
+                log.warning("nats %s: %s", name, text)
+            else:
+                log.debug("nats %s: %s", name, text)
 
         async def on_disconnect() -> None:
             log.info("nats %s: disconnected", name)
 
+        made: list[Bus] = []  # the bus, once built: its open streams hear of a reconnect
+
         async def on_reconnect() -> None:
             log.info("nats %s: reconnected", name)
+            for bus in made:
+                bus.reconnected()
 
+        where = redact_url(url)
         try:
             nc = await asyncio.wait_for(
                 nats.connect(
@@ -186,8 +202,20 @@ class Bus:
                 timeout=connect_timeout,
             )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
-            raise UnavailableError(f"cannot connect to NATS at {url}: {exc!r}") from None
-        return cls(nc, root=root, request_timeout=request_timeout)
+            if refused or "Authorization Violation" in str(exc):
+                raise CredentialsError(
+                    f"NATS at {where} refused the credentials (user and password in "
+                    "SLLM_NATS_URL): Authorization Violation"
+                ) from None
+            raise UnavailableError(f"cannot connect to NATS at {where}: {exc!r}") from None
+        made.append(cls(nc, root=root, request_timeout=request_timeout))
+        return made[0]
+
+    def reconnected(self) -> None:
+        """The connection is back (subscriptions restored): streams being read may have lost
+        frames while it was down; they now fail within seconds if nothing more comes."""
+        if self._mux is not None:
+            self._mux.reconnected()
 
     @property
     def connected(self) -> bool:

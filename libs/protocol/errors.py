@@ -126,6 +126,19 @@ def error_for_code(code: str, message: str, detail: dict[str, object] | None = N
     return cls(message, detail=detail)
 
 
+class CredentialsError(Exception):
+    """NATS or Redis refused this process's credentials: a configuration error, reported
+    once and clearly (never retried as if the server were merely down)."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its user and password, for logs and error texts."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
 class StreamHandedOver(Exception):
     """Raised by a stream's chunk iterator when another producer continues the stream (a live
     migration): the producer stops without sending an end, last or error frame."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from typing import Any, Generic, Literal, TypeVar
 
 import nats.errors
@@ -35,6 +36,15 @@ Chunk = TypeVar("Chunk", bound=Message)
 
 # Frames buffered ahead of a gap before the stream is declared broken.
 MAX_REORDER = 4096
+# How long a missing frame may stay missing once later frames have arrived. NATS delivers one
+# publisher's messages in order, so a gap that lasts is a lost frame (a reconnect drops what
+# was in flight), not a late one; a migration's two producers overlap by milliseconds.
+GAP_S = 2.0
+# How long a stream may stay silent after its consumer's bus reconnected. Frames published
+# while the connection was down can be lost for good: the producer's client flushes what it
+# buffered as soon as it is back, which may be before the consumer's subscription is.
+RECONNECT_GRACE_S = 5.0
+_WAKE = b""  # not a frame: wakes a waiting reader (frames are never empty)
 
 
 def decode_frame(data: bytes) -> StreamFrame:
@@ -102,6 +112,11 @@ class InboxMux:
     def detach(self, inbox: str) -> None:
         self._readers.pop(inbox, None)
 
+    def reconnected(self) -> None:
+        """The connection came back: every open stream may have lost frames meanwhile."""
+        for reader in self._readers.values():
+            reader.reconnected()
+
     async def _on_msg(self, msg: Msg) -> None:
         reader = self._readers.get(msg.subject)
         if reader is not None:
@@ -136,6 +151,8 @@ class StreamReader(Generic[Rep, Chunk]):
         self.next_seq = start_seq
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._early: dict[int, StreamFrame] = {}
+        self._gap_since: float | None = None  # when the frame now awaited was first missed
+        self._reconnected_at: float | None = None  # the bus reconnected; no frame since
         self._sub: Subscription | None = None
         self._mux: InboxMux | None = None
         self._cancel_subject: str | None = None
@@ -156,7 +173,14 @@ class StreamReader(Generic[Rep, Chunk]):
 
     def feed(self, data: bytes) -> None:
         """One raw frame from the inbox."""
+        self._reconnected_at = None
         self._queue.put_nowait(data)
+
+    def reconnected(self) -> None:
+        """The bus reconnected: unless a frame arrives within `RECONNECT_GRACE_S`, the stream
+        counts as broken (its frames were lost) instead of waiting for the idle timeout."""
+        self._reconnected_at = time.monotonic()
+        self._queue.put_nowait(_WAKE)  # a reader already waiting recomputes its deadline
 
     def bind_cancel(self, subject: str | None, stream_id: str | None) -> None:
         self._cancel_subject, self._stream_id = subject, stream_id
@@ -185,6 +209,7 @@ class StreamReader(Generic[Rep, Chunk]):
                     )
                 continue
             self.next_seq += 1
+            self._gap_since = None
             if frame.kind in ("data", "last"):
                 try:
                     chunk = validate(frame.data, self.chunk, error=BadReplyError)
@@ -203,22 +228,47 @@ class StreamReader(Generic[Rep, Chunk]):
             raise error_for_code(err.code, err.message, dict(err.detail))
 
     async def _next_frame(self) -> StreamFrame:
-        try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-            # lands as a frame arrives, and the consumer would read on (a client that left).
-            async with asyncio.timeout(self.idle_timeout):
-                data = await self._queue.get()
-        except TimeoutError:
-            await self._fail()
-            raise BusTimeoutError(
-                f"stream {self.inbox}: no frame within {self.idle_timeout:g}s "
-                f"(waiting for seq {self.next_seq})"
-            ) from None
-        try:
-            return decode_frame(data)
-        except BadReplyError:
-            await self._fail()
-            raise
+        started = time.monotonic()
+        while True:
+            reason, wait = self._deadline(started)
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that lands as a frame arrives, and the consumer would read on (a client
+                # that left).
+                async with asyncio.timeout(wait):
+                    data = await self._queue.get()
+            except TimeoutError:
+                await self._fail()
+                raise BusTimeoutError(f"stream {self.inbox}: {reason}") from None
+            if data is _WAKE:
+                continue  # the bus reconnected: the deadline changed
+            try:
+                return decode_frame(data)
+            except BadReplyError:
+                await self._fail()
+                raise
+
+    def _deadline(self, started: float) -> tuple[str, float]:
+        """What the next frame's wait is bounded by, and how long it may still last."""
+        now = time.monotonic()
+        reason = f"no frame within {self.idle_timeout:g}s (waiting for seq {self.next_seq})"
+        wait = self.idle_timeout - (now - started)
+        if self._early:  # later frames are here: the awaited one is late or lost
+            if self._gap_since is None:
+                self._gap_since = now
+            gap_left = GAP_S - (now - self._gap_since)
+            if gap_left < wait:
+                reason = f"frame {self.next_seq} lost ({len(self._early)} later frames arrived)"
+                wait = gap_left
+        if self._reconnected_at is not None and self._queue.empty():
+            grace_left = RECONNECT_GRACE_S - (now - self._reconnected_at)
+            if grace_left < wait:
+                reason = (
+                    f"no frame within {RECONNECT_GRACE_S:g}s of the bus reconnecting (waiting "
+                    f"for seq {self.next_seq}; frames in flight were lost)"
+                )
+                wait = grace_left
+        return reason, max(wait, 0.0)
 
     async def _fail(self) -> None:
         await self.aclose()

@@ -98,6 +98,10 @@ class Subjects:
         return f"{self.root}.streams.{token(server_id)}.cancel"
 
     @property
+    def all_stream_cancels(self) -> str:
+        return f"{self.root}.streams.*.cancel"
+
+    @property
     def demand(self) -> str:
         """Where routers publish their `DemandReport` for the scheduler."""
         return f"{self.root}.sched.demand"

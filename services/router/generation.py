@@ -22,6 +22,7 @@ from libs.protocol import Bus, StreamReader, StreamWriter
 from libs.protocol.endpoints import WORKER_GENERATE
 from libs.protocol.errors import (
     BusError,
+    BusTimeoutError,
     ConflictError,
     InternalError,
     NoRespondersError,
@@ -44,6 +45,7 @@ from libs.protocol.state import InstanceRecord
 from .cluster import ClusterView, least_loaded
 from .demand import DemandTracker
 from .failover import GONE_ERRORS, may_fail_over
+from .liveness import still_serving
 from .metrics import UNKNOWN_MODEL, RouterMetrics
 from .placement import BACKOFF_MAX_S, BACKOFF_MIN_S, ColdStarts
 from .settings import RouterSettings
@@ -360,21 +362,27 @@ class Generation:
             raise exc
         self.failovers += 1
         failed_at = time.monotonic()
+        # The stream went silent or lost a frame (a bus reconnect drops what was in flight)
+        # while its worker still holds the instance: resume there, on a fresh inbox (its
+        # prefix cache makes the recompute cheap); a gone instance is left out for good.
+        lost_frames = isinstance(exc, BusTimeoutError) and await still_serving(b, old)
         log.warning(
-            "request %s: instance %s gone after %d tokens (%s); resuming elsewhere",
+            "request %s: %s after %d tokens (%s); resuming %s",
             self.request.request_id,
-            old.instance_id,
+            f"stream from {old.instance_id} broke" if lost_frames else f"{old.instance_id} gone",
             len(self.generated_token_ids),
             exc.message,
+            "on the same instance" if lost_frames else "elsewhere",
         )
-        b.view.suspect(old.instance_id, DEAD_S)
-        b.view.changed(self.model)
+        if not lost_frames:
+            b.view.suspect(old.instance_id, DEAD_S)
+            b.view.changed(self.model)
         resume = self.resume_request().model_copy(update={"inbox": ""})
         await reader.aclose()
         self._unbind()
         self.deadline = failed_at + b.settings.start_timeout
         try:
-            await self._connect(resume, {old.instance_id})
+            await self._connect(resume, set() if lost_frames else {old.instance_id})
         except BusError as err:
             raise UnavailableError(
                 f"{exc.message}; resuming the generation elsewhere failed: {err.message}",

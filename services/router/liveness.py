@@ -119,23 +119,44 @@ class LivenessWatch:
 
     async def liveness(self, inst: InstanceRecord) -> str | None:
         """Why ``inst`` is gone, or None when it may be alive (see `gone_reason`)."""
-        probe: Probe
-        try:
-            await self.b.bus.request(
-                SERVICE_INFO,
-                InfoRequest(),
-                timeout=min(PROBE_TIMEOUT_S, self.b.settings.request_timeout),
-                kind="worker",
-                instance_id=inst.worker_id,
-            )
-            probe = "answered"
-        except NoRespondersError:
-            probe = "no_responders"
-        except BusTimeoutError:
-            probe = "timeout"
-        except BusError:
-            probe = "error"
-        if probe == "no_responders":
-            return gone_reason(probe, None, inst.instance_id)
-        worker = await read("a worker", lambda: self.b.view.state.get_worker(inst.worker_id))
-        return gone_reason(probe, worker, inst.instance_id)
+        return await instance_liveness(self.b, inst)
+
+
+async def instance_liveness(b: Backend, inst: InstanceRecord) -> str | None:
+    """Why ``inst`` is gone, or None when it may be alive: its worker is asked over the bus
+    (no responders: gone) and its record read (a worker that came back free lost it)."""
+    probe = await _probe(b, inst)
+    if probe == "no_responders":
+        return gone_reason(probe, None, inst.instance_id)
+    worker = await read("a worker", lambda: b.view.state.get_worker(inst.worker_id))
+    return gone_reason(probe, worker, inst.instance_id)
+
+
+async def still_serving(b: Backend, inst: InstanceRecord) -> bool:
+    """Whether ``inst``'s worker answers now and still holds it (a worker that does not
+    answer, or a check that cannot be made, says no: the caller treats it as gone)."""
+    try:
+        if await _probe(b, inst) != "answered":
+            return False
+        worker = await read("a worker", lambda: b.view.state.get_worker(inst.worker_id))
+    except BusError:
+        return False
+    return gone_reason("answered", worker, inst.instance_id) is None
+
+
+async def _probe(b: Backend, inst: InstanceRecord) -> Probe:
+    try:
+        await b.bus.request(
+            SERVICE_INFO,
+            InfoRequest(),
+            timeout=min(PROBE_TIMEOUT_S, b.settings.request_timeout),
+            kind="worker",
+            instance_id=inst.worker_id,
+        )
+    except NoRespondersError:
+        return "no_responders"
+    except BusTimeoutError:
+        return "timeout"
+    except BusError:
+        return "error"
+    return "answered"

@@ -79,6 +79,15 @@ def restarted(cluster: UpCluster, old: psutil.Process) -> bool:
     return new is not None and new.pid != old.pid and bool(store(cluster).ping())
 
 
+def nats_server(cluster: UpCluster) -> psutil.Process | None:
+    assert cluster.proc is not None
+    for c in psutil.Process(cluster.proc.pid).children():
+        with contextlib.suppress(psutil.Error):
+            if c.name() == "nats-server":
+                return c
+    return None
+
+
 def kill_valkey(cluster: UpCluster) -> psutil.Process:
     old = valkey(cluster)
     assert old is not None
@@ -185,3 +194,37 @@ def test_valkey_restarted_without_its_data_heals_without_an_operator(
 
     took = wait_for(records_back, "every record written back", timeout=HEAL_BOUND_S)
     print(f"every record back {took:.1f}s later")
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_nats_killed_mid_stream_the_stream_ends_within_seconds_and_serving_resumes(
+    cluster: UpCluster, client: openai.OpenAI, round_: int
+) -> None:
+    body = {"model": "demo", "prompt": "Once upon a time", "max_tokens": 300, "temperature": 0}
+    reference = client.completions.create(**body, timeout=120).choices[0].text  # type: ignore[call-overload]
+    old = nats_server(cluster)
+    assert old is not None
+    parts: list[str] = []
+    t_kill = 0.0
+    outcome = "complete"
+    stream = client.completions.create(**body, stream=True, timeout=120)  # type: ignore[call-overload]
+    try:
+        for n, chunk in enumerate(stream):
+            parts.append(chunk.choices[0].text if chunk.choices else "")
+            if n == 20:
+                old.kill()
+                t_kill = time.monotonic()
+    except openai.APIError:
+        outcome = "failed"
+    ended_after = time.monotonic() - t_kill
+    print(f"stream {outcome} {ended_after:.1f}s after the kill")
+    # The client's view: the stream is either the whole answer or an error within seconds,
+    # never a hang and never a wrong text.
+    if outcome == "complete":
+        assert "".join(parts) == reference
+    assert ended_after < 20.0
+    took = wait_for(lambda: ask(client) is not None, "serving after the NATS restart", 30)
+    print(f"serving again {took:.1f}s later")
+    new = nats_server(cluster)
+    assert new is not None
+    assert new.pid != old.pid

@@ -14,6 +14,7 @@ from typing import Any
 
 import psutil
 
+from libs.cli.credentials import CREDENTIALS_FILE, read_env_file
 from libs.common.embedded import free_port
 
 SLLM = str(Path(sys.executable).with_name("sllm"))
@@ -76,8 +77,9 @@ class UpCluster:
                 self.stop()
                 raise AssertionError(f"sllm up did not come up:\n{self.log()[-5000:]}")
             time.sleep(0.2)
-        line = next(x for x in self.log().splitlines() if x.startswith("sllm: NATS "))
-        _, _, self.nats_url, _, self.redis_url = line.split()
+        # The bus is authenticated: the admin URLs are in the credentials file, not the log.
+        creds = read_env_file(self.tmp / "state" / CREDENTIALS_FILE)
+        self.nats_url, self.redis_url = creds["SLLM_NATS_URL"], creds["SLLM_REDIS_URL"]
         return self
 
     def service_env(self) -> dict[str, str]:

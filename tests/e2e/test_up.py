@@ -54,8 +54,18 @@ def test_sllm_up_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         assert (model / "config.json").exists()
         assert (model / "tokenizer.json").exists()
 
-        nats_url = output.split("NATS ")[1].split()[0]
-        child_env = {**env, "SLLM_NATS_URL": nats_url}
+        # No open bus: every service has a generated password, and none is ever printed.
+        creds_file = tmp_path / "state" / "credentials.env"
+        assert creds_file.stat().st_mode & 0o777 == 0o600
+        creds = dict(line.split("=", 1) for line in creds_file.read_text().splitlines())
+        for url in creds.values():
+            password = url.split("@")[0].rsplit(":", 1)[1]
+            assert len(password) >= 24
+            assert password not in output
+        bare = output.split("NATS ")[1].split()[0]
+        assert "@" not in bare.replace("***@", "")
+        # Operators' tools find the credentials file of the data dir by themselves.
+        child_env = {**env, "SLLM_DATA_DIR": str(tmp_path / "state")}
         health = subprocess.run(
             [SLLM, "health", "worker", "node-1-w0"], env=child_env, capture_output=True, timeout=30
         )
