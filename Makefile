@@ -15,12 +15,13 @@ PYTEST_ARGS ?=
 # e.g. make bench-throughput THROUGHPUT_ARGS=--quick
 THROUGHPUT_ARGS ?=
 
-.PHONY: install test check lint format typecheck pytest chaos up bench bench-loader bench-serving bench-trace bench-migration bench-throughput clean help
+.PHONY: install test check lint format typecheck pytest chaos soak up bench bench-loader bench-serving bench-trace bench-migration bench-throughput clean help
 
 help:
 	@echo "make up           install if needed, then run the whole system (Ctrl-C stops it)"
 	@echo "make test         install if needed, then format check, lint, types and all tests"
 	@echo "make chaos        the fault tests (tests/chaos) with more rounds than CI"
+	@echo "make soak         10 minutes of mixed traffic with a fault every minute"
 	@echo "make bench-loader checkpoint loading benchmark (one table)"
 	@echo "make bench-serving time to first token: warm, cold from DRAM/SSD/registry, baseline"
 	@echo "make bench-trace   bursty many-model trace: our placement vs round-robin"
@@ -61,6 +62,11 @@ up: install
 CHAOS_ROUNDS ?= 5
 chaos: install
 	SLLM_CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(BIN)/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
+
+# Minutes of mixed traffic with a kill -9 every minute: lost/wrong requests and RSS per service.
+SOAK_ARGS ?=
+soak: install
+	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 bench-loader: install
 	$(BIN)/python -m pip install --disable-pip-version-check -q "$(TORCH)" -e ".[test,bench]"

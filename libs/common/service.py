@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -12,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -32,11 +33,15 @@ from libs.protocol.schema import encode_json
 from .logs import setup_logging
 from .redis_client import connect_redis
 from .settings import CommonSettings
+from .supervise import Restart, Supervisor
 
 log = logging.getLogger(__name__)
 
 ServiceKind = Literal["router", "scheduler", "worker", "storage"]
 VERSION = "0.1.0"
+# The heartbeat handles the store's errors itself: a heartbeat that keeps crashing is a bug,
+# and a service nobody sees alive should exit (and be restarted) rather than linger.
+HEARTBEAT_RESTART = Restart(max_crashes=5, window_s=60.0)
 
 
 def default_instance_id(kind: str) -> str:
@@ -62,6 +67,8 @@ class Service:
         self._bus: Bus | None = None
         self._redis: aioredis.Redis | None = None
         self._store_epoch = ""  # the cluster state store's epoch this service last published to
+        # Every background loop and one-shot task of the service: stop cancels them all.
+        self.tasks = Supervisor(self.kind)
 
     @property
     def bus(self) -> Bus:
@@ -101,6 +108,8 @@ class Service:
 
     async def start(self) -> None:
         s = self.settings
+        if self.tasks.closed:  # started again after a stop
+            self.tasks = Supervisor(self.kind)
         self._bus = await Bus.connect(
             s.nats_url,
             name=f"{self.kind}:{self.instance_id}",
@@ -110,14 +119,14 @@ class Service:
         self._stack.push_async_callback(self._bus.close)
         self._redis = await connect_redis(s.redis_url, timeout=s.request_timeout)
         self._stack.push_async_callback(self._redis.aclose)
+        self._stack.push_async_callback(self.tasks.aclose)
         try:
             self._store_epoch = await ClusterState(self._redis, self.keys).store_epoch()
         except (RedisError, OSError) as exc:
             raise UnavailableError(f"cannot read the cluster state: {exc!r}") from None
         await self.on_start()
-        await self._bus.serve(self.kind, self.routes(), version=VERSION)
-        heartbeat = asyncio.create_task(self._heartbeat())
-        self._stack.callback(heartbeat.cancel)
+        await self._bus.serve(self.kind, [_state_errors(r) for r in self.routes()], version=VERSION)
+        self.tasks.loop("heartbeat", self._heartbeat, restart=HEARTBEAT_RESTART)
         await self._bus.emit(
             ServiceStartedEvent(
                 source=self.instance_id, service=self.kind, version=VERSION, settings=s.public()
@@ -126,9 +135,13 @@ class Service:
         log.info("%s %s started", self.kind, self.instance_id)
 
     async def stop(self, reason: str = "") -> None:
-        """Announce, forget the liveness key, run ``on_stop`` and close everything."""
-        with contextlib.suppress(Exception):
+        """Stop the background tasks, announce, forget the liveness key, run ``on_stop`` and
+        close everything."""
+        await self.tasks.aclose()
+        try:
             await self.on_stop()
+        except Exception:
+            log.exception("%s: on_stop failed", self.kind)
         if self._bus is not None:
             await self._bus.emit(
                 ServiceStoppedEvent(source=self.instance_id, service=self.kind, reason=reason)
@@ -171,6 +184,21 @@ class Service:
         )
 
 
+def _state_errors(r: Route) -> Route:
+    """``r`` whose handler answers "unavailable" (503, worth retrying) when the cluster state
+    store cannot be reached, instead of an internal error: a Redis restart is an outage of
+    seconds that callers wait out, not a bug."""
+    handler = r.handler
+
+    async def guarded(req: Any) -> Any:
+        try:
+            return await handler(req)
+        except (RedisError, OSError) as exc:
+            raise UnavailableError(f"cluster state unreachable: {exc!r}") from None
+
+    return dataclasses.replace(r, handler=guarded)
+
+
 def fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop when it is installed (a dependency; not on Windows): the same
     asyncio API with a faster loop and socket I/O; else None (asyncio's own)."""
@@ -208,13 +236,20 @@ def run_service(build: Callable[[], Service], *, startup_timeout: float = 60.0) 
                     return 2
                 log.warning("%s start failed, retrying: %s", svc.kind, exc)
                 await asyncio.sleep(1.0)
-        await stop.wait()
+        crashed = asyncio.ensure_future(svc.tasks.crashed.wait())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([crashed, stopped], return_when=asyncio.FIRST_COMPLETED)
+        crashed.cancel()
+        stopped.cancel()
+        failed = svc.tasks.crashed.is_set()
+        if failed:
+            log.critical("%s stops: a background task crashed: %r", svc.kind, svc.tasks.error)
         try:
-            await asyncio.wait_for(svc.stop("signal"), 15)
+            await asyncio.wait_for(svc.stop("crashed" if failed else "signal"), 15)
         except TimeoutError:
             log.error("%s did not stop within 15 s", svc.kind)
             return 1
-        return 0
+        return 1 if failed else 0
 
     with asyncio.Runner(loop_factory=fast_loop_factory()) as runner:
         return runner.run(main())

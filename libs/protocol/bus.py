@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -24,6 +23,7 @@ from nats.aio.subscription import Subscription
 from nats.micro import add_service
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import Service as MicroService
+from nats.nuid import NUID
 
 from .errors import (
     BadReplyError,
@@ -34,14 +34,12 @@ from .errors import (
     InternalError,
     NoRespondersError,
     OverloadedError,
-    StreamHandedOver,
     UnavailableError,
     error_for_code,
     redact_url,
 )
 from .events import Event, event_kind
 from .schema import (
-    CancelStream,
     ErrorBody,
     Message,
     decode,
@@ -50,12 +48,12 @@ from .schema import (
     encode_json,
     error_body,
 )
-from .stream import InboxMux, StreamReader, StreamWriter
+from .stream import InboxMux, StreamReader
+from .streaming import Consumers, Producers
+from .streaming import Stream as Stream  # re-exported: handlers return it
 from .subjects import (
-    CANCEL_SUBJECT_HEADER,
     ERROR_CODE_HEADER,
     ERROR_HEADER,
-    STREAM_ID_HEADER,
     Endpoint,
     StreamEndpoint,
     Subjects,
@@ -70,17 +68,7 @@ Rep = TypeVar("Rep", bound=Message)
 Chunk = TypeVar("Chunk", bound=Message)
 
 DEFAULT_REQUEST_TIMEOUT = 5.0
-# How long a stream's acknowledgement may wait to travel together with the first frame.
-ACK_COALESCE_S = 0.005
 NO_RESPONDERS_GRACE = 0.5
-
-
-@dataclass
-class Stream(Generic[Rep, Chunk]):
-    """What a stream handler returns: the acknowledgement, then the chunks to publish."""
-
-    ack: Rep
-    chunks: AsyncIterator[Chunk]
 
 
 Handler = Callable[[Any], Awaitable[Any]]
@@ -141,14 +129,15 @@ class Bus:
         self.subjects = Subjects(root)
         self.root = root
         self.request_timeout = request_timeout
-        self.instance_id = nc._nuid.next().decode().lower()
+        self.instance_id = NUID().next().decode().lower()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._streams: dict[str, asyncio.Task[Any]] = {}
-        self._mux: InboxMux | None = None  # the inboxes of the streams this bus consumes
         self._services: list[MicroService] = []
         self._subs: list[Subscription] = []
-        self._cancel_sub: Subscription | None = None
         self._inflight = 0
+        # Streamed replies: those this connection produces and those it consumes.
+        cancels = self.subjects.stream_cancel(self.instance_id)
+        self._producers = Producers(nc, cancels, self.spawn)
+        self._consumers = Consumers(nc, self.request_msg, self.spawn)
 
     @classmethod
     async def connect(
@@ -214,8 +203,12 @@ class Bus:
     def reconnected(self) -> None:
         """The connection is back (subscriptions restored): streams being read may have lost
         frames while it was down; they now fail within seconds if nothing more comes."""
-        if self._mux is not None:
-            self._mux.reconnected()
+        self._consumers.reconnected()
+
+    @property
+    def _mux(self) -> InboxMux | None:
+        """The inboxes of the streams this bus consumes (None before the first)."""
+        return self._consumers.mux
 
     @property
     def connected(self) -> bool:
@@ -285,6 +278,29 @@ class Bus:
         """Typed request/reply on ``endpoint``; raises a `BusError` subclass on any failure."""
         subject = endpoint.subject(self.root, **params)
         reply = await self.request_msg(subject, encode(msg), timeout=timeout)
+        return decode(reply.data, endpoint.reply, error=BadReplyError)
+
+    async def request_once(
+        self,
+        endpoint: Endpoint[Req, Rep],
+        msg: Req,
+        *,
+        timeout: float | None = None,
+        **params: str,
+    ) -> Rep:
+        """`request` without retrying "no responders": for liveness checks of a peer that has
+        served ``endpoint`` for a while, where "no responders" means its connection is gone."""
+        subject = endpoint.subject(self.root, **params)
+        t = self.request_timeout if timeout is None else timeout
+        try:
+            reply = await self.nc.request(subject, encode(msg), timeout=t)
+        except nats.errors.NoRespondersError:
+            raise NoRespondersError(f"no service answers {subject}") from None
+        except nats.errors.TimeoutError:
+            raise BusTimeoutError(f"no reply on {subject} within {t:g}s") from None
+        except (nats.errors.Error, OSError) as exc:
+            raise UnavailableError(f"request on {subject} failed: {exc!r}") from None
+        raise_if_error(reply, subject)
         return decode(reply.data, endpoint.reply, error=BadReplyError)
 
     # --- pub / sub ------------------------------------------------------------------------
@@ -381,7 +397,7 @@ class Bus:
                 queue_group=r.queue or "q",
             )
         if any(isinstance(r.endpoint, StreamEndpoint) for r in routes):
-            await self._serve_cancels()
+            await self._producers.serve_cancels(self.subscribe)
         await self.nc.flush(timeout=5)
         return svc
 
@@ -408,7 +424,8 @@ class Bus:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("bus task failed", exc_info=task.exception())
+            what = getattr(task.get_coro(), "__qualname__", task.get_name())
+            log.error("bus task %s failed", what, exc_info=task.exception())
 
     async def _handle(self, r: Route, subject: str, req: MicroRequest) -> None:
         self._inflight += 1
@@ -416,7 +433,7 @@ class Bus:
             msg = decode(req.data, r.endpoint.request, error=BadRequestError)
             result = await r.handler(msg)
             if isinstance(r.endpoint, StreamEndpoint):
-                await self._start_stream(r.endpoint, msg, result, req)
+                await self._producers.start(r.endpoint, msg, result, req)
             else:
                 if not isinstance(result, r.endpoint.reply):
                     raise InternalError(
@@ -437,74 +454,7 @@ class Bus:
         with contextlib.suppress(Exception):
             await req.respond(body, headers=headers)
 
-    # --- streams --------------------------------------------------------------------------
-
-    async def _start_stream(
-        self, endpoint: StreamEndpoint[Any, Any, Any], msg: Message, result: Any, req: MicroRequest
-    ) -> None:
-        if not isinstance(result, Stream) or not isinstance(result.ack, endpoint.reply):
-            raise InternalError(f"{endpoint.name}: stream handler must return Stream(ack, chunks)")
-        inbox = getattr(msg, "inbox", "")
-        start_seq = getattr(msg, "start_seq", 0)
-        if not inbox:
-            with contextlib.suppress(Exception):
-                await result.chunks.aclose()  # type: ignore[attr-defined]
-            raise BadRequestError(f"{endpoint.name}: stream request without an inbox")
-        writer = StreamWriter(self.nc, inbox, start_seq=start_seq)
-        stream_id = self.nc._nuid.next().decode()
-        headers = {
-            STREAM_ID_HEADER: stream_id,
-            CANCEL_SUBJECT_HEADER: self.subjects.stream_cancel(self.instance_id),
-        }
-        ack = _Ack(req.subject, functools.partial(req.respond, encode(result.ack), headers=headers))
-        # Register the producer before acknowledging, so a cancel that races the ack finds it.
-        task = self.spawn(self._produce(endpoint, writer, result.chunks, ack))
-        self._streams[stream_id] = task
-        task.add_done_callback(lambda _: self._streams.pop(stream_id, None))
-        # The acknowledgement goes out with the first frame when that comes soon (one message
-        # write and one wake-up of the consumer less), else on its own after ACK_COALESCE_S.
-        timer = asyncio.get_running_loop().call_later(ACK_COALESCE_S, lambda: self.spawn(ack()))
-        task.add_done_callback(lambda _: timer.cancel())
-
-    async def _produce(
-        self,
-        endpoint: StreamEndpoint[Any, Any, Any],
-        writer: StreamWriter,
-        chunks: AsyncIterator[Message],
-        ack: _Ack,
-    ) -> None:
-        try:
-            async for chunk in chunks:
-                if not isinstance(chunk, endpoint.chunk):
-                    raise InternalError(
-                        f"{endpoint.name}: produced {type(chunk).__name__}, "
-                        f"expected {endpoint.chunk.__name__}"
-                    )
-                last = endpoint.ends is not None and endpoint.ends(chunk)
-                await ack()
-                await writer.send(chunk, last=last)
-                if last:
-                    return  # the stream is over for the consumer; `finally` closes the source
-            await ack()
-            await writer.end()
-        except asyncio.CancelledError:
-            # The consumer cancelled (or the bus is closing): nobody is listening any more.
-            raise
-        except StreamHandedOver:
-            return  # another producer continues the stream at the next sequence number
-        except BusError as exc:
-            await ack()
-            await writer.fail(exc)
-        except Exception as exc:
-            log.exception("stream producer of %s raised", endpoint.name)
-            await ack()
-            await writer.fail(InternalError(f"{endpoint.name}: {exc!r}"))
-        finally:
-            await ack()  # a consumer cancelled before the ack still waits for it
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
+    # --- streams (producing and consuming them: `streaming.py`) --------------------------
 
     def continue_stream(
         self,
@@ -513,35 +463,24 @@ class Bus:
         *,
         inbox: str,
         start_seq: int,
+        instance_id: str = "",
+        worker_id: str = "",
     ) -> tuple[str, str]:
         """Produce ``chunks`` into a stream another producer began (live migration): frames
-        numbered from ``start_seq`` go to ``inbox``, exactly as `serve` would publish them.
+        numbered from ``start_seq`` go to ``inbox``, exactly as `serve` would publish them,
+        announced in-band by a `MovedFrame` (naming ``instance_id`` and ``worker_id``) just
+        before the first of them, so the consumer follows the stream to this producer.
 
         The stream can be cancelled like any this bus produces (when it serves a stream
         endpoint); returns the ``(cancel subject, stream id)`` a consumer would cancel it with.
         """
-
-        async def no_ack() -> None:
-            return None
-
-        writer = StreamWriter(self.nc, inbox, start_seq=start_seq)
-        stream_id = self.nc._nuid.next().decode()
-        task = self.spawn(self._produce(endpoint, writer, chunks, _Ack(inbox, no_ack)))
-        self._streams[stream_id] = task
-        task.add_done_callback(lambda _: self._streams.pop(stream_id, None))
-        return self.subjects.stream_cancel(self.instance_id), stream_id
-
-    async def _serve_cancels(self) -> None:
-        if self._cancel_sub is not None:
-            return
-
-        async def on_cancel(msg: CancelStream) -> None:
-            task = self._streams.get(msg.stream_id)
-            if task is not None:
-                task.cancel()
-
-        self._cancel_sub = await self.subscribe(
-            self.subjects.stream_cancel(self.instance_id), CancelStream, on_cancel
+        return self._producers.continue_(
+            endpoint,
+            chunks,
+            inbox=inbox,
+            start_seq=start_seq,
+            instance_id=instance_id,
+            worker_id=worker_id,
         )
 
     async def stream(
@@ -560,61 +499,6 @@ class Bus:
         cancels the producer.
         """
         subject = endpoint.subject(self.root, **params)
-        if self._mux is None:
-            self._mux = InboxMux(self.nc)
-        inbox = getattr(msg, "inbox", "") or self._mux.new_inbox()
-        msg = msg.model_copy(update={"inbox": inbox})
-        reader: StreamReader[Rep, Chunk] = StreamReader(
-            self.nc,
-            inbox,
-            endpoint.chunk,
-            idle_timeout=idle_timeout,
-            start_seq=getattr(msg, "start_seq", 0),
+        return await self._consumers.open(
+            endpoint, subject, msg, timeout=timeout, idle_timeout=idle_timeout
         )
-        await reader.open(self._mux)
-        ack = asyncio.ensure_future(self.request_msg(subject, encode(msg), timeout=timeout))
-        try:
-            reply = await asyncio.shield(ack)
-            reader.ack = decode(reply.data, endpoint.reply, error=BadReplyError)
-        except asyncio.CancelledError:
-            # The caller gave up while the producer may be starting: once its acknowledgement
-            # names the stream, cancel it there, or it would produce for nobody.
-            self.spawn(self._cancel_when_acked(ack, reader))
-            raise
-        except BaseException:
-            await reader.aclose()
-            raise
-        _bind_cancel(reader, reply)
-        return reader
-
-    async def _cancel_when_acked(
-        self, ack: asyncio.Future[Msg], reader: StreamReader[Any, Any]
-    ) -> None:
-        try:
-            _bind_cancel(reader, await ack)
-        except BusError:
-            pass  # no producer was started
-        finally:
-            await reader.aclose()
-
-
-class _Ack:
-    """A stream's acknowledgement, sent exactly once by whoever calls first."""
-
-    def __init__(self, subject: str, send: Callable[[], Awaitable[None]]) -> None:
-        self.subject = subject
-        self._send: Callable[[], Awaitable[None]] | None = send
-
-    async def __call__(self) -> None:
-        send, self._send = self._send, None
-        if send is None:
-            return
-        try:
-            await send()
-        except Exception as exc:  # the consumer's inbox is gone or the bus is closing
-            log.warning("cannot acknowledge the stream request on %s: %r", self.subject, exc)
-
-
-def _bind_cancel(reader: StreamReader[Any, Any], reply: Msg) -> None:
-    headers = reply.headers or {}
-    reader.bind_cancel(headers.get(CANCEL_SUBJECT_HEADER), headers.get(STREAM_ID_HEADER))

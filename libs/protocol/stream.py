@@ -3,7 +3,9 @@
 The producer numbers frames from ``start_seq``; the consumer delivers them in order, drops
 duplicates and buffers frames that arrive early. That is what lets a stream move to another
 producer (migration, failover) without the consumer noticing: the new producer simply
-continues the numbering.
+continues the numbering. A producer that takes over a live stream (migration) also announces
+itself in-band, with a `MovedFrame` just before its first frame: the consumer learns who
+produces the stream now (and where a cancel goes) from the stream itself, not from an event.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import nats.errors
 from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from pydantic import Field
 
 from .errors import BadReplyError, BusError, BusTimeoutError, UnavailableError, error_for_code
 from .schema import (
@@ -44,7 +47,22 @@ GAP_S = 2.0
 # while the connection was down can be lost for good: the producer's client flushes what it
 # buffered as soon as it is back, which may be before the consumer's subscription is.
 RECONNECT_GRACE_S = 5.0
+# Hand-over notices held for sequence numbers not reached yet (more is a broken producer).
+MAX_MOVES = 64
 _WAKE = b""  # not a frame: wakes a waiting reader (frames are never empty)
+
+
+class MovedFrame(Message):
+    """In-band hand-over of a stream (live migration): from frame ``seq`` on, the stream comes
+    from the producer named here. It takes no sequence number of its own: it travels just
+    before that producer's frame ``seq``, and a cancel now goes to ``cancel_subject``."""
+
+    seq: int = Field(ge=0)
+    kind: Literal["moved"] = "moved"
+    cancel_subject: str
+    stream_id: str
+    instance_id: str = ""
+    worker_id: str = ""
 
 
 def decode_frame(data: bytes) -> StreamFrame:
@@ -52,16 +70,38 @@ def decode_frame(data: bytes) -> StreamFrame:
     return validate(unpack(data, error=BadReplyError), StreamFrame, error=BadReplyError)
 
 
-class StreamWriter:
-    """Publishes numbered frames to one inbox."""
+def decode_any_frame(data: bytes) -> StreamFrame | MovedFrame:
+    """A frame or a hand-over notice."""
+    obj = unpack(data, error=BadReplyError)
+    if isinstance(obj, dict) and obj.get("kind") == "moved":
+        return validate(obj, MovedFrame, error=BadReplyError)
+    return validate(obj, StreamFrame, error=BadReplyError)
 
-    def __init__(self, nc: NATSClient, inbox: str, *, start_seq: int = 0) -> None:
+
+class StreamWriter:
+    """Publishes numbered frames to one inbox; ``announce`` (a producer taking over a stream)
+    goes out just before the first frame, and not at all if no frame ever does."""
+
+    def __init__(
+        self,
+        nc: NATSClient,
+        inbox: str,
+        *,
+        start_seq: int = 0,
+        announce: MovedFrame | None = None,
+    ) -> None:
         self.nc = nc
         self.inbox = inbox
         self.seq = start_seq
+        self._announce = announce
 
     async def _put(self, frame: StreamFrame) -> None:
         try:
+            if self._announce is not None:
+                announce, self._announce = self._announce, None
+                await self.nc.publish(
+                    self.inbox, encode(announce.model_copy(update={"seq": frame.seq}))
+                )
             await self.nc.publish(self.inbox, encode(frame))
         except (nats.errors.Error, OSError) as exc:
             raise UnavailableError(f"cannot publish to stream {self.inbox}: {exc!r}") from None
@@ -158,6 +198,11 @@ class StreamReader(Generic[Rep, Chunk]):
         self._cancel_subject: str | None = None
         self._stream_id: str | None = None
         self._done = False
+        self._moves: dict[int, MovedFrame] = {}  # hand-overs at sequence numbers not reached
+        self.producer: MovedFrame | None = None  # the latest producer that took the stream over
+        self.moves = 0  # hand-overs followed
+        self._unseen: MovedFrame | None = None  # a hand-over `take_moved` has not returned
+        self._interrupt: tuple[BusError, int] | None = None  # see `interrupt`
 
     async def open(self, mux: InboxMux | None = None) -> None:
         """Start receiving: through ``mux`` when it owns the inbox, else a subscription."""
@@ -185,6 +230,20 @@ class StreamReader(Generic[Rep, Chunk]):
     def bind_cancel(self, subject: str | None, stream_id: str | None) -> None:
         self._cancel_subject, self._stream_id = subject, stream_id
 
+    def take_moved(self) -> MovedFrame | None:
+        """The latest hand-over followed since the last call (None: the producer is the same)."""
+        moved, self._unseen = self._unseen, None
+        return moved
+
+    def interrupt(self, exc: BusError) -> None:
+        """End the stream with ``exc`` from outside (its producer is known to be gone), once the
+        frames already received are delivered, unless they hand the stream over to another
+        producer first (a migration: then the producer that went away no longer matters)."""
+        if self._done:
+            return
+        self._interrupt = (exc, self.moves)
+        self._queue.put_nowait(_WAKE)
+
     @property
     def done(self) -> bool:
         return self._done
@@ -196,7 +255,13 @@ class StreamReader(Generic[Rep, Chunk]):
         while True:
             if self._done:
                 raise StopAsyncIteration
+            due = self._moves.pop(self.next_seq, None)
+            if due is not None:
+                self._follow(due)
             frame = self._early.pop(self.next_seq, None) or await self._next_frame()
+            if isinstance(frame, MovedFrame):
+                self._hold(frame)
+                continue
             if frame.seq < self.next_seq:
                 continue  # a duplicate, e.g. from the old producer after a migration
             if frame.seq > self.next_seq:
@@ -227,7 +292,23 @@ class StreamReader(Generic[Rep, Chunk]):
             err = frame.error or ErrorBody(code="internal", message="error frame without body")
             raise error_for_code(err.code, err.message, dict(err.detail))
 
-    async def _next_frame(self) -> StreamFrame:
+    def _hold(self, move: MovedFrame) -> None:
+        """Follow ``move`` once every frame before its sequence number is delivered."""
+        if move.seq < self.next_seq:
+            return  # stale: another producer already delivered the frames from there on
+        if move.seq == self.next_seq:
+            self._follow(move)
+            return
+        if len(self._moves) >= MAX_MOVES:
+            self._moves.pop(min(self._moves))
+        self._moves[move.seq] = move
+
+    def _follow(self, move: MovedFrame) -> None:
+        self.bind_cancel(move.cancel_subject, move.stream_id)
+        self.producer = self._unseen = move
+        self.moves += 1
+
+    async def _next_frame(self) -> StreamFrame | MovedFrame:
         started = time.monotonic()
         while True:
             reason, wait = self._deadline(started)
@@ -240,10 +321,11 @@ class StreamReader(Generic[Rep, Chunk]):
             except TimeoutError:
                 await self._fail()
                 raise BusTimeoutError(f"stream {self.inbox}: {reason}") from None
-            if data is _WAKE:
-                continue  # the bus reconnected: the deadline changed
+            if data is _WAKE:  # the bus reconnected (the deadline changed), or an interrupt
+                await self._interrupted()
+                continue
             try:
-                return decode_frame(data)
+                return decode_any_frame(data)
             except BadReplyError:
                 await self._fail()
                 raise
@@ -269,6 +351,15 @@ class StreamReader(Generic[Rep, Chunk]):
                 )
                 wait = grace_left
         return reason, max(wait, 0.0)
+
+    async def _interrupted(self) -> None:
+        """Raise the pending interrupt unless the stream changed producer since it came."""
+        if self._interrupt is None:
+            return
+        (exc, moves), self._interrupt = self._interrupt, None
+        if moves == self.moves and not self._moves:
+            await self._fail()
+            raise exc
 
     async def _fail(self) -> None:
         await self.aclose()

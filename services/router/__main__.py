@@ -15,7 +15,8 @@ from .settings import RouterSettings
 def main() -> int:
     settings = RouterSettings.from_env()
     setup_logging(settings.log_level, "router")
-    app = create_app(RouterService(settings))
+    svc = RouterService(settings)
+    app = create_app(svc)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -27,7 +28,10 @@ def main() -> int:
         )
     )
     server.run()
-    return 0 if server.started else 2
+    if not server.started:
+        return 2
+    # A background loop that crashed for good shut the server down: say so to the supervisor.
+    return 1 if svc.tasks.crashed.is_set() else 0
 
 
 if __name__ == "__main__":

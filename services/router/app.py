@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import ClassVar
@@ -29,6 +30,7 @@ from libs.protocol.events import (
 from .auth import ApiKeys
 from .body_limit import BodyLimit
 from .cluster import ClusterView
+from .cold_queue import ColdQueue
 from .demand import DemandTracker
 from .deployments import DeploymentsApi
 from .errors import ApiError, from_bus, invalid_request, to_api_error
@@ -36,7 +38,6 @@ from .generation import Backend
 from .hotpath import HotPath
 from .liveness import LivenessWatch
 from .metrics import RouterMetrics
-from .placement import ColdStarts
 from .routes import api_key_check, v1_routes
 from .serving import OpenAIServing
 from .settings import RouterSettings
@@ -56,7 +57,7 @@ class RouterService(Service):
         self.metrics = RouterMetrics()
         self._serving: OpenAIServing | None = None
         self._deployments: DeploymentsApi | None = None
-        self._starts: ColdStarts | None = None
+        self._starts: ColdQueue | None = None
         self._demand: DemandTracker | None = None
 
     @property
@@ -76,7 +77,7 @@ class RouterService(Service):
         view = ClusterView(ClusterState(self.redis, self.keys), ttl=s.instance_cache_ttl)
         demand = DemandTracker(self.bus, self.instance_id, refresh_s=s.demand_refresh_interval)
         self._demand = demand
-        self._starts = ColdStarts(
+        self._starts = ColdQueue(
             self.bus,
             view,
             self.metrics,
@@ -86,16 +87,18 @@ class RouterService(Service):
             on_change=demand.changed,
         )
         demand.waiting = self._starts.waiting
-        refresh = asyncio.create_task(demand.run())
-        self._stack.callback(refresh.cancel)
+        self.tasks.loop("demand", demand.run)
         backend = Backend(
             self.bus, view, self._starts, self.metrics, s, self.instance_id, demand=demand
         )
         self._serving = OpenAIServing(backend)
-        watch = asyncio.create_task(LivenessWatch(backend).run())  # silent instances
-        self._stack.callback(watch.cancel)
+        self.tasks.loop("liveness", LivenessWatch(backend).run)  # silent instances
         self._deployments = DeploymentsApi(backend, s.allow_list())
 
+        # The events below are hints that may speed things up: losing one never misroutes a
+        # stream. A migrated stream announces its new producer in-band (the reader follows
+        # it), a stopping worker ends its streams with an error frame, and the liveness watch
+        # finds dead workers.
         async def on_instance(ev: InstanceReadyEvent) -> None:
             view.changed(ev.model)
 
@@ -162,9 +165,11 @@ def create_fastapi(svc: RouterService) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await svc.start()
+        crashed = asyncio.ensure_future(_stop_when_crashed(svc))
         try:
             yield
         finally:
+            crashed.cancel()
             await svc.stop("shutdown")
 
     app = FastAPI(title="sllm", version="0.1.0", lifespan=lifespan)
@@ -215,3 +220,11 @@ def create_fastapi(svc: RouterService) -> FastAPI:
 
     app.include_router(v1_routes(svc))
     return app
+
+
+async def _stop_when_crashed(svc: RouterService) -> None:
+    """A background loop that crashed for good stops the router as `run_service` stops the
+    other services: uvicorn shuts down on SIGTERM (loudly: the cause is logged first)."""
+    await svc.tasks.crashed.wait()
+    log.critical("router stops: a background task crashed: %r", svc.tasks.error)
+    signal.raise_signal(signal.SIGTERM)

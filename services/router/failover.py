@@ -8,6 +8,7 @@ tokens already sent (`services.router.generation`); these functions decide when.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 from libs.protocol.errors import BusTimeoutError, UnavailableError
@@ -19,6 +20,45 @@ GONE_ERRORS = (UnavailableError, BusTimeoutError)
 
 # What asking the worker for its info over the bus gave.
 Probe = Literal["answered", "no_responders", "timeout", "error"]
+
+# A stream silent for this many of its typical gaps between chunks has its worker checked...
+SILENCE_GAPS = 8.0
+# ...but not before this much silence: a healthy stream stalls for a few hundred ms now and
+# then (a batch neighbour's prefill chunk, a pause of the worker's loop); such a check costs
+# one bus round trip and is answered. At 50 tokens/s (a slow GPU) this is the limit.
+MIN_SILENCE_S = 0.3
+# Weight of the newest gap in a stream's typical gap (an exponentially weighted mean).
+PACE_WEIGHT = 0.2
+
+
+@dataclass
+class Pace:
+    """A stream's typical gap between chunks, from its second chunk on: the wait for the
+    first one (queueing, prefill) says nothing about how often the next ones come."""
+
+    gap: float | None = None
+    last: float | None = None
+
+    def frame(self, now: float) -> None:
+        """A chunk arrived at ``now``."""
+        if self.last is not None:
+            gap = now - self.last
+            self.gap = gap if self.gap is None else self.gap + PACE_WEIGHT * (gap - self.gap)
+        self.last = now
+
+    def restart(self) -> None:
+        """The stream comes from another producer now: its first chunk (after a recompute)
+        is not a gap; the typical gap so far stays the best guess."""
+        self.last = None
+
+
+def silence_limit(gap: float | None, interval: float) -> float:
+    """How long a stream whose typical gap between chunks is ``gap`` may stay silent before
+    its worker is checked: `SILENCE_GAPS` gaps, within [`MIN_SILENCE_S`, ``interval``];
+    ``interval`` while it has no pace yet. A dead worker is found that much sooner."""
+    if gap is None:
+        return interval
+    return min(max(SILENCE_GAPS * gap, MIN_SILENCE_S), interval)
 
 
 def resumable(exc: BaseException) -> bool:
@@ -33,21 +73,26 @@ def may_fail_over(*, done: int, limit: int, finished: bool, started: bool) -> bo
 
 
 def silent(
-    last_frame: Mapping[str, float], now: float, interval: float, last_probe: Mapping[str, float]
+    last_frame: Mapping[str, float],
+    now: float,
+    interval: float,
+    last_probe: Mapping[str, float],
+    limits: Mapping[str, float] | None = None,
 ) -> list[str]:
     """The instances worth a liveness check: every stream from them has been silent for
-    ``interval`` seconds, and they were not checked within the last ``interval``.
+    their limit (``limits``, else ``interval``), and they were not checked within it.
 
     ``last_frame`` maps an instance to the latest frame (or stream start) of any of its
     streams; ``last_probe`` to when it was last checked. ``interval`` <= 0: never.
     """
     if interval <= 0:
         return []
-    return sorted(
-        iid
-        for iid, at in last_frame.items()
-        if now - at >= interval and now - last_probe.get(iid, float("-inf")) >= interval
-    )
+    out = []
+    for iid, at in last_frame.items():
+        limit = limits.get(iid, interval) if limits else interval
+        if now - at >= limit and now - last_probe.get(iid, float("-inf")) >= limit:
+            out.append(iid)
+    return sorted(out)
 
 
 def gone_reason(probe: Probe, worker: WorkerRecord | None, instance_id: str) -> str | None:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from libs.protocol import Bus, StreamReader, StreamWriter
+from libs.protocol import Bus, StreamReader
 from libs.protocol.endpoints import WORKER_GENERATE
 from libs.protocol.errors import (
     BusError,
@@ -43,11 +43,11 @@ from libs.protocol.messages import (
 from libs.protocol.state import InstanceRecord
 
 from .cluster import ClusterView, least_loaded
+from .cold_queue import BACKOFF_MAX_S, BACKOFF_MIN_S, ColdQueue
 from .demand import DemandTracker
-from .failover import GONE_ERRORS, may_fail_over
+from .failover import GONE_ERRORS, Pace, may_fail_over
 from .liveness import still_serving
 from .metrics import UNKNOWN_MODEL, RouterMetrics
-from .placement import BACKOFF_MAX_S, BACKOFF_MIN_S, ColdStarts
 from .settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Backend:
 
     bus: Bus
     view: ClusterView
-    starts: ColdStarts
+    starts: ColdQueue
     metrics: RouterMetrics
     settings: RouterSettings
     source: str
@@ -97,20 +97,14 @@ class Backend:
         cancel_subject: str = "",
         stream_id: str = "",
     ) -> None:
-        """A live migration moved a generation's stream to another instance: follow it, so
-        that the old instance's end does not end the stream and a cancel reaches the new
-        producer. Ignored when the generation has since moved on (failover: another inbox)."""
+        """A hint that a live migration moved a generation's stream (its monitoring event):
+        the stream announces the hand-over itself and the generation follows that (see
+        `Generation.follow`); the event may only come first. Ignored when the generation has
+        since moved on (failover: another inbox)."""
         gen = self.by_request.get(request_id)
-        old = gen.instance if gen is not None else None
-        if gen is None or old is None or gen.inbox != inbox or old.instance_id == instance_id:
+        if gen is None or gen.inbox != inbox:
             return
-        try:
-            rec = await self.view.instance(instance_id)
-        except UnavailableError:
-            rec = None
-        if rec is None:
-            rec = old.model_copy(update={"instance_id": instance_id, "worker_id": worker_id})
-        gen.moved(rec, cancel_subject, stream_id)
+        await gen.follow(instance_id, worker_id, cancel_subject, stream_id)
 
 
 @dataclass
@@ -137,6 +131,7 @@ class Generation:
         self.served_by: InstanceRecord | None = None  # the latest instance that streamed
         self.failovers = 0
         self.last_frame_at = self.times.arrived  # the stream's start or its latest frame
+        self.pace = Pace()  # its typical gap between chunks, for the liveness watch
         self.prompt_token_ids: list[int] = []
         self.generated_token_ids: list[int] = []
         self.finish_reason: str | None = None
@@ -228,6 +223,7 @@ class Generation:
         """Stream from ``inst`` (already counted in the view's in-flight counts)."""
         self.instance = self.served_by = inst
         self.last_frame_at = time.monotonic()
+        self.pace.restart()
         self.backend.streaming.setdefault(inst.instance_id, set()).add(self)
 
     def _unbind(self) -> None:
@@ -241,6 +237,31 @@ class Generation:
             streams.discard(self)
             if not streams:
                 del b.streaming[inst.instance_id]
+
+    async def _follow_stream(self, reader: StreamReader[GenerateReply, TokenChunk]) -> None:
+        """Follow a hand-over the stream announced in-band (a live migration's new producer)."""
+        moved = reader.take_moved()
+        if moved is None or reader is not self._reader or not moved.instance_id:
+            return  # (the reader itself already sends a cancel to the new producer)
+        await self.follow(moved.instance_id, moved.worker_id, moved.cancel_subject, moved.stream_id)
+
+    async def follow(
+        self, instance_id: str, worker_id: str, cancel_subject: str = "", stream_id: str = ""
+    ) -> None:
+        """A live migration moved the stream to ``instance_id``: stream from it, so that the
+        old instance's end does not end the stream and a cancel reaches the new producer."""
+        old = self.instance
+        if old is None or old.instance_id == instance_id:
+            return
+        try:
+            rec = await self.backend.view.instance(instance_id)
+        except UnavailableError:
+            rec = None
+        if self.instance is not old:
+            return  # moved on (failover) while the record was read
+        if rec is None:
+            rec = old.model_copy(update={"instance_id": instance_id, "worker_id": worker_id})
+        self.moved(rec, cancel_subject, stream_id)
 
     def moved(self, inst: InstanceRecord, cancel_subject: str = "", stream_id: str = "") -> None:
         """The stream now comes from ``inst`` (a live migration; same inbox, same numbering)."""
@@ -325,9 +346,12 @@ class Generation:
                 self.finish_reason = "stop"
                 return None
             except GONE_ERRORS as exc:
+                await self._follow_stream(reader)  # the instance gone is the latest producer
                 await self._fail_over(exc)
                 continue
+            await self._follow_stream(reader)
             self.last_frame_at = time.monotonic()
+            self.pace.frame(self.last_frame_at)
             if chunk.finish_reason in ("cancelled", "error"):
                 # The worker gave up on it (stopping): what came with it stands, the rest
                 # comes from elsewhere.
@@ -453,12 +477,13 @@ class Generation:
         )
 
     async def abort(self, exc: BusError) -> None:
-        """End the stream with ``exc`` from outside: an error frame at the next sequence number
-        reaches the reader as if the worker had sent it."""
+        """End the stream with ``exc`` from outside (its instance is gone: a hint from an event
+        or the liveness watch), after the frames already received, unless those hand the stream
+        over to another producer (a migration; see `StreamReader.interrupt`)."""
         reader = self._reader
         if reader is None or reader.done:
             return
-        await StreamWriter(self.backend.bus.nc, reader.inbox, start_seq=reader.next_seq).fail(exc)
+        reader.interrupt(exc)
 
     # --- end ------------------------------------------------------------------------------
 

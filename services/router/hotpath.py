@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .api_schema import ChatCompletionRequest, CompletionRequest
 from .errors import ApiError, is_expected, to_api_error
-from .protocol import ChatCompletionRequest, CompletionRequest
 from .sse import ClientDisconnected
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from libs.protocol.messages import DeploymentSpec
 
-from .protocol import (
+from .api_schema import (
     ChatCompletionRequest,
     CompletionRequest,
     DeploymentDeleted,

@@ -18,11 +18,11 @@ from libs.protocol.errors import BadRequestError
 from libs.protocol.messages import ChatMessage, GenerateRequest, SamplingParams, TokenLogprob
 from libs.protocol.schema import encode
 
+from .api_schema import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from .choices import fan_out, merge_whole, merged_events, total_usage
 from .cluster import read
 from .errors import to_api_error, validation_message
 from .generation import Backend, Generation
-from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from .responses import AnswerFormat, ChatFormat, CompletionFormat, ToolCallFormat
 from .sse import DONE, ClientDisconnected, EventStreamResponse, event, run_until_disconnect
 

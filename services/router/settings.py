@@ -66,8 +66,9 @@ class RouterSettings(CommonSettings):
     )
     liveness_probe_interval: float = setting(
         1.0,
-        "seconds without a token on any stream of an instance after which the router checks "
-        "that its worker is alive (0: rely on the scheduler's instance events only)",
+        "most seconds without a token on any stream of an instance before the router checks "
+        "that its worker is alive (sooner: eight of the stream's typical gaps, at least 0.3 s; "
+        "0: rely on the scheduler's instance events only)",
     )
 
     def validate(self) -> None:

@@ -36,10 +36,17 @@ def contenders(
     *,
     default_bytes: int,
     priors: Mapping[SourceTier, float],
+    ranked: Sequence[Estimate] | None = None,
 ) -> tuple[list[Estimate], Estimate | None]:
     """The busy workers where ``model`` would start sooner than on the best free worker (as
-    if they were free; best first), and that best free worker (None: no free worker)."""
-    free = rank(model, workers, nodes, default_bytes=default_bytes, priors=priors)
+    if they were free; best first), and that best free worker (None: no free worker).
+
+    ``ranked``: the free workers' `rank` for ``model``, if the caller has it already."""
+    free = (
+        list(ranked)
+        if ranked is not None
+        else rank(model, workers, nodes, default_bytes=default_bytes, priors=priors)
+    )
     best = free[0] if free else None
     busy = [replace(w, free=True) for w in workers if not w.free]
     if best is None or not busy:
@@ -81,13 +88,15 @@ def weigh(
     default_bytes: int,
     priors: Mapping[SourceTier, float],
     bounds: Bounds,
+    ranked: Sequence[Estimate] | None = None,
 ) -> list[Option]:
     """Every way to start ``model`` (see `migration_policy.options`), best first.
 
     ``busy``: each contender with what its worker said it runs. A contender counts only with a
     ready instance of another model and generations under way (an idle instance is the
     autoscaler's to preempt, a loading one cannot move). Free workers get estimates for the
-    cold model and for every model a migration would move onto them.
+    cold model (``ranked``, if the caller has its `rank` already) and for every model a
+    migration would move onto them.
     """
     candidates: list[BusyWorker] = []
     costs: dict[str, Costs] = {}
@@ -105,7 +114,12 @@ def weigh(
     needed = {model, *(b.model for b in candidates)}
     startup: dict[str, dict[str, float]] = {w.worker_id: {} for w in workers if w.free}
     for m in sorted(needed):
-        for e in rank(m, workers, nodes, default_bytes=default_bytes, priors=priors):
+        estimates = (
+            ranked
+            if m == model and ranked is not None
+            else rank(m, workers, nodes, default_bytes=default_bytes, priors=priors)
+        )
+        for e in estimates:
             startup[e.worker_id][m] = e.seconds
     free = [FreeWorker(wid, s) for wid, s in sorted(startup.items())]
     return options(candidates, free, model, costs)

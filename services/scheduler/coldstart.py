@@ -1,12 +1,12 @@
 """Cold starts whose best worker is busy: wait for it, start elsewhere, or migrate its running
 generations to a worker where their model loads fast and then start here.
 
-`ColdStarts.start` asks the pure policy (`coldpolicy`, `migration_policy`) only when a busy
-worker would start the cold model sooner than every free one; otherwise it places as usual.
-A wait or a migration runs in a background task, one per model: placements of the model that
-arrive meanwhile join it (the router retries until the instance exists). If the chosen way
-fails (the migration aborts, the busy worker never frees, another placement took the
-worker) the start falls back to the best free worker.
+`BusyWorkerStarts.start` asks the pure policy (`coldpolicy`, `migration_policy`) only when a
+busy worker would start the cold model sooner than every free one; otherwise it places as
+usual (`Placer`). A wait or a migration runs in a background task, one per model: placements
+of the model that arrive meanwhile join it (the router retries until the instance exists). If
+the chosen way fails (the migration aborts, the busy worker never frees, another placement
+took the worker) the start falls back to the best free worker.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from libs.protocol import Bus
@@ -33,12 +33,10 @@ from libs.protocol.messages import (
 from .coldpolicy import Bounds, contenders, weigh
 from .migration import Orchestrator
 from .migration_policy import Option
-from .placement import Estimate, NodeView, SourceTier, WorkerView
+from .placement import Estimate, SourceTier
+from .placer import Cluster, Placer
 
 log = logging.getLogger(__name__)
-
-PlaceNew = Callable[[DeploymentSpec, str, str], Awaitable[PlaceReply]]
-Snapshot = Callable[[], Awaitable[tuple[list[WorkerView], list[NodeView]]]]
 
 # How long asking a busy worker what it runs may take (a silent worker is left out).
 RUNNING_TIMEOUT_S = 1.0
@@ -58,23 +56,22 @@ class ColdStartConfig:
     unload_timeout: float
 
 
-class ColdStarts:
-    """Starts cold models, weighing a busy best worker against the alternatives."""
+class BusyWorkerStarts:
+    """Starts cold models, weighing a busy best worker against the free ones: waits for it or
+    migrates its generations away first, when that starts the model sooner."""
 
     def __init__(
         self,
         *,
         bus: Bus,
         config: ColdStartConfig,
-        snapshot: Snapshot,
-        place_new: PlaceNew,
+        placer: Placer,
         migrations: Orchestrator,
         on_done: Callable[[], None] = lambda: None,
     ) -> None:
         self.bus = bus
         self.config = config
-        self.snapshot = snapshot
-        self.place_new = place_new
+        self.placer = placer
         self.migrations = migrations
         self.on_done = on_done
         self._pending: dict[str, asyncio.Task[PlaceReply | BusError]] = {}
@@ -88,40 +85,49 @@ class ColdStarts:
         return task if task is not None and not task.done() else None
 
     async def start(
-        self, spec: DeploymentSpec, request_id: str
+        self, spec: DeploymentSpec, request_id: str, cluster: Cluster, ranked: Sequence[Estimate]
     ) -> PlaceReply | asyncio.Task[PlaceReply | BusError]:
         """Place ``spec``'s first instance now, or return the task of a wait or migration
-        under way for it (see `outcome`). Call with the model's placement lock held."""
+        under way for it (see `outcome`). ``cluster``: the snapshot to decide on, ``ranked``:
+        its free workers for ``spec`` (`Placer.rank`). Call with the model's placement lock
+        held."""
         task = self.pending(spec.name)
         if task is not None:
             return task
         if not self.config.enabled:
-            return await self.place_new(spec, request_id, "")
-        workers, nodes = await self.snapshot()
+            return await self.placer.place_new(spec, request_id, cluster=cluster, ranked=ranked)
         c = self.config
         busy, best_free = contenders(
-            spec.name, workers, nodes, default_bytes=c.default_bytes, priors=c.priors
+            spec.name,
+            cluster.workers,
+            cluster.nodes,
+            default_bytes=c.default_bytes,
+            priors=c.priors,
+            ranked=ranked,
         )
         if not busy or best_free is None:
-            return await self.place_new(spec, request_id, "")
+            return await self.placer.place_new(spec, request_id, cluster=cluster, ranked=ranked)
+        # The placements below keep the decision's snapshot: a worker taken while the busy
+        # ones answered fails its (atomic) reservation, and the next best is tried.
         replies = await self._running(busy)
-        ranked = weigh(
+        options = weigh(
             spec.name,
             replies,
-            workers,
-            nodes,
+            cluster.workers,
+            cluster.nodes,
             default_bytes=c.default_bytes,
             priors=c.priors,
             bounds=c.bounds,
+            ranked=ranked,
         )
-        if not ranked:
-            return await self.place_new(spec, request_id, "")
-        choice = ranked[0]
+        if not options:
+            return await self.placer.place_new(spec, request_id, cluster=cluster, ranked=ranked)
+        choice = options[0]
         await self.bus.emit(
             ColdStartEvent(
                 model=spec.name,
                 chosen=_option(choice),
-                options=[_option(o) for o in ranked],
+                options=[_option(o) for o in options],
                 moved=list(choice.moved),
             )
         )
@@ -131,10 +137,12 @@ class ColdStarts:
             choice.kind,
             choice.worker_id,
             choice.startup_s,
-            len(ranked),
+            len(options),
         )
         if choice.kind == "elsewhere":
-            return await self.place_new(spec, request_id, choice.worker_id)
+            return await self.placer.place_new(
+                spec, request_id, choice.worker_id, cluster=cluster, ranked=ranked
+            )
         instance = next(r.instance_id for e, r in replies if e.worker_id == choice.worker_id)
         task = self.bus.spawn(self._carry_out(spec, request_id, choice, instance))
         self._pending[spec.name] = task
@@ -196,12 +204,13 @@ class ColdStarts:
                 freed = await self._migrate_away(spec.name, choice, instance_id)
             else:
                 freed = await self._wait_free(spec.name, choice, instance_id)
+            # Seconds have passed since the decision: each placement reads a new snapshot.
             if freed:
                 try:
-                    return await self.place_new(spec, request_id, choice.worker_id)
+                    return await self.placer.place_new(spec, request_id, choice.worker_id)
                 except UnavailableError as exc:  # another placement took the worker first
                     log.info("cold start of %s: %s; placing elsewhere", spec.name, exc.message)
-            return await self.place_new(spec, request_id, "")
+            return await self.placer.place_new(spec, request_id)
         except BusError as exc:
             return exc
 

@@ -1,7 +1,9 @@
 """Prefetch on deploy: copy a new model into the DRAM tier of the nodes likely to start it.
 
 `prefetch_targets` decides (pure); `prefetch` asks those nodes' storage services, in the
-background, each with a timeout. A prefetch only saves time: it never fails a deployment.
+background, each with a timeout, following each one's life (`libs.common.follow`): a storage
+service that dies mid-copy is asked once more after its restart, not waited on for the whole
+timeout. A prefetch only saves time: it never fails a deployment.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from libs.cluster import ClusterState
+from libs.common.follow import Peers
 from libs.protocol import Bus, BusError
 from libs.protocol.endpoints import STORAGE_ENSURE
 from libs.protocol.events import PrefetchEvent
@@ -21,6 +24,10 @@ from libs.protocol.messages import DeploymentSpec, EnsureRequest
 from .placement import NodeView, checkpoint_bytes
 
 log = logging.getLogger(__name__)
+
+# Requests one node's prefetch may make: the first, and one more if its storage service
+# died or restarted during the first.
+PREFETCH_ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -119,10 +126,13 @@ async def prefetch(
         return []
     await bus.emit(PrefetchEvent(model=spec.name, node_ids=targets, replicas=replicas))
     req = EnsureRequest(model=spec.name, checkpoint_uri=spec.checkpoint_uri, tier="dram")
+    storage = Peers(bus, state.redis, state.keys, "storage")
 
     async def one(node_id: str) -> str | None:
         try:
-            reply = await bus.request(STORAGE_ENSURE, req, timeout=timeout, node_id=node_id)
+            reply = await storage.request(
+                STORAGE_ENSURE, req, timeout=timeout, node_id=node_id, attempts=PREFETCH_ATTEMPTS
+            )
         except BusError as exc:
             log.warning("prefetch of %s to %s failed: %s", spec.name, node_id, exc)
             return None

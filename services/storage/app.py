@@ -60,7 +60,6 @@ class StorageService(Service):
         self.ssd = TierCatalog("ssd", settings.ssd_dir.absolute(), settings.ssd_capacity_bytes)
         self.dram = TierCatalog("dram", settings.dram_dir.absolute(), settings.dram_capacity_bytes)
         self.pool = BlockingPool(settings.storage_io_threads, "storage-io")
-        self._background: list[asyncio.Task[None]] = []
 
     def routes(self) -> list[Route]:
         return [
@@ -139,16 +138,14 @@ class StorageService(Service):
         await self.publisher.sync(self._node_record(), (self.ssd, self.dram))
         unmeasured = [c for c in (self.ssd, self.dram) if c.name not in measured]
         if s.bandwidth_probe_mb > 0 and unmeasured:
-            self._background.append(asyncio.create_task(self._probe(unmeasured)))
-        self._background.append(asyncio.create_task(self._refresh()))
+            # One pass: a probe that crashed is logged, not repeated (the loads measure later).
+            self.tasks.spawn(self._probe(unmeasured), "probe")
+        self.tasks.loop("refresh", self._refresh)
 
     async def on_stop(self) -> None:
         # Copies in flight see their cancel flag when the bus cancels their handlers.
         self.pool.close()
-        for task in self._background:
-            task.cancel()
-        if self._background:
-            await asyncio.wait(self._background, timeout=5)
+        # (The background tasks are cancelled before this: `Service.stop`.)
 
     async def _in_use(self) -> set[str] | None:
         """Models live instances on this node use (their copies are pinned); None if unknown."""

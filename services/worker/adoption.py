@@ -293,8 +293,15 @@ class Adoptions:
             run.ended.set()
 
         stream.on_end = done
+        # The stream itself tells its consumer (the router) who produces it from here on: the
+        # event below is for observers only.
         subject, stream_id = self.bus.continue_stream(
-            WORKER_GENERATE, stream, inbox=adopted.inbox, start_seq=req.start_seq
+            WORKER_GENERATE,
+            stream,
+            inbox=adopted.inbox,
+            start_seq=req.start_seq,
+            instance_id=hosted.instance_id,
+            worker_id=self.worker_id,
         )
         stream.on_first = lambda at: self.bus.spawn(
             self._emit(

@@ -2,7 +2,11 @@
 the load finds that copy damaged, report it (the storage service checks the claim and
 quarantines the copy) and load once more from what the next ensure gives: another tier's
 copy, or a fresh one from the registry. A damaged copy costs one retry, never wrong weights,
-and never a model that fails on this node for good."""
+and never a model that fails on this node for good.
+
+Every request follows the storage service's life (`libs.common.follow`): if it dies or restarts
+mid-fetch (`sllm up` restarts it), the request fails within seconds and is asked again of the
+restarted service, instead of waiting for the load's whole timeout."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from libs.common.follow import Peers
 from libs.loader.errors import (
     CheckpointNotFound,
     ChecksumMismatch,
@@ -20,7 +25,7 @@ from libs.loader.errors import (
     PartitionMissing,
     PartitionTruncated,
 )
-from libs.protocol import Bus
+from libs.protocol import Bus, Endpoint, Message
 from libs.protocol.endpoints import STORAGE_ENSURE, STORAGE_QUARANTINE
 from libs.protocol.errors import BusError
 from libs.protocol.messages import EnsureReply, EnsureRequest, QuarantineRequest
@@ -28,6 +33,8 @@ from libs.protocol.messages import EnsureReply, EnsureRequest, QuarantineRequest
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Req = TypeVar("Req", bound=Message)
+Rep = TypeVar("Rep", bound=Message)
 
 # What a load raises when the copy itself is bad (the storage service verified it once, so
 # something changed it since): a chunk's hash, a file missing or of the wrong size, the index.
@@ -41,24 +48,34 @@ COPY_DAMAGE: tuple[type[LoaderError], ...] = (
 
 
 class NodeStorage:
-    """One worker's requests to its node's storage service."""
+    """One worker's requests to its node's storage service, following its life (``peers``:
+    the storage services; without them, as in unit tests, requests wait their timeout)."""
 
-    def __init__(self, bus: Bus, *, node_id: str, worker_id: str, timeout: float) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        node_id: str,
+        worker_id: str,
+        timeout: float,
+        peers: Peers | None = None,
+    ) -> None:
         self.bus = bus
         self.node_id = node_id
         self.worker_id = worker_id
         self.timeout = timeout
+        self.peers = peers
+
+    async def _request(self, endpoint: Endpoint[Req, Rep], msg: Req) -> Rep:
+        if self.peers is None:
+            return await self.bus.request(endpoint, msg, timeout=self.timeout, node_id=self.node_id)
+        return await self.peers.request(endpoint, msg, timeout=self.timeout, node_id=self.node_id)
 
     async def ensure(self, model: str, checkpoint_uri: str) -> EnsureReply:
         """The fastest copy on this node (asking for SSD returns the DRAM copy if there is one:
         loading straight from SSD beats copying into DRAM first)."""
-        reply: EnsureReply = await self.bus.request(
-            STORAGE_ENSURE,
-            EnsureRequest(model=model, checkpoint_uri=checkpoint_uri, tier="ssd"),
-            timeout=self.timeout,
-            node_id=self.node_id,
-        )
-        return reply
+        req = EnsureRequest(model=model, checkpoint_uri=checkpoint_uri, tier="ssd")
+        return await self._request(STORAGE_ENSURE, req)
 
     async def report_damage(self, copy: EnsureReply, exc: LoaderError) -> bool:
         """Tell the storage service that ``copy`` is damaged; whether it was quarantined.
@@ -74,9 +91,7 @@ class NodeStorage:
             reporter=self.worker_id,
         )
         try:
-            reply = await self.bus.request(
-                STORAGE_QUARANTINE, req, timeout=self.timeout, node_id=self.node_id
-            )
+            reply = await self._request(STORAGE_QUARANTINE, req)
         except BusError as exc_bus:
             log.warning("could not report the damaged copy of %s: %s", copy.model, exc_bus)
             return False

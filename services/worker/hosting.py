@@ -241,6 +241,7 @@ class Host:
         damaged is reported (the storage service quarantines it) and the load runs once more
         on what the next ensure gives (`fetch.load_with_fallback`).
         """
+        from libs.common.follow import Peers
         from libs.loader import CancelToken
         from libs.protocol.messages import EnsureReply
 
@@ -282,11 +283,14 @@ class Host:
             await self._phase(hosted, "build", report.build_s)
             await self._phase(hosted, "tokenizer", report.tokenizer_s)
 
+        # The storage service's requests follow its life: one killed or restarted mid-fetch
+        # fails the ensure within seconds, and it is asked again once restarted.
         storage = NodeStorage(
             self.bus,
             node_id=self.node_id,
             worker_id=self.worker_id,
             timeout=self.settings.load_timeout,
+            peers=Peers(self.bus, self.state.redis, self.state.keys, "storage"),
         )
         reply, _ = await load_with_fallback(storage, req.model, req.checkpoint_uri, load, ensured)
         return reply.source_tier

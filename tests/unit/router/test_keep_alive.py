@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from services.router.api_schema import ChatCompletionRequest, CompletionRequest
 from services.router.keep_alive import parse_keep_alive
-from services.router.protocol import ChatCompletionRequest, CompletionRequest
 
 pytestmark = pytest.mark.unit
 

@@ -15,6 +15,7 @@ from openai.types.chat import ChatCompletionStreamOptionsParam, ChatCompletionUs
 from openai.types.chat import completion_create_params as chat_sdk
 from pydantic import ValidationError
 
+from services.router.api_schema import ChatCompletionRequest, CompletionRequest, _Sampling
 from services.router.errors import to_api_error
 from services.router.openai_fields import (
     CHAT_REFUSED,
@@ -25,7 +26,6 @@ from services.router.openai_fields import (
     STREAM_OPTIONS_IGNORED,
     Refused,
 )
-from services.router.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ from openai.types.chat import (
 )
 
 from libs.protocol.messages import SamplingParams, TokenChunk, TokenLogprob, Usage
-from services.router.protocol import ChatCompletionRequest
+from services.router.api_schema import ChatCompletionRequest
 from services.router.responses import ToolCallFormat
 from services.router.sse import DONE
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from services.router.api_schema import ChatCompletionRequest
 from services.router.errors import to_api_error
-from services.router.protocol import ChatCompletionRequest
 from services.router.tool_calls import NO_PARAMETERS, ToolPlan
 from services.router.tool_output import ParsedCall, ToolAnswer, parse_output
 

@@ -8,7 +8,7 @@ import pytest
 from libs.protocol.messages import RunningGeneration, RunningReply
 from services.scheduler.coldpolicy import Bounds, contenders, costs_of, weigh
 from services.scheduler.migration_policy import Option
-from services.scheduler.placement import DEFAULT_BANDWIDTH, Estimate, NodeView, WorkerView
+from services.scheduler.placement import DEFAULT_BANDWIDTH, Estimate, NodeView, WorkerView, rank
 
 GB = 10**9
 
@@ -143,3 +143,26 @@ def test_busy_workers_that_cannot_be_weighed_leave_only_free_workers(reply: Runn
     assert {o.kind for o in ranked} == {"elsewhere"}
     assert best is not None
     assert ranked[0].worker_id == best.worker_id
+
+
+def test_a_ranking_the_caller_has_already_gives_the_same_contenders_and_options() -> None:
+    ws = _workers()
+    ranked = rank("m", ws, NODES, default_bytes=GB, priors=DEFAULT_BANDWIDTH)
+    assert contenders(
+        "m", ws, NODES, default_bytes=GB, priors=DEFAULT_BANDWIDTH, ranked=ranked
+    ) == contenders("m", ws, NODES, default_bytes=GB, priors=DEFAULT_BANDWIDTH)
+    reply = _reply(_gen(remaining=2000))
+    given = weigh(
+        "m",
+        [(_busy_w0(), reply)],
+        ws,
+        NODES,
+        default_bytes=GB,
+        priors=DEFAULT_BANDWIDTH,
+        bounds=Bounds(),
+        ranked=ranked,
+    )
+    assert given == _weigh(reply)
+    # The caller's ranking is the one used (the free workers are not ranked again).
+    none = contenders("m", ws, NODES, default_bytes=GB, priors=DEFAULT_BANDWIDTH, ranked=[])
+    assert none == ([], None)

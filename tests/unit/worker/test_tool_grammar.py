@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from libs.demo.vocab import EOS_TOKEN_ID, TOKENIZER_VOCAB_SIZE
-from services.router.protocol import ChatCompletionRequest
+from services.router.api_schema import ChatCompletionRequest
 from services.worker.grammar import Grammar, GrammarCompiler, GrammarError
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,5 @@
-"""Cold starts: queued requests wait while one placement per model gets an instance ready.
+"""The cold-start queue: requests for a model with no ready instance wait here while one task
+per model gets an instance placed (by the scheduler) and ready.
 
 For each model with waiting requests, one task asks the scheduler for an instance (retrying
 with backoff while it has no free worker), then watches the instance until it is ready
@@ -63,8 +64,9 @@ class _ModelStart:
     last_error: BusError | None = None
 
 
-class ColdStarts:
-    """The per-model wait queues and the placement task that serves each."""
+class ColdQueue:
+    """The per-model queues of requests waiting for an instance, and the task serving each
+    (it asks the scheduler to place one, watches it until ready, then releases the queue)."""
 
     def __init__(
         self,

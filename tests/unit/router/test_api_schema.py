@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from libs.protocol.messages import MAX_TOKENS_LIMIT, ChatMessage, SamplingParams, TokenBias
+from services.router.api_schema import ChatCompletionRequest, CompletionRequest
 from services.router.errors import ApiError, to_api_error
-from services.router.protocol import ChatCompletionRequest, CompletionRequest
 
 pytestmark = pytest.mark.unit
 
@@ -267,7 +267,7 @@ def test_completion_refuses_what_it_cannot_honour(fields: dict[str, Any], match:
 
 
 def test_response_format_maps_to_the_grammar() -> None:
-    from services.router.protocol import ChatCompletionRequest
+    from services.router.api_schema import ChatCompletionRequest
 
     base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
