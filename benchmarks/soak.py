@@ -42,6 +42,7 @@ class Tally:
     ok: int = 0
     wrong: int = 0
     failed: Counter[str] = field(default_factory=Counter)
+    losses: list[tuple[float, str, str]] = field(default_factory=list)  # (time, model, reason)
     churn_failed: int = 0
     reference: dict[tuple[str, str], str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -90,6 +91,7 @@ def client(
                         tally.churn_failed += 1
                     else:
                         tally.failed[reason] += 1
+                        tally.losses.append((time.time(), model, f"{reason}: {exc}"[:300]))
                 continue
             with tally.lock:
                 tally.ok += 1
@@ -201,6 +203,10 @@ def main() -> int:
         f"({dict(tally.failed)}), wrong {tally.wrong}; to the churned deployment, failed "
         f"{tally.churn_failed} (not counted as lost)",
         f"- faults: {', '.join(faults) or 'none'}",
+        *(
+            f"- lost at {time.strftime('%H:%M:%S', time.localtime(t))}: {m}: {why}"
+            for t, m, why in tally.losses[:20]
+        ),
         "",
         "| process | RSS MiB at start | at end |",
         "|---|---|---|",
