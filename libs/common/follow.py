@@ -46,9 +46,10 @@ FOLLOW_INTERVAL_S = 0.5
 ABSENT_GRACE_S = 1.0
 # How long one check waits for the callee's info answer (no answer proves nothing: busy).
 PROBE_TIMEOUT_S = 2.0
-# How long a retry waits for a new life of the callee (`sllm up` restarts a killed service
-# within a second or two; a crash-looping one backs off longer).
-COMEBACK_S = 30.0
+# How long a retry waits for a new life of the callee: `sllm up` restarts a killed service
+# within a second or two, a crash-looping one after up to 30 s (its longest backoff) plus its
+# start-up; a wait shorter than that would give up just before it comes back.
+COMEBACK_S = 45.0
 # How often the wait for a (new) life looks again.
 FIND_POLL_S = 0.2
 # Requests one call may make: the first and the retries after a death or restart.
@@ -246,6 +247,19 @@ class Peers:
             for t in (task, watch):
                 t.cancel()
             await asyncio.wait({task, watch})
+
+    async def watch(self, call: Awaitable[T], *, node_id: str = "", peer_id: str = "") -> T:
+        """Await ``call`` (a wait on the service, not a request to it: a poll of the state it
+        should change, a stream it feeds) while following the service on ``node_id``, or with
+        instance id ``peer_id``, as it lives now: `PeerGone` as soon as it died or restarted.
+        One without a heartbeat in Redis is not followed: ``call`` is simply awaited."""
+        task = asyncio.ensure_future(call)
+        try:
+            life = await self.find(node_id=node_id, instance_id=peer_id)
+        except BaseException:
+            task.cancel()
+            raise
+        return await (task if life is None else self.follow(task, life))
 
     async def request(
         self,

@@ -1,10 +1,12 @@
 """The bus protocol: subjects, schemas, Redis keys, error codes and the typed NATS layer."""
 
-from .bus import Bus, Route, Stream, route
+from .bus import Bus
 from .errors import BusError, ErrorCode, error_for_code
 from .keys import Keys
 from .schema import Message
+from .serving import Route, route
 from .stream import StreamReader, StreamWriter
+from .streaming import Stream
 from .subjects import Endpoint, StreamEndpoint, Subjects
 
 __all__ = [

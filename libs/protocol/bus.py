@@ -2,6 +2,8 @@
 
 Every wait has a timeout, every failure surfaces as a `BusError` subclass, and a handler that
 raises never takes its service down: the caller gets an error reply with a code instead.
+`Bus` is the facade over one connection: serving endpoints is `serving.py`'s, streamed replies
+are `streaming.py`'s.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import nats
@@ -20,44 +21,27 @@ import nats.js.errors
 from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.micro import add_service
-from nats.micro.request import Request as MicroRequest
 from nats.micro.service import Service as MicroService
 from nats.nuid import NUID
 
 from .errors import (
     BadReplyError,
-    BadRequestError,
     BusError,
     BusTimeoutError,
     CredentialsError,
-    InternalError,
     NoRespondersError,
-    OverloadedError,
     UnavailableError,
-    error_for_code,
     redact_url,
 )
 from .events import Event, event_kind
-from .schema import (
-    ErrorBody,
-    Message,
-    decode,
-    decode_json,
-    encode,
-    encode_json,
-    error_body,
-)
+from .schema import Message, decode, decode_json, encode, encode_json
+from .serving import Route as Route  # re-exported: services build their handler tables with it
+from .serving import Services, raise_if_error
+from .serving import route as route
 from .stream import InboxMux, StreamReader
 from .streaming import Consumers, Producers
 from .streaming import Stream as Stream  # re-exported: handlers return it
-from .subjects import (
-    ERROR_CODE_HEADER,
-    ERROR_HEADER,
-    Endpoint,
-    StreamEndpoint,
-    Subjects,
-)
+from .subjects import Endpoint, StreamEndpoint, Subjects
 
 log = logging.getLogger(__name__)
 
@@ -69,50 +53,6 @@ Chunk = TypeVar("Chunk", bound=Message)
 
 DEFAULT_REQUEST_TIMEOUT = 5.0
 NO_RESPONDERS_GRACE = 0.5
-
-
-Handler = Callable[[Any], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Route:
-    """One handler bound to one concrete subject of an endpoint."""
-
-    endpoint: Endpoint[Any, Any]
-    handler: Handler
-    params: dict[str, str] = field(default_factory=dict)
-    queue: str | None = None
-
-
-def route(
-    endpoint: Endpoint[Req, Rep],
-    handler: Callable[[Req], Awaitable[Rep]] | Callable[[Req], Awaitable[Stream[Rep, Any]]],
-    *,
-    queue: str | None = None,
-    **params: str,
-) -> Route:
-    """Bind ``handler`` to ``endpoint`` (with its subject parameters)."""
-    return Route(endpoint, handler, params, queue)
-
-
-def error_reply(exc: BusError) -> tuple[bytes, dict[str, str]]:
-    """The body and headers of an error reply for ``exc``."""
-    body = error_body(exc)
-    headers = {ERROR_CODE_HEADER: exc.code.value, ERROR_HEADER: exc.message[:512]}
-    return encode(body), headers
-
-
-def raise_if_error(msg: Msg, subject: str) -> None:
-    """Raise the typed error carried by an error reply, if ``msg`` is one."""
-    code = (msg.headers or {}).get(ERROR_CODE_HEADER)
-    if code is None:
-        return
-    message = (msg.headers or {}).get(ERROR_HEADER, "")
-    detail: dict[str, object] = {"subject": subject}
-    with contextlib.suppress(BusError):
-        body = decode(msg.data, ErrorBody, error=BadReplyError)
-        message, detail = body.message or message, {**body.detail, **detail}
-    raise error_for_code(code, message or f"error reply from {subject}", detail)
 
 
 class Bus:
@@ -131,13 +71,12 @@ class Bus:
         self.request_timeout = request_timeout
         self.instance_id = NUID().next().decode().lower()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._services: list[MicroService] = []
         self._subs: list[Subscription] = []
-        self._inflight = 0
         # Streamed replies: those this connection produces and those it consumes.
         cancels = self.subjects.stream_cancel(self.instance_id)
         self._producers = Producers(nc, cancels, self.spawn)
         self._consumers = Consumers(nc, self.request_msg, self.spawn)
+        self._services = Services(nc, self.subjects, self._producers, self.spawn, self.subscribe)
 
     @classmethod
     async def connect(
@@ -216,9 +155,7 @@ class Bus:
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop serving, cancel producer tasks, and close the connection (bounded in time)."""
-        for svc in self._services:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(svc.stop(), timeout)
+        await self._services.stop(timeout)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -369,7 +306,7 @@ class Bus:
         self._subs.append(sub)
         return sub
 
-    # --- serving --------------------------------------------------------------------------
+    # --- serving (routes, dispatch and error replies: `serving.py`) -------------------------
 
     async def serve(
         self,
@@ -384,35 +321,11 @@ class Bus:
         Each request runs in its own task, so a slow handler never blocks the others; beyond
         ``max_concurrency`` requests in flight, new ones get an ``overloaded`` error reply.
         """
-        svc = await add_service(
-            self.nc, name=self.subjects.service_name(kind), version=version, queue_group="q"
+        return await self._services.serve(
+            kind, routes, version=version, max_concurrency=max_concurrency
         )
-        self._services.append(svc)
-        for r in routes:
-            subject = r.endpoint.subject(self.root, **r.params)
-            await svc.add_endpoint(
-                name=r.endpoint.name,
-                subject=subject,
-                handler=self._dispatcher(r, subject, max_concurrency),
-                queue_group=r.queue or "q",
-            )
-        if any(isinstance(r.endpoint, StreamEndpoint) for r in routes):
-            await self._producers.serve_cancels(self.subscribe)
-        await self.nc.flush(timeout=5)
-        return svc
 
-    def _dispatcher(
-        self, r: Route, subject: str, max_concurrency: int
-    ) -> Callable[[MicroRequest], Awaitable[None]]:
-        async def dispatch(req: MicroRequest) -> None:
-            if self._inflight >= max_concurrency:
-                await self._respond_error(
-                    req, OverloadedError(f"{subject}: {self._inflight} requests in flight")
-                )
-                return
-            self.spawn(self._handle(r, subject, req))
-
-        return dispatch
+    # --- tasks ------------------------------------------------------------------------------
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         """Run ``coro`` in a task the bus owns (cancelled on close, exceptions logged)."""
@@ -426,33 +339,6 @@ class Bus:
         if not task.cancelled() and task.exception() is not None:
             what = getattr(task.get_coro(), "__qualname__", task.get_name())
             log.error("bus task %s failed", what, exc_info=task.exception())
-
-    async def _handle(self, r: Route, subject: str, req: MicroRequest) -> None:
-        self._inflight += 1
-        try:
-            msg = decode(req.data, r.endpoint.request, error=BadRequestError)
-            result = await r.handler(msg)
-            if isinstance(r.endpoint, StreamEndpoint):
-                await self._producers.start(r.endpoint, msg, result, req)
-            else:
-                if not isinstance(result, r.endpoint.reply):
-                    raise InternalError(
-                        f"{subject}: handler returned {type(result).__name__}, "
-                        f"expected {r.endpoint.reply.__name__}"
-                    )
-                await req.respond(encode(result))
-        except BusError as exc:
-            await self._respond_error(req, exc)
-        except Exception as exc:
-            log.exception("handler of %s raised", subject)
-            await self._respond_error(req, InternalError(f"{subject}: {exc!r}"))
-        finally:
-            self._inflight -= 1
-
-    async def _respond_error(self, req: MicroRequest, exc: BusError) -> None:
-        body, headers = error_reply(exc)
-        with contextlib.suppress(Exception):
-            await req.respond(body, headers=headers)
 
     # --- streams (producing and consuming them: `streaming.py`) --------------------------
 

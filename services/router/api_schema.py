@@ -1,6 +1,9 @@
-"""The REST API's schemas: OpenAI's completion requests, the model list, the deployments API
-(a chat's messages are in `chat_messages`, its tools in `tool_calls`, the completions' answers
-in `responses`).
+"""The REST API's schemas: OpenAI's completion requests and the model list (a chat's messages
+are in `chat_messages`, its tools in `tool_calls`, the completions' answers in `responses`, the
+deployments API's bodies in `deployment_schema`, the error answers in `openapi_doc`).
+
+A rule that a validator enforces with its own message is stated in the JSON schema all the same
+(`documented`), so that /openapi.json says what the router accepts.
 
 A request model declares the fields sllm honours and maps them to `SamplingParams`; which other
 fields are accepted and ignored (they cannot change the answer) or refused with a 400 naming
@@ -10,6 +13,7 @@ them (everything else, unknown fields included) is `openai_fields`' decision.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -23,17 +27,17 @@ from pydantic import (
 )
 
 from libs.protocol.messages import (
+    MAX_PROMPT_TOKENS,
     MAX_TOKENS_LIMIT,
     ChatMessage,
     GrammarSpec,
     SamplingParams,
     TokenBias,
 )
-from libs.protocol.state import InstanceRecord
 
 from .chat_messages import ChatMessageIn
 from .errors import ApiError
-from .keep_alive import parse_keep_alive
+from .keep_alive import MAX_KEEP_ALIVE_S, parse_keep_alive
 from .openai_fields import (
     CHAT_REFUSED,
     COMPLETION_REFUSED,
@@ -74,6 +78,36 @@ def _check_max_tokens(name: str, value: int | None) -> int | None:
 
 TokenId = Annotated[int, Field(ge=0, lt=MAX_TOKEN_ID)]
 Bias = Annotated[float, Field(ge=-100.0, le=100.0)]
+# A logit_bias key: a token id as a string, below 10**9 (no vocabulary comes near).
+BIASED_TOKEN = r"^[0-9]{1,9}$"
+
+
+def documented(**keywords: Any) -> Any:
+    """A field's JSON schema keywords for a rule that a validator enforces, with its own
+    message: /openapi.json states it all the same."""
+    return Field(json_schema_extra=keywords)
+
+
+# Seconds (negative: indefinitely) or a duration such as "5m" (`parse_keep_alive`).
+_NUMBER, _UNIT = r"([0-9]+(\.[0-9]*)?|\.[0-9]+)", "(ns|us|µs|ms|s|m|h)"
+KEEP_ALIVE_FORMS = [
+    {"type": "number", "maximum": MAX_KEEP_ALIVE_S},
+    {"type": "string", "pattern": rf"^[+-]?({_NUMBER}([eE][+-]?[0-9]+)?|({_NUMBER}{_UNIT})+)$"},
+    {"type": "null"},
+]
+MaxTokens = Annotated[int | None, documented(minimum=1, maximum=MAX_TOKENS_LIMIT)]
+# One prompt: text, token ids, or a list of one of either (`CompletionRequest._one_prompt`).
+Ids = Annotated[
+    list[Annotated[int, documented(minimum=0, maximum=MAX_TOKEN_ID - 1)]],
+    documented(maxItems=MAX_PROMPT_TOKENS),
+]
+Prompt = Annotated[
+    str
+    | Annotated[list[str], documented(maxItems=1)]
+    | Ids
+    | Annotated[list[Annotated[Ids, documented(minItems=1)]], documented(maxItems=1)],
+    documented(minItems=1),
+]
 
 
 class _Sampling(RequestPart):
@@ -83,7 +117,7 @@ class _Sampling(RequestPart):
     IGNORED = REQUEST_IGNORED
 
     model: str = Field(min_length=1, max_length=128)
-    max_tokens: int | None = None
+    max_tokens: MaxTokens = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=-1, le=1 << 20)  # vLLM: -1 or 0 is off
@@ -91,17 +125,21 @@ class _Sampling(RequestPart):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    logit_bias: dict[str, Bias] | None = None  # token id (a string, as in JSON) -> bias
+    # token id (a string, as in JSON) -> bias
+    logit_bias: Annotated[
+        dict[str, Bias] | None,
+        documented(maxProperties=MAX_LOGIT_BIAS, propertyNames={"pattern": BIASED_TOKEN}),
+    ] = None
     seed: int | None = Field(default=None, ge=0, lt=1 << 63)
     # Choices: n samples of the prompt, the i-th with seed + i (its prefill is shared).
     n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
-    stop: str | list[str] | None = None
+    stop: Annotated[str | list[str] | None, documented(maxItems=MAX_STOP)] = None
     stop_token_ids: list[TokenId] | None = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
     min_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS_LIMIT)
     ignore_eos: bool | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    keep_alive: float | None = None  # seconds; see `parse_keep_alive`
+    keep_alive: Annotated[float | None, documented(anyOf=KEEP_ALIVE_FORMS)] = None
 
     @field_validator("keep_alive", mode="before")
     @classmethod
@@ -128,7 +166,7 @@ class _Sampling(RequestPart):
         if len(v) > MAX_LOGIT_BIAS:
             raise ValueError(f"at most {MAX_LOGIT_BIAS} tokens may be biased, got {len(v)}")
         for key in v:
-            if not (key.isascii() and key.isdigit() and int(key) < MAX_TOKEN_ID):
+            if not re.fullmatch(BIASED_TOKEN, key):
                 raise ValueError(
                     f'keys must be token ids (as strings, such as "50256"), got {key!r}'
                 )
@@ -212,7 +250,7 @@ class ChatCompletionRequest(_Sampling):
     REFUSED = CHAT_REFUSED
 
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=4096)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: MaxTokens = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
@@ -282,7 +320,7 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     REFUSED = COMPLETION_REFUSED
 
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Prompt
     # OpenAI's legacy logprobs: the chosen token's and this many alternatives (0..5).
     logprobs: int | None = Field(default=None, ge=0, le=5)
 
@@ -301,6 +339,8 @@ class CompletionRequest(_Sampling):
                 raise ValueError("prompt must not be empty")
             if any(isinstance(t, int) and t < 0 for t in ids):
                 raise ValueError("token ids must not be negative")
+            if any(isinstance(t, int) and t >= MAX_TOKEN_ID for t in ids):
+                raise ValueError(f"token ids must be below {MAX_TOKEN_ID}")
         return v
 
     def _logprobs(self) -> tuple[bool, int]:
@@ -339,46 +379,3 @@ class ModelCard(_Response):
 class ModelList(_Response):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-# --- deployments API ------------------------------------------------------------------------
-
-
-class InstanceOut(_Response):
-    instance_id: str
-    status: str
-    worker_id: str
-    node_id: str
-    created_at: float
-    ready_at: float | None = None
-    source_tier: str | None = None
-    load_s: float | None = None
-    error: str = ""
-
-    @classmethod
-    def of(cls, rec: InstanceRecord) -> InstanceOut:
-        return cls.model_validate(rec.model_dump(exclude={"model", "worker_epoch"}))
-
-
-class DeploymentOut(_Response):
-    object: Literal["deployment"] = "deployment"
-    name: str
-    checkpoint_uri: str
-    min_instances: int
-    max_instances: int
-    keep_alive_s: float
-    target_concurrency: int
-    created_at: float
-    instances: list[InstanceOut] = Field(default_factory=list)
-
-
-class DeploymentList(_Response):
-    object: Literal["list"] = "list"
-    data: list[DeploymentOut]
-
-
-class DeploymentDeleted(_Response):
-    object: Literal["deployment.deleted"] = "deployment.deleted"
-    name: str
-    deleted: bool = True
-    stopped_instances: list[str]

@@ -7,14 +7,16 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from libs.cluster import ClusterState
 from libs.common.service import Service, ServiceKind
@@ -28,17 +30,18 @@ from libs.protocol.events import (
 )
 
 from .auth import ApiKeys
+from .backend import Backend
 from .body_limit import BodyLimit
 from .cluster import ClusterView
 from .cold_queue import ColdQueue
 from .demand import DemandTracker
 from .deployments import DeploymentsApi
 from .errors import ApiError, from_bus, invalid_request, to_api_error
-from .generation import Backend
 from .hotpath import HotPath
 from .liveness import LivenessWatch
 from .metrics import RouterMetrics
-from .routes import api_key_check, v1_routes
+from .openapi_doc import HealthStatus, ReadyStatus, error_answers, honest_openapi
+from .routes import guarded, v1_routes
 from .serving import OpenAIServing
 from .settings import RouterSettings
 
@@ -172,7 +175,13 @@ def create_fastapi(svc: RouterService) -> FastAPI:
             crashed.cancel()
             await svc.stop("shutdown")
 
-    app = FastAPI(title="sllm", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="sllm",
+        version="0.1.0",
+        description="OpenAI-compatible completions, the model list and the deployments API.",
+        lifespan=lifespan,
+    )
+    honest_openapi(app)
     retry_after = svc.router_settings.retry_after
 
     @app.exception_handler(ApiError)
@@ -188,28 +197,48 @@ def create_fastapi(svc: RouterService) -> FastAPI:
         return invalid_request(exc.errors()).response()
 
     @app.exception_handler(HTTPException)
-    async def on_http(_: Request, exc: HTTPException) -> Response:
-        return ApiError(
-            exc.status_code, str(exc.detail), headers=dict(exc.headers or {})
-        ).response()
+    async def on_http(request: Request, exc: HTTPException) -> Response:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route of the path only (GET and DELETE
+            # of a deployment are two routes).
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
+        return ApiError(exc.status_code, str(exc.detail), headers=headers).response()
 
     @app.exception_handler(Exception)
     async def on_bug(_: Request, exc: Exception) -> Response:
         log.error("unhandled error", exc_info=exc)
         return to_api_error(exc, retry_after=retry_after).response()
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "alive"}
+    @app.get("/health", responses=error_answers())
+    async def health() -> HealthStatus:
+        return HealthStatus(status="alive")
 
-    @app.get("/ready")
+    unready: dict[int | str, dict[str, Any]] = {
+        503: {"model": ReadyStatus, "description": "Not able to serve, and why."}
+    }
+
+    @app.get("/ready", response_model=ReadyStatus, responses=unready | error_answers())
     async def ready() -> JSONResponse:
         ok, why = await svc.ready()
         return JSONResponse(
             {"status": "ready" if ok else "unavailable", "detail": why}, 200 if ok else 503
         )
 
-    @app.get("/metrics", dependencies=[Depends(api_key_check(svc.api_keys.check_metrics))])
+    metrics_keys, metrics_keyed = guarded(svc.api_keys, "metrics")
+    text: dict[int | str, dict[str, Any]] = {
+        200: {
+            "description": "Prometheus' text format.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    }
+
+    @app.get(
+        "/metrics",
+        dependencies=metrics_keys,
+        response_model=None,
+        responses=text | error_answers(*metrics_keyed),
+    )
     async def metrics() -> Response:
         try:  # the scheduler's estimate errors live in the cluster state
             errors = await ClusterState(svc.redis, svc.keys).estimate_errors()
@@ -220,6 +249,15 @@ def create_fastapi(svc: RouterService) -> FastAPI:
 
     app.include_router(v1_routes(svc))
     return app
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """The methods of every route of the scope's path."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, BaseRoute) and route.matches(scope)[0] is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _stop_when_crashed(svc: RouterService) -> None:

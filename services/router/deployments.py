@@ -12,9 +12,9 @@ from libs.protocol.endpoints import SCHED_DEPLOY, SCHED_UNDEPLOY
 from libs.protocol.errors import BadRequestError, NotFoundError
 from libs.protocol.messages import DeploymentSpec, DeployRequest, UndeployRequest
 
-from .api_schema import DeploymentDeleted, DeploymentList, DeploymentOut, InstanceOut
+from .backend import Backend
 from .cluster import read
-from .generation import Backend
+from .deployment_schema import DeploymentDeleted, DeploymentList, DeploymentOut, InstanceOut
 
 
 def _not_found(name: str) -> NotFoundError:

@@ -2,7 +2,7 @@
 have been silent long enough to check, and what a liveness check's answers add up to.
 
 A generation whose instance dies mid-stream is resumed elsewhere from the prompt plus the
-tokens already sent (`services.router.generation`); these functions decide when.
+tokens already sent (`services.router.resume`); these functions decide when.
 """
 
 from __future__ import annotations

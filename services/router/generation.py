@@ -1,110 +1,35 @@
-"""One request's generation: finding an instance, the worker's token stream, and its accounting.
+"""One request's generation: its instance, the worker's token stream, and its accounting.
 
 A `Generation` keeps the prompt's token ids and every generated token id, so that it can be
 resumed elsewhere with ``generated_token_ids`` and the stream's next sequence number (see
 `resume_request`). Failover: when the instance dies mid-stream (its stop or failure event, a
 liveness check of its worker after a silence, see `liveness.py`, or the idle timeout), the
 generation goes on on another ready instance, or one started for it, and the client sees one
-unbroken stream.
+unbroken stream (`resume.py`). Finding an instance and opening its stream is `open_stream.py`'s;
+what every generation shares, `backend.py`'s.
 Sampling is a pure function of (seed, position) and the router always sends a seed, so a
 resumed sampled generation continues exactly as the uninterrupted one would have.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from libs.protocol import Bus, StreamReader
-from libs.protocol.endpoints import WORKER_GENERATE
-from libs.protocol.errors import (
-    BusError,
-    BusTimeoutError,
-    ConflictError,
-    InternalError,
-    NoRespondersError,
-    NotFoundError,
-    OverloadedError,
-    UnavailableError,
-)
-from libs.protocol.events import (
-    RequestCompletedEvent,
-    RequestFailoverEvent,
-)
-from libs.protocol.messages import (
-    GenerateReply,
-    GenerateRequest,
-    TokenChunk,
-    Usage,
-)
+from libs.protocol import StreamReader
+from libs.protocol.errors import BusError, InternalError, NotFoundError, UnavailableError
+from libs.protocol.events import RequestCompletedEvent
+from libs.protocol.messages import GenerateReply, GenerateRequest, TokenChunk, Usage
 from libs.protocol.state import InstanceRecord
 
-from .cluster import ClusterView, least_loaded
-from .cold_queue import BACKOFF_MAX_S, BACKOFF_MIN_S, ColdQueue
-from .demand import DemandTracker
-from .failover import GONE_ERRORS, Pace, may_fail_over
-from .liveness import still_serving
-from .metrics import UNKNOWN_MODEL, RouterMetrics
-from .settings import RouterSettings
-
-log = logging.getLogger(__name__)
-
-# Answers to a generate request that mean "this instance cannot take it": try another.
-INSTANCE_UNUSABLE = (NotFoundError, ConflictError, NoRespondersError, UnavailableError)
-# How long an instance that did not answer is left out of the ready list.
-SUSPECT_S = 5.0
-# Unusable instances tolerated per request before it fails.
-MAX_UNUSABLE = 3
-# How long an instance found dead stays out of the ready list (ids are never reused).
-DEAD_S = 600.0
+from .backend import Backend
+from .failover import GONE_ERRORS, Pace
+from .metrics import UNKNOWN_MODEL
+from .open_stream import open_stream
+from .resume import fail_over
 
 Status = Literal["ok", "error", "cancelled"]
-
-
-@dataclass
-class Backend:
-    """What every generation shares: the bus, the cluster view, cold starts, metrics."""
-
-    bus: Bus
-    view: ClusterView
-    starts: ColdQueue
-    metrics: RouterMetrics
-    settings: RouterSettings
-    source: str
-    # Generations streaming from each instance, so that the instance's end can end them.
-    streaming: dict[str, set[Generation]] = field(default_factory=dict)
-    demand: DemandTracker | None = None  # the autoscaler's demand signal
-    # Started generations by request id (a migration names its request).
-    by_request: dict[str, Generation] = field(default_factory=dict)
-
-    async def instance_gone(self, instance_id: str, why: str) -> None:
-        """End the streams of an instance that stopped or failed, instead of letting each
-        wait for the idle timeout (a dead worker sends nothing more); each then fails over."""
-        self.view.suspect(instance_id, DEAD_S)
-        for gen in list(self.streaming.get(instance_id, ())):
-            await gen.abort(UnavailableError(f"instance {instance_id} ended: {why}"))
-
-    async def migrated(
-        self,
-        request_id: str,
-        *,
-        inbox: str,
-        instance_id: str,
-        worker_id: str,
-        cancel_subject: str = "",
-        stream_id: str = "",
-    ) -> None:
-        """A hint that a live migration moved a generation's stream (its monitoring event):
-        the stream announces the hand-over itself and the generation follows that (see
-        `Generation.follow`); the event may only come first. Ignored when the generation has
-        since moved on (failover: another inbox)."""
-        gen = self.by_request.get(request_id)
-        if gen is None or gen.inbox != inbox:
-            return
-        await gen.follow(instance_id, worker_id, cancel_subject, stream_id)
 
 
 @dataclass
@@ -151,6 +76,11 @@ class Generation:
         return self.model if self.deployed else UNKNOWN_MODEL
 
     @property
+    def reader(self) -> StreamReader[GenerateReply, TokenChunk] | None:
+        """The stream being read (None before it starts)."""
+        return self._reader
+
+    @property
     def inbox(self) -> str:
         return self._reader.inbox if self._reader is not None else ""
 
@@ -177,47 +107,23 @@ class Generation:
         if b.demand is not None:
             b.demand.begin(self.model)
             self._counted = True
-        reader = await self._connect(self.request, set())
+        reader = await self.connect(self.request, set())
         self.prompt_token_ids = list(reader.ack.prompt_token_ids)
         b.metrics.in_flight.labels(self.model).inc()
         self._in_flight = True
         b.by_request[self.request.request_id] = self
 
-    async def _connect(
+    async def connect(
         self, request: GenerateRequest, avoid: set[str]
     ) -> StreamReader[GenerateReply, TokenChunk]:
         """Open ``request``'s stream on a ready instance (waiting for one, bounded by the
         deadline) and make it this generation's stream."""
-        b = self.backend
-        unusable = 0
-        while True:
-            inst = await self._acquire(avoid)
-            b.view.begin(inst.instance_id)
-            try:
-                reader = await self._open(inst, request)
-            except OverloadedError:
-                b.view.end(inst.instance_id)
-                avoid.add(inst.instance_id)
-                continue
-            except INSTANCE_UNUSABLE as exc:
-                b.view.end(inst.instance_id)
-                b.view.suspect(inst.instance_id, SUSPECT_S)
-                b.view.changed(self.model)
-                unusable += 1
-                log.info("instance %s unusable for %s: %s", inst.instance_id, self.model, exc)
-                if unusable >= MAX_UNUSABLE:
-                    # The worker's own code (not_found...) would mislead the client here.
-                    raise UnavailableError(
-                        f"no usable instance of {self.model!r}: {exc.message}",
-                        detail={"model": self.model},
-                    ) from None
-                continue
-            except BaseException:
-                b.view.end(inst.instance_id)
-                raise
-            self._reader = reader
-            self._bind(inst)
-            return reader
+        inst, reader = await open_stream(
+            self.backend, request, avoid, deadline=self.deadline, times=self.times
+        )
+        self._reader = reader
+        self._bind(inst)
+        return reader
 
     def _bind(self, inst: InstanceRecord) -> None:
         """Stream from ``inst`` (already counted in the view's in-flight counts)."""
@@ -226,7 +132,8 @@ class Generation:
         self.pace.restart()
         self.backend.streaming.setdefault(inst.instance_id, set()).add(self)
 
-    def _unbind(self) -> None:
+    def unbind(self) -> None:
+        """Stop streaming from the instance (no longer counted in its in-flight count)."""
         inst, self.instance = self.instance, None
         if inst is None:
             return
@@ -267,74 +174,17 @@ class Generation:
         """The stream now comes from ``inst`` (a live migration; same inbox, same numbering)."""
         if self.instance is None or self._reader is None:
             return
-        self._unbind()
+        self.unbind()
         self.backend.view.begin(inst.instance_id)
         self._bind(inst)
         if cancel_subject and stream_id:
             self._reader.bind_cancel(cancel_subject, stream_id)
 
-    async def _open(
-        self, inst: InstanceRecord, request: GenerateRequest
-    ) -> StreamReader[GenerateReply, TokenChunk]:
-        b = self.backend
-        opening = asyncio.ensure_future(
-            b.bus.stream(
-                WORKER_GENERATE,
-                request,
-                worker_id=inst.worker_id,
-                timeout=b.settings.request_timeout,
-                idle_timeout=b.settings.stream_idle_timeout,
-            )
-        )
-        try:
-            return await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            # The client left while the worker was accepting: once the acknowledgement is in,
-            # close the stream, which tells the worker to stop.
-            opening.add_done_callback(lambda t: _close_later(b.bus, t))
-            raise
-
-    async def _acquire(self, avoid: set[str]) -> InstanceRecord:
-        """The least loaded ready instance, waiting (bounded by the deadline) when there is none."""
-        b = self.backend
-        backoff = BACKOFF_MIN_S
-        ticket: int | None = None
-        while True:
-            ready = await b.view.ready(self.model)
-            if ready:
-                inst = least_loaded(ready, b.view.inflight, avoid)
-                if inst is not None:
-                    return inst
-                # Every ready instance just said it is full: back off, then try them all again.
-                remaining = self.deadline - time.monotonic()
-                if remaining <= 0:
-                    raise OverloadedError(
-                        f"every instance of {self.model!r} is busy",
-                        detail={"model": self.model},
-                    )
-                started = time.monotonic()
-                await asyncio.sleep(min(backoff, remaining))
-                self.times.queue_s += time.monotonic() - started
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-                avoid.clear()
-                continue
-            started = time.monotonic()
-            try:
-                load_s, ticket = await b.starts.wait(
-                    self.model,
-                    deadline=self.deadline,
-                    ticket=ticket,
-                    request_id=self.request.request_id,
-                )
-            finally:
-                self.times.queue_s += time.monotonic() - started
-            self.times.load_s += load_s
-
     # --- tokens ---------------------------------------------------------------------------
 
     async def next_chunk(self) -> TokenChunk | None:
         """The next chunk from the worker, or None after the last one; resumes the generation
-        on another instance when its instance dies (see `_fail_over`)."""
+        on another instance when its instance dies (see `resume.fail_over`)."""
         while True:
             reader = self._reader
             if reader is None or self.finish_reason is not None:
@@ -347,7 +197,7 @@ class Generation:
                 return None
             except GONE_ERRORS as exc:
                 await self._follow_stream(reader)  # the instance gone is the latest producer
-                await self._fail_over(exc)
+                await fail_over(self, exc)
                 continue
             await self._follow_stream(reader)
             self.last_frame_at = time.monotonic()
@@ -357,79 +207,18 @@ class Generation:
                 # comes from elsewhere.
                 cut = chunk.model_copy(update={"finish_reason": None, "usage": None})
                 self._record(cut)
-                await self._fail_over(
+                await fail_over(
+                    self,
                     UnavailableError(
                         f"the worker ended the generation ({chunk.finish_reason})",
                         detail={"instance": self.instance.instance_id if self.instance else ""},
-                    )
+                    ),
                 )
                 if cut.token_ids or cut.text:
                     return cut
                 continue
             self._record(chunk)
             return chunk
-
-    async def _fail_over(self, exc: BusError) -> None:
-        """Resume the generation on another instance from the prompt plus the tokens already
-        received, on a fresh inbox (a producer that is not quite dead can never interleave
-        with the new one) numbered on from the old stream; raise ``exc`` when not allowed or
-        when no instance can take it in time."""
-        b = self.backend
-        old, reader = self.instance, self._reader
-        allowed = may_fail_over(
-            done=self.failovers,
-            limit=b.settings.failover_attempts,
-            finished=self.finish_reason is not None,
-            started=old is not None and reader is not None,
-        )
-        if not allowed or old is None or reader is None:
-            raise exc
-        self.failovers += 1
-        failed_at = time.monotonic()
-        # The stream went silent or lost a frame (a bus reconnect drops what was in flight)
-        # while its worker still holds the instance: resume there, on a fresh inbox (its
-        # prefix cache makes the recompute cheap); a gone instance is left out for good.
-        lost_frames = isinstance(exc, BusTimeoutError) and await still_serving(b, old)
-        log.warning(
-            "request %s: %s after %d tokens (%s); resuming %s",
-            self.request.request_id,
-            f"stream from {old.instance_id} broke" if lost_frames else f"{old.instance_id} gone",
-            len(self.generated_token_ids),
-            exc.message,
-            "on the same instance" if lost_frames else "elsewhere",
-        )
-        if not lost_frames:
-            b.view.suspect(old.instance_id, DEAD_S)
-            b.view.changed(self.model)
-        resume = self.resume_request().model_copy(update={"inbox": ""})
-        await reader.aclose()
-        self._unbind()
-        self.deadline = failed_at + b.settings.start_timeout
-        try:
-            await self._connect(resume, set() if lost_frames else {old.instance_id})
-        except BusError as err:
-            raise UnavailableError(
-                f"{exc.message}; resuming the generation elsewhere failed: {err.message}",
-                detail={"instance": old.instance_id, "model": self.model},
-            ) from None
-        new = self.instance
-        if new is None:  # _connect binds an instance or raises
-            raise InternalError("failover connected to no instance")
-        await b.bus.emit(
-            RequestFailoverEvent(
-                source=b.source,
-                request_id=self.request.request_id,
-                model=self.model,
-                from_instance_id=old.instance_id,
-                from_worker_id=old.worker_id,
-                to_instance_id=new.instance_id,
-                to_worker_id=new.worker_id,
-                tokens=len(self.generated_token_ids),
-                attempt=self.failovers,
-                reason=exc.message[:1000],
-                wait_s=round(time.monotonic() - failed_at, 6),
-            )
-        )
 
     def _record(self, chunk: TokenChunk) -> None:
         now = time.monotonic()
@@ -510,7 +299,7 @@ class Generation:
             b.demand.end(self.model)
         if self._reader is not None:
             await self._reader.aclose()
-        self._unbind()
+        self.unbind()
         if b.by_request.get(self.request.request_id) is self:
             del b.by_request[self.request.request_id]
         if self._in_flight:
@@ -550,11 +339,6 @@ class Generation:
                 failovers=self.failovers,
             )
         )
-
-
-def _close_later(bus: Bus, opened: asyncio.Task[StreamReader[GenerateReply, TokenChunk]]) -> None:
-    if not opened.cancelled() and opened.exception() is None:
-        bus.spawn(opened.result().aclose())
 
 
 def _code(exc: BaseException | None) -> str:

@@ -34,7 +34,7 @@ from .cluster import read
 from .failover import Probe, gone_reason, latest, silence_limit, silent
 
 if TYPE_CHECKING:
-    from .generation import Backend
+    from .backend import Backend
 
 log = logging.getLogger(__name__)
 

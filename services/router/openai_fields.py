@@ -82,12 +82,24 @@ MESSAGE_REFUSED: Mapping[str, Refused] = {
 }
 
 
+def document_screen(schema: dict[str, Any], model: type[Any]) -> None:
+    """The JSON schema of a `RequestPart` says what `screen` accepts: its ``IGNORED`` fields
+    (any value) and its ``REFUSED`` ones (a neutral value only), beside the fields it honours."""
+    properties = schema.setdefault("properties", {})
+    for name in sorted(model.IGNORED):
+        properties.setdefault(name, {"description": "Accepted and ignored."})
+    for name, rule in model.REFUSED.items():
+        properties.setdefault(
+            name, {"enum": list(rule.neutral), "description": f"Not supported: {rule.reason}."}
+        )
+
+
 class RequestPart(BaseModel):
     """A request body, or a part of one, whose fields are screened: it declares the fields it
     honours (``FIELDS``); ``IGNORED`` ones are dropped, ``REFUSED`` ones accepted only with a
     neutral value, and any other is a 400 naming it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=document_screen)
     IGNORED: ClassVar[frozenset[str]] = frozenset()
     REFUSED: ClassVar[Mapping[str, Refused]] = {}
     FIELDS: ClassVar[frozenset[str]] = frozenset()  # the fields it declares (honours)

@@ -3,73 +3,133 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request, Security
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel
 from starlette.responses import Response
-
-from libs.protocol.messages import DeploymentSpec
 
 from .api_schema import (
     ChatCompletionRequest,
     CompletionRequest,
-    DeploymentDeleted,
-    DeploymentList,
-    DeploymentOut,
     ModelCard,
     ModelList,
 )
+from .auth import ApiKeys, Role
+from .deployment_schema import DeploymentDeleted, DeploymentIn, DeploymentList, DeploymentOut
+from .openapi_doc import BUS_CALL, KEYED, STATE_READ, error_answers
+from .responses import ChatCompletion, Completion
 
 if TYPE_CHECKING:
     from .app import RouterService
 
 
-def api_key_check(check: Callable[[str | None], None]) -> Callable[[str | None], Awaitable[None]]:
+# Documents the key in /openapi.json; the check itself reads the header (`ApiKeys`).
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    description="An API key: `Authorization: Bearer <key>` (SLLM_API_KEYS, SLLM_ADMIN_KEYS...).",
+)
+
+
+def api_key_check(check: Callable[[str | None], None]) -> Callable[[Request], Awaitable[None]]:
     """One of `ApiKeys`'s checks as a FastAPI dependency."""
 
-    async def dependency(authorization: str | None = Header(default=None)) -> None:
-        check(authorization)
+    async def dependency(request: Request) -> None:
+        check(request.headers.get("authorization"))
 
     return dependency
 
 
-def v1_routes(svc: RouterService) -> APIRouter:
-    keys = svc.api_keys
-    api = APIRouter(prefix="/v1", dependencies=[Depends(api_key_check(keys.check))])
-    admin = APIRouter(prefix="/v1", dependencies=[Depends(api_key_check(keys.check_admin))])
+def guarded(keys: ApiKeys, role: Role) -> tuple[list[Any], tuple[int, ...]]:
+    """The dependencies of the routes of ``role`` (the key check, and the bearer scheme in the
+    document where the check asks for a key) and the statuses the check may answer."""
+    check = {"inference": keys.check, "admin": keys.check_admin, "metrics": keys.check_metrics}
+    depends: list[Any] = [Depends(api_key_check(check[role]))]
+    # As `ApiKeys`: a role's routes are open while no key that could open them is set.
+    opened_by: dict[Role, tuple[Role, ...]] = {
+        "inference": ("inference",),
+        "admin": ("inference", "admin"),
+    }
+    if any(keys.has[r] for r in opened_by.get(role, (role,))):
+        return [Security(BEARER), *depends], KEYED
+    return depends, ()
 
-    @api.post("/chat/completions", response_model=None)
+
+# One event of a streamed answer (OpenAPI < 3.2: the schema of each event). Its data is a chunk
+# of the answer as JSON (the answer's shape, a delta in place of the message), an error body
+# as JSON, or, last, "[DONE]".
+STREAM_EVENT = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}},
+    "required": ["data"],
+}
+
+
+def _answers(json_model: type[BaseModel], *statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A completion's answers: JSON, or an event stream with ``"stream": true``."""
+    ok = {
+        "model": json_model,
+        "description": 'The answer; with `"stream": true`, server-sent events of its chunks.',
+        "content": {"text/event-stream": {"schema": STREAM_EVENT}},
+    }
+    return {200: ok, **error_answers(*statuses)}
+
+
+def v1_routes(svc: RouterService) -> APIRouter:
+    inference, keyed = guarded(svc.api_keys, "inference")
+    api = APIRouter(prefix="/v1", dependencies=inference)
+    administration, admin_keyed = guarded(svc.api_keys, "admin")
+    admin = APIRouter(prefix="/v1", dependencies=administration)
+
+    # The hot path (`hotpath.HotPath`) answers these two; the routes document them.
+    @api.post(
+        "/chat/completions",
+        response_model=None,
+        responses=_answers(ChatCompletion, *keyed, *BUS_CALL),
+    )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await svc.serving.chat(body, request.receive)
 
-    @api.post("/completions", response_model=None)
+    @api.post(
+        "/completions", response_model=None, responses=_answers(Completion, *keyed, *BUS_CALL)
+    )
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await svc.serving.completion(body, request.receive)
 
-    @api.get("/models")
+    @api.get("/models", responses=error_answers(*keyed, *STATE_READ))
     async def list_models() -> ModelList:
         return await svc.serving.models()
 
-    @api.get("/models/{model:path}")
+    @api.get("/models/{model:path}", responses=error_answers(*keyed, 404, *STATE_READ))
     async def get_model(model: str) -> ModelCard:
         spec = await svc.deployments.get(model)
         return ModelCard(id=spec.name, created=int(spec.created_at))
 
-    @admin.post("/deployments", status_code=201, response_model=None)
-    async def put_deployment(spec: DeploymentSpec) -> JSONResponse:
-        out, created = await svc.deployments.put(spec)
+    @admin.post(
+        "/deployments",
+        status_code=201,
+        response_model=DeploymentOut,
+        responses={
+            200: {"model": DeploymentOut, "description": "An existing deployment, updated."},
+            **error_answers(*admin_keyed, *BUS_CALL),
+        },
+    )
+    async def put_deployment(body: DeploymentIn) -> JSONResponse:
+        out, created = await svc.deployments.put(body.spec())
         return JSONResponse(out.model_dump(), status_code=201 if created else 200)
 
-    @admin.get("/deployments")
+    @admin.get("/deployments", responses=error_answers(*admin_keyed, *STATE_READ))
     async def list_deployments() -> DeploymentList:
         return await svc.deployments.list()
 
-    @admin.get("/deployments/{name:path}")
+    @admin.get("/deployments/{name:path}", responses=error_answers(*admin_keyed, 404, *STATE_READ))
     async def get_deployment(name: str) -> DeploymentOut:
         return await svc.deployments.get(name)
 
-    @admin.delete("/deployments/{name:path}")
+    @admin.delete("/deployments/{name:path}", responses=error_answers(*admin_keyed, *BUS_CALL))
     async def delete_deployment(name: str) -> DeploymentDeleted:
         return await svc.deployments.delete(name)
 

@@ -19,10 +19,11 @@ from libs.protocol.messages import ChatMessage, GenerateRequest, SamplingParams,
 from libs.protocol.schema import encode
 
 from .api_schema import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from .backend import Backend
 from .choices import fan_out, merge_whole, merged_events, total_usage
 from .cluster import read
 from .errors import to_api_error, validation_message
-from .generation import Backend, Generation
+from .generation import Generation
 from .responses import AnswerFormat, ChatFormat, CompletionFormat, ToolCallFormat
 from .sse import DONE, ClientDisconnected, EventStreamResponse, event, run_until_disconnect
 

@@ -5,6 +5,12 @@ The migration itself runs worker to worker (see services/worker/migration.py); t
 only chooses the destination (the best free worker by estimated startup, as for any
 placement), starts an instance there through the ordinary placement path, waits for it, and
 afterwards stops the source instance when nothing runs on it any more.
+
+Every wait follows the worker it waits on (`libs.common.follow`): the load of the destination
+instance follows the destination worker, the migration and the unload the source worker. A
+worker that dies or restarts meanwhile fails the migration within seconds (`PeerGone`), not
+at `migration_load_timeout` (600 s) or the migration's own budget: what it was doing died
+with it (the router fails its streams over), so nothing is asked again of its next life.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from libs.cluster import ClusterState
+from libs.common.follow import PeerGone, Peers
 from libs.protocol import Bus
 from libs.protocol.endpoints import WORKER_MIGRATE, WORKER_UNLOAD
 from libs.protocol.errors import (
@@ -61,6 +68,7 @@ class Orchestrator:
         self.place_new = place_new
         self.timeout = timeout
         self.unload_timeout = unload_timeout
+        self.workers = Peers(bus, state.redis, state.keys, "worker")  # followed while waited on
 
     async def migrate(self, req: MigrateInstanceRequest) -> MigrateInstanceReply:
         source = await self.state.get_instance(req.instance_id)
@@ -73,10 +81,18 @@ class Orchestrator:
             raise NotFoundError(f"no deployment named {source.model!r}")
         t0 = time.perf_counter()
         dest = await self._destination(req, source, spec)
-        dest = await self._ready(dest, self.timeout)
+        try:
+            dest = await self.workers.watch(self._ready(dest, self.timeout), peer_id=dest.worker_id)
+        except PeerGone as exc:
+            raise PeerGone(
+                f"destination worker {dest.worker_id} died while loading "
+                f"{dest.instance_id}: {exc.message}",
+                detail=exc.detail,
+            ) from None
         load_s = time.perf_counter() - t0
         budget = (req.timeout_s or self.timeout) + REPLY_MARGIN_S
-        reply = await self.bus.request(
+        # One attempt: a source worker that died took the generations with it.
+        reply = await self.workers.request(
             WORKER_MIGRATE,
             MigrateRequest(
                 instance_id=source.instance_id,
@@ -88,6 +104,8 @@ class Orchestrator:
                 timeout_s=req.timeout_s,
             ),
             worker_id=source.worker_id,
+            peer_id=source.worker_id,
+            attempts=1,
             timeout=budget,
         )
         freed = False
@@ -161,7 +179,7 @@ class Orchestrator:
         """Stop the source instance, unless something new runs on it (race-free on the
         worker: a conditional unload)."""
         try:
-            reply = await self.bus.request(
+            reply = await self.workers.request(
                 WORKER_UNLOAD,
                 UnloadRequest(
                     instance_id=source.instance_id,
@@ -170,6 +188,8 @@ class Orchestrator:
                     reason="migrated",
                 ),
                 worker_id=source.worker_id,
+                peer_id=source.worker_id,
+                attempts=1,
                 timeout=self.unload_timeout,
             )
         except BusError as exc:

@@ -221,9 +221,16 @@ class Host:
 
     async def _promote(self, req: LoadRequest) -> None:
         """After a load from SSD: have the node keep a DRAM copy, so the next cold start of
-        this model here is a DRAM hit. Off the critical path; failures only cost speed."""
+        this model here is a DRAM hit. Off the critical path; failures only cost speed.
+
+        The request follows the storage service's life: one killed or restarted mid-copy is
+        asked again once restarted (or given up on if it stays away), instead of this task
+        waiting out ``load_timeout`` on a dead process."""
+        from libs.common.follow import Peers
+
+        storage = Peers(self.bus, self.state.redis, self.state.keys, "storage")
         try:
-            await self.bus.request(
+            await storage.request(
                 STORAGE_ENSURE,
                 EnsureRequest(model=req.model, checkpoint_uri=req.checkpoint_uri, tier="dram"),
                 timeout=self.settings.load_timeout,

@@ -234,7 +234,9 @@ async def test_client_leaving_the_queue_is_forgotten(
 ) -> None:
     scheduler.never_ready = True
     events = await EventLog().watch(bus, "request.completed", RequestCompletedEvent)
-    async with httpx.AsyncClient(base_url=router.url, timeout=0.5) as http:
+    async with httpx.AsyncClient(
+        base_url=router.url, timeout=httpx.Timeout(0.5, connect=10.0)
+    ) as http:
         with pytest.raises(httpx.ReadTimeout):
             await chat(http)
     await until(lambda: queued(router) == 0)

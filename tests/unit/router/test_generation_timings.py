@@ -8,7 +8,8 @@ from typing import Any, cast
 import pytest
 
 from libs.protocol.messages import GenerateRequest, TokenChunk
-from services.router.generation import Backend, Generation
+from services.router.backend import Backend
+from services.router.generation import Generation
 from services.router.metrics import RouterMetrics
 from services.router.settings import RouterSettings
 

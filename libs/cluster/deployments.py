@@ -1,0 +1,38 @@
+"""Deployment specs in the cluster state: one JSON record each, and the set of their names."""
+
+from __future__ import annotations
+
+import time
+
+from libs.protocol.messages import DeploymentSpec
+from libs.protocol.schema import encode_json
+
+from .records import RedisRecords, text
+
+
+class Deployments(RedisRecords):
+    """Deployment specs, by name."""
+
+    async def put_deployment(self, spec: DeploymentSpec) -> bool:
+        """Create or replace; returns True if it was created."""
+        if not spec.created_at:
+            spec = spec.model_copy(update={"created_at": time.time()})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.deployment(spec.name), encode_json(spec))
+            pipe.sadd(self.keys.deployments, spec.name)
+            _, added = await pipe.execute()
+        return bool(added)
+
+    async def get_deployment(self, name: str) -> DeploymentSpec | None:
+        return await self._get(self.keys.deployment(name), DeploymentSpec)
+
+    async def deployments(self) -> list[DeploymentSpec]:
+        names = sorted(text(n) for n in await self.redis.smembers(self.keys.deployments))
+        return await self._get_many((self.keys.deployment(n) for n in names), DeploymentSpec)
+
+    async def delete_deployment(self, name: str) -> bool:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.deployment(name))
+            pipe.srem(self.keys.deployments, name)
+            deleted, _ = await pipe.execute()
+        return bool(deleted)

@@ -1,0 +1,51 @@
+"""Nodes in the cluster state: their records, which checkpoints each holds in which storage tier
+(locality), and each tier's measured read bandwidth."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from libs.protocol.schema import encode_json
+from libs.protocol.state import Locality, NodeRecord
+
+from .records import RedisRecords, text
+
+StorageTier = Literal["registry", "ssd", "dram"]
+
+
+class Nodes(RedisRecords):
+    """Node records, locality and bandwidth."""
+
+    async def register_node(self, node: NodeRecord) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.node(node.node_id), encode_json(node))
+            pipe.sadd(self.keys.nodes, node.node_id)
+            await pipe.execute()
+
+    async def nodes(self) -> list[NodeRecord]:
+        ids = sorted(text(n) for n in await self.redis.smembers(self.keys.nodes))
+        return await self._get_many((self.keys.node(n) for n in ids), NodeRecord)
+
+    async def set_locality(self, node_id: str, tier: StorageTier, model: str, nbytes: int) -> None:
+        await self.redis.hset(self.keys.locality(node_id, tier), model, nbytes)
+
+    async def remove_locality(self, node_id: str, tier: StorageTier, model: str) -> None:
+        await self.redis.hdel(self.keys.locality(node_id, tier), model)
+
+    async def set_bandwidth(self, node_id: str, tier: StorageTier, bytes_per_s: float) -> None:
+        await self.redis.hset(self.keys.bandwidth(node_id), tier, repr(float(bytes_per_s)))
+
+    async def locality(self, node_id: str) -> Locality:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.locality(node_id, "dram"))
+            pipe.hgetall(self.keys.locality(node_id, "ssd"))
+            pipe.hgetall(self.keys.bandwidth(node_id))
+            dram, ssd, bw = await pipe.execute()
+        return Locality(
+            node_id=node_id,
+            dram={text(k): int(v) for k, v in dram.items()},
+            ssd={text(k): int(v) for k, v in ssd.items()},
+            bandwidth={
+                t: float(bw[t.encode()]) for t in ("registry", "ssd", "dram") if t.encode() in bw
+            },
+        )

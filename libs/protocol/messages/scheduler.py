@@ -1,0 +1,72 @@
+"""Messages to the scheduler: deployments, placement, and the routers' demand reports."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..schema import Message
+from .common import InstanceStatus, Tier
+
+
+class DeploymentSpec(Message):
+    """A model the cluster serves, with its autoscaling knobs (stored in Redis as-is)."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/\-]*$")
+    checkpoint_uri: str = Field(min_length=1, max_length=4096)
+    min_instances: int = Field(default=0, ge=0, le=1024)
+    max_instances: int = Field(default=1, ge=1, le=1024)
+    keep_alive_s: float = Field(default=300.0, ge=0.0, le=30 * 86400.0)
+    target_concurrency: int = Field(default=8, ge=1, le=4096)
+    created_at: float = 0.0
+
+
+class DeployRequest(Message):
+    spec: DeploymentSpec
+
+
+class DeployReply(Message):
+    spec: DeploymentSpec
+    created: bool  # False: an existing deployment was updated
+
+
+class UndeployRequest(Message):
+    name: str = Field(min_length=1, max_length=128)
+
+
+class UndeployReply(Message):
+    name: str
+    stopped_instances: list[str]
+
+
+class PlaceRequest(Message):
+    """Ask the scheduler for an instance of ``model``: a ready or loading one, or a new one."""
+
+    model: str = Field(min_length=1, max_length=128)
+    request_id: str = ""
+
+
+class PlaceReply(Message):
+    instance_id: str
+    worker_id: str
+    node_id: str
+    status: InstanceStatus
+    source_tier: Tier
+    estimated_startup_s: float = Field(ge=0)
+
+
+class ModelDemand(Message):
+    """One router's demand for one model: requests it holds (in flight or waiting for an
+    instance), how many of them wait for an instance, and how long the oldest has waited."""
+
+    requests: int = Field(ge=0)
+    queued: int = Field(default=0, ge=0)
+    oldest_wait_s: float = Field(default=0.0, ge=0)
+
+
+class DemandReport(Message):
+    """A router's whole demand, published when it changes (coalesced) and periodically; the
+    scheduler forgets it ``ttl_s`` after receipt unless a newer report replaces it."""
+
+    router_id: str = Field(min_length=1, max_length=256)
+    models: dict[str, ModelDemand] = Field(default_factory=dict)
+    ttl_s: float = Field(gt=0, le=86400.0)

@@ -1,0 +1,67 @@
+"""Messages to a node's storage service: making a checkpoint available in a tier, evicting it,
+and quarantining a damaged copy."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ..schema import Message
+from .common import Tier
+
+
+class EnsureRequest(Message):
+    """Make ``model``'s checkpoint available in ``tier`` (or a faster one) on this node.
+
+    The reply names the fastest copy there is: asking for "ssd" never promotes, but returns
+    the DRAM copy if one exists.
+    """
+
+    model: str = Field(min_length=1, max_length=128)
+    checkpoint_uri: str = Field(min_length=1, max_length=4096)
+    tier: Literal["dram", "ssd"] = "ssd"
+
+
+class EnsureReply(Message):
+    model: str
+    path: str
+    tier: Literal["dram", "ssd"]
+    source_tier: Tier  # where the bytes came from: "registry", "ssd" or "dram" (already there)
+    bytes: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+
+
+class EvictRequest(Message):
+    model: str = Field(min_length=1, max_length=128)
+    tier: Literal["dram", "ssd"]
+
+
+class EvictReply(Message):
+    model: str
+    evicted: bool
+
+
+class QuarantineRequest(Message):
+    """A reader found a tier copy damaged (a chunk's hash, a file's size): the node's storage
+    service checks the claim and takes the copy out of service, so the next ensure serves
+    another tier or fetches a fresh copy.
+
+    ``path`` is the copy's directory as an `EnsureReply` named it: a report about a copy that
+    has been replaced since changes nothing.
+    """
+
+    model: str = Field(min_length=1, max_length=128)
+    tier: Literal["dram", "ssd"]
+    path: str = Field(min_length=1, max_length=4096)
+    file: str = Field(default="", max_length=4096)  # the damaged file, by name in the copy
+    offset: int | None = Field(default=None, ge=0)  # where in it (a chunk's start)
+    reason: str = Field(default="", max_length=1024)
+    reporter: str = Field(default="", max_length=256)  # who found it (a worker id)
+
+
+class QuarantineReply(Message):
+    model: str
+    tier: Literal["dram", "ssd"]
+    quarantined: bool  # False: not this node's current copy, or the copy checked intact
+    detail: str = ""
