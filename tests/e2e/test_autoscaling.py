@@ -84,8 +84,16 @@ async def test_a_burst_scales_from_zero_to_max_and_back_to_zero(
         lambda: len(events.of("instance.stopped", model="burst")) == 3, "three stopped instances"
     )
     assert {e["reason"] for e in events.of("instance.stopped", model="burst")} == {"idle"}
-    downs = [e for e in events.of("scheduler.scaled", model="burst") if e["reason"] == "idle"]
-    assert min(e["to_instances"] for e in downs) == 0
+
+    # The scheduler announces each step once the worker's unload answer is back, which may be
+    # after the worker's own `instance.stopped`: wait for the step to zero, do not race it.
+    def downs() -> list[dict[str, object]]:
+        return [e for e in events.of("scheduler.scaled", model="burst") if e["reason"] == "idle"]
+
+    await events.until(
+        lambda: any(e["to_instances"] == 0 for e in downs()), "the scale-down to zero announced"
+    )
+    assert len(downs()) == 3
     assert _instances(cluster, "burst") == []
 
 
