@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -27,16 +26,16 @@ from nats.nuid import NUID
 from .errors import (
     BadReplyError,
     BusError,
-    BusTimeoutError,
     CredentialsError,
-    NoRespondersError,
     UnavailableError,
     redact_url,
 )
 from .events import Event, event_kind
+from .link import Link
+from .requests import DEFAULT_REQUEST_TIMEOUT, Requests
 from .schema import Message, decode, decode_json, encode, encode_json
 from .serving import Route as Route  # re-exported: services build their handler tables with it
-from .serving import Services, raise_if_error
+from .serving import Services
 from .serving import route as route
 from .stream import InboxMux, StreamReader
 from .streaming import Consumers, Producers
@@ -50,9 +49,6 @@ E = TypeVar("E", bound=Event)
 Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep", bound=Message)
 Chunk = TypeVar("Chunk", bound=Message)
-
-DEFAULT_REQUEST_TIMEOUT = 5.0
-NO_RESPONDERS_GRACE = 0.5
 
 
 class Bus:
@@ -70,6 +66,8 @@ class Bus:
         self.root = root
         self.request_timeout = request_timeout
         self.instance_id = NUID().next().decode().lower()
+        self.link = Link()
+        self._requests = Requests(nc, self.link, request_timeout)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subs: list[Subscription] = []
         # Streamed replies: those this connection produces and those it consumes.
@@ -103,10 +101,12 @@ class Bus:
             else:
                 log.debug("nats %s: %s", name, text)
 
+        made: list[Bus] = []  # the bus, once built: its waits hear of drops and reconnects
+
         async def on_disconnect() -> None:
             log.info("nats %s: disconnected", name)
-
-        made: list[Bus] = []  # the bus, once built: its open streams hear of a reconnect
+            for bus in made:
+                bus.link.dropped()
 
         async def on_reconnect() -> None:
             log.info("nats %s: reconnected", name)
@@ -142,6 +142,7 @@ class Bus:
     def reconnected(self) -> None:
         """The connection is back (subscriptions restored): streams being read may have lost
         frames while it was down; they now fail within seconds if nothing more comes."""
+        self.link.restored()
         self._consumers.reconnected()
 
     @property
@@ -172,37 +173,14 @@ class Bus:
         *,
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
+        resend_on_drop: bool = False,
     ) -> Msg:
-        """Send raw bytes and return the raw reply; error replies raise their typed error.
-
-        "No responders" is retried briefly: nats-server 2.15 occasionally answers it for a
-        subscription another connection made (and flushed) a moment ago, e.g. just after a
-        service starts. A subject nobody serves still fails within ``NO_RESPONDERS_GRACE``.
-        """
-        t = self.request_timeout if timeout is None else timeout
-        deadline = time.monotonic() + t
-        grace_until = time.monotonic() + min(NO_RESPONDERS_GRACE, t)
-        delay = 0.02
-        while True:
-            try:
-                msg = await self.nc.request(
-                    subject,
-                    payload,
-                    timeout=max(deadline - time.monotonic(), 0.001),
-                    headers=headers,
-                )
-                break
-            except nats.errors.NoRespondersError:
-                if time.monotonic() + delay >= grace_until:
-                    raise NoRespondersError(f"no service answers {subject}") from None
-                await asyncio.sleep(delay)
-                delay *= 2
-            except nats.errors.TimeoutError:
-                raise BusTimeoutError(f"no reply on {subject} within {t:g}s") from None
-            except (nats.errors.Error, OSError) as exc:
-                raise UnavailableError(f"request on {subject} failed: {exc!r}") from None
-        raise_if_error(msg, subject)
-        return msg
+        """Send raw bytes and return the raw reply; error replies raise their typed error
+        (`Requests.request_msg`: "no responders" retried briefly, resent after a drop when
+        ``resend_on_drop``)."""
+        return await self._requests.request_msg(
+            subject, payload, timeout=timeout, headers=headers, resend_on_drop=resend_on_drop
+        )
 
     async def request(
         self,
@@ -214,7 +192,9 @@ class Bus:
     ) -> Rep:
         """Typed request/reply on ``endpoint``; raises a `BusError` subclass on any failure."""
         subject = endpoint.subject(self.root, **params)
-        reply = await self.request_msg(subject, encode(msg), timeout=timeout)
+        reply = await self.request_msg(
+            subject, encode(msg), timeout=timeout, resend_on_drop=endpoint.resend_on_drop
+        )
         return decode(reply.data, endpoint.reply, error=BadReplyError)
 
     async def request_once(
@@ -228,16 +208,7 @@ class Bus:
         """`request` without retrying "no responders": for liveness checks of a peer that has
         served ``endpoint`` for a while, where "no responders" means its connection is gone."""
         subject = endpoint.subject(self.root, **params)
-        t = self.request_timeout if timeout is None else timeout
-        try:
-            reply = await self.nc.request(subject, encode(msg), timeout=t)
-        except nats.errors.NoRespondersError:
-            raise NoRespondersError(f"no service answers {subject}") from None
-        except nats.errors.TimeoutError:
-            raise BusTimeoutError(f"no reply on {subject} within {t:g}s") from None
-        except (nats.errors.Error, OSError) as exc:
-            raise UnavailableError(f"request on {subject} failed: {exc!r}") from None
-        raise_if_error(reply, subject)
+        reply = await self._requests.request_msg_once(subject, encode(msg), timeout=timeout)
         return decode(reply.data, endpoint.reply, error=BadReplyError)
 
     # --- pub / sub ------------------------------------------------------------------------

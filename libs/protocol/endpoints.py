@@ -1,4 +1,12 @@
-"""The endpoint catalog: each request/reply subject with its request and reply schemas."""
+"""The endpoint catalog: each request/reply subject with its request and reply schemas.
+
+``resend_on_drop`` marks the requests that are safe to repeat: asking for an instance (the
+scheduler joins the load under way), for a copy in a tier (the repeat waits behind the first
+under the model's lock, then finds the copy), for a worker's sequences, for a service's info.
+The others are not: a repeated deploy answers "updated", undeploy "not found", evict and
+quarantine "nothing removed", and the orders that change a worker (load, unload, migrate,
+adopt) have callers that follow the peer instead (`libs/common/follow.py`).
+"""
 
 from __future__ import annotations
 
@@ -40,9 +48,11 @@ from .messages import (
 from .subjects import Endpoint, StreamEndpoint
 
 # Every service instance answers `info` on its own subject.
-SERVICE_INFO = Endpoint("info", "svc.{kind}.{instance_id}.info", InfoRequest, ServiceInfoReply)
+SERVICE_INFO = Endpoint(
+    "info", "svc.{kind}.{instance_id}.info", InfoRequest, ServiceInfoReply, resend_on_drop=True
+)
 
-SCHED_PLACE = Endpoint("place", "sched.place", PlaceRequest, PlaceReply)
+SCHED_PLACE = Endpoint("place", "sched.place", PlaceRequest, PlaceReply, resend_on_drop=True)
 SCHED_DEPLOY = Endpoint("deploy", "sched.deploy", DeployRequest, DeployReply)
 SCHED_UNDEPLOY = Endpoint("undeploy", "sched.undeploy", UndeployRequest, UndeployReply)
 
@@ -57,7 +67,9 @@ WORKER_GENERATE = StreamEndpoint(
     ends=lambda chunk: chunk.finish_reason is not None,
 )
 
-STORAGE_ENSURE = Endpoint("ensure", "storage.{node_id}.ensure", EnsureRequest, EnsureReply)
+STORAGE_ENSURE = Endpoint(
+    "ensure", "storage.{node_id}.ensure", EnsureRequest, EnsureReply, resend_on_drop=True
+)
 STORAGE_EVICT = Endpoint("evict", "storage.{node_id}.evict", EvictRequest, EvictReply)
 # A worker whose load found the copy an ensure gave it damaged reports it (see `_bring_up`).
 STORAGE_QUARANTINE = Endpoint(
@@ -70,7 +82,9 @@ SCHED_MIGRATE = Endpoint(
     "migrate_instance", "sched.migrate", MigrateInstanceRequest, MigrateInstanceReply
 )
 WORKER_MIGRATE = Endpoint("migrate", "worker.{worker_id}.migrate", MigrateRequest, MigrateReply)
-WORKER_RUNNING = Endpoint("running", "worker.{worker_id}.running", RunningRequest, RunningReply)
+WORKER_RUNNING = Endpoint(
+    "running", "worker.{worker_id}.running", RunningRequest, RunningReply, resend_on_drop=True
+)
 WORKER_ADOPT = Endpoint("adopt", "worker.{worker_id}.adopt", AdoptRequest, AdoptReply)
 WORKER_ADOPT_DELTA = Endpoint(
     "adopt_delta", "worker.{worker_id}.adopt_delta", AdoptDeltaRequest, AdoptReply

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from .schema import Message
@@ -44,12 +44,18 @@ def check_root(root: str) -> str:
 
 @dataclass(frozen=True)
 class Endpoint(Generic[Req, Rep]):
-    """A request/reply endpoint: a subject template under the root plus its two schemas."""
+    """A request/reply endpoint: a subject template under the root plus its two schemas.
+
+    ``resend_on_drop``: the request is safe to repeat (asking twice has the effect of asking
+    once), so a caller whose connection drops while it waits sends it again once the connection
+    is back, instead of waiting out its timeout for a reply core NATS may have lost.
+    """
 
     name: str
     template: str
     request: type[Req]
     reply: type[Rep]
+    resend_on_drop: bool = field(default=False, kw_only=True)
 
     @property
     def params(self) -> tuple[str, ...]:
