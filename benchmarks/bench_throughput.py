@@ -146,7 +146,8 @@ def _header(args: argparse.Namespace, when: dt.datetime, runs: list[ModelRun]) -
         f"faster method is the bound. KV cache: {args.kv_cache_gb:g} GB for each system.",
         "TTFT: to the first chunk with text; ITL: gaps between chunks with text, over the "
         "request's tokens per chunk; tokens/s: output tokens (usage) of the point over its wall "
-        "time.",
+        "time; overtaken: of the pairs of requests sent more than 50 ms apart, those whose "
+        "first tokens came in the other order (a first-come-first-served server has none).",
     ]
 
 

@@ -57,6 +57,10 @@ class Point:
     itl_p99_s: float
     short: int  # finished requests that returned fewer tokens than asked
     errors: tuple[str, ...] = ()
+    # Fairness: pairs of finished requests sent more than `FIFO_SLACK_S` apart, and those of
+    # them whose first tokens came in the other order (the later one overtook).
+    fifo_pairs: int = 0
+    fifo_inversions: int = 0
 
 
 def summarize(records: Sequence[Request], wall_s: float, max_tokens: int) -> Point:
@@ -67,6 +71,7 @@ def summarize(records: Sequence[Request], wall_s: float, max_tokens: int) -> Poi
     itls = [x for r in ok for x in r.itl_s()]
     tokens = sum(r.tokens for r in ok)
     errors = tuple(sorted({r.error for r in records if r.error}))
+    pairs, inversions = fifo_inversions(records)
     return Point(
         requests=len(records),
         failed=len(records) - len(ok),
@@ -79,7 +84,32 @@ def summarize(records: Sequence[Request], wall_s: float, max_tokens: int) -> Poi
         itl_p99_s=percentile(itls, 99),
         short=sum(1 for r in ok if r.tokens < max_tokens),
         errors=errors[:5],
+        fifo_pairs=pairs,
+        fifo_inversions=inversions,
     )
+
+
+FIFO_SLACK_S = 0.05
+
+
+def fifo_inversions(records: Sequence[Request], slack_s: float = FIFO_SLACK_S) -> tuple[int, int]:
+    """(pairs, inversions): of the finished requests sent more than ``slack_s`` apart, how
+    many pairs there are and in how many the later-sent one got its first token more than
+    ``slack_s`` before the earlier one. Requests sent together (a closed loop's first wave) are
+    no pair: their order is the network's. Every prompt of a point has the same length, so a
+    first-come-first-served server inverts none."""
+    firsts = sorted(
+        (r.sent_at, r.sent_at + t) for r in records if not r.error and (t := r.ttft_s) is not None
+    )
+    pairs = inversions = 0
+    for i, (sent_a, first_a) in enumerate(firsts):
+        for sent_b, first_b in firsts[i + 1 :]:
+            if sent_b - sent_a <= slack_s:
+                continue
+            pairs += 1
+            if first_b < first_a - slack_s:
+                inversions += 1
+    return pairs, inversions
 
 
 def per_client(total: int, concurrency: int, minimum: int) -> int:

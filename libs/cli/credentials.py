@@ -2,7 +2,9 @@
 
 Every start makes new random passwords: one NATS user per role (router, scheduler, worker,
 storage, admin), each confined to its subjects (`libs/protocol/permissions.py`), and one Valkey
-password. Children get their role's URL in their environment; nothing prints a password. The
+ACL user per role (the services' confined to the cluster's keys and to data commands; the
+admin is Valkey's ``default`` user, unrestricted, with a password). Children get their role's URLs in their
+environment; nothing prints a password. The
 admin URLs go to ``<data dir>/credentials.env`` (mode 0600) for operators' tools: ``sllm
 events`` and ``sllm health`` read it when ``SLLM_NATS_URL`` is not set.
 """
@@ -15,7 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from libs.common.embedded import NatsUser, nats_auth_conf
+from libs.common.server_config import (
+    ADMIN_USER,
+    NatsUser,
+    RedisUser,
+    nats_auth_conf,
+    redis_acl_conf,
+)
 from libs.protocol.permissions import ROLES, Role, permissions
 
 CREDENTIALS_FILE = "credentials.env"
@@ -32,13 +40,21 @@ _ROLE_OF_MODULE: dict[str, Role] = {
 @dataclass(frozen=True)
 class Credentials:
     nats: Mapping[Role, str]  # role -> password
-    redis: str
+    redis: Mapping[Role, str]
 
     @classmethod
     def generate(cls) -> Credentials:
         return cls(
             nats={role: secrets.token_urlsafe(24) for role in ROLES},
-            redis=secrets.token_urlsafe(24),
+            redis={role: secrets.token_urlsafe(24) for role in ROLES},
+        )
+
+    def redis_users(self, root: str) -> tuple[RedisUser, ...]:
+        return tuple(
+            RedisUser(redis_user(role), password)
+            if role == "admin"
+            else RedisUser.service(role, password, root)
+            for role, password in self.redis.items()
         )
 
     def nats_users(self, root: str) -> tuple[NatsUser, ...]:
@@ -49,25 +65,35 @@ class Credentials:
         return tuple(users)
 
 
+def redis_user(role: Role) -> str:
+    """The Valkey user of ``role``: its name, but the admin is Valkey's ``default`` user."""
+    return ADMIN_USER if role == "admin" else role
+
+
 def write_bundle(
     directory: Path, *, root: str, nats_address: str, redis_address: str
 ) -> list[Path]:
     """The files a deployment whose NATS and Valkey run elsewhere (compose, Kubernetes) needs,
     each readable by its owner only: ``nats-auth.conf`` (for nats-server ``-c``),
-    ``redis-password``, one ``<role>.nats-url`` per role and ``redis-url`` (for the services'
-    ``SLLM_NATS_URL_FILE`` / ``SLLM_REDIS_URL_FILE``), and ``credentials.env`` (admin, for
-    operators). Nothing is replaced when the directory already has a bundle."""
+    ``redis-acl.conf`` (for valkey-server, as its configuration file), ``redis-password`` (the
+    admin's, for health checks), one ``<role>.nats-url`` and ``<role>.redis-url`` per role (for
+    the services' ``SLLM_NATS_URL_FILE`` / ``SLLM_REDIS_URL_FILE``), and ``credentials.env``
+    (admin, for operators). Nothing is replaced when the directory already has a bundle."""
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / "nats-auth.conf").exists():
         return []
     creds = Credentials.generate()
     files = {
         "nats-auth.conf": nats_auth_conf(creds.nats_users(root)),
-        "redis-password": creds.redis + "\n",
-        "redis-url": f"redis://:{creds.redis}@{redis_address}/0\n",
+        "redis-acl.conf": redis_acl_conf(creds.redis_users(root)),
+        "redis-password": creds.redis["admin"] + "\n",
         **{
             f"{role}.nats-url": f"nats://{role}:{password}@{nats_address}\n"
             for role, password in creds.nats.items()
+        },
+        **{
+            f"{role}.redis-url": f"redis://{redis_user(role)}:{password}@{redis_address}/0\n"
+            for role, password in creds.redis.items()
         },
     }
     written = []
@@ -79,7 +105,7 @@ def write_bundle(
         written.append(path)
     admin = {
         "SLLM_NATS_URL": files["admin.nats-url"].strip(),
-        "SLLM_REDIS_URL": files["redis-url"].strip(),
+        "SLLM_REDIS_URL": files["admin.redis-url"].strip(),
     }
     written.append(write_env_file(directory, admin))
     return written

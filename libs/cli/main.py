@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 from pathlib import Path
 
@@ -93,14 +94,16 @@ def _cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _tail_events(url: str, root: str, replay: bool, count: int, timeout: float) -> int:
+async def _tail_events(
+    url: str, root: str, replay: bool, count: int, timeout: float, tls: ssl.SSLContext | None
+) -> int:
     from nats.js.api import DeliverPolicy
 
     from libs.protocol import Bus
     from libs.protocol.errors import BusError, CredentialsError
 
     try:
-        bus = await Bus.connect(url, name="sllm-events", root=root)
+        bus = await Bus.connect(url, name="sllm-events", root=root, tls=tls)
     except (BusError, CredentialsError) as exc:
         print(f"sllm events: {exc}", file=sys.stderr)
         return 2
@@ -130,19 +133,24 @@ async def _tail_events(url: str, root: str, replay: bool, count: int, timeout: f
 
 def _cmd_events(args: argparse.Namespace) -> int:
     from libs.common.settings import CommonSettings
+    from libs.common.tls import nats_tls
 
     from .credentials import operator_env
 
     settings = CommonSettings.from_env(operator_env())
     url = args.nats_url or settings.nats_url
+    tls = nats_tls(settings.nats_tls)
     try:
-        return asyncio.run(_tail_events(url, settings.root, args.all, args.count, args.timeout))
+        return asyncio.run(
+            _tail_events(url, settings.root, args.all, args.count, args.timeout, tls)
+        )
     except KeyboardInterrupt:
         return 0
 
 
 async def _health(kind: str, instance_id: str, timeout: float) -> int:
     from libs.common.settings import CommonSettings
+    from libs.common.tls import nats_tls
     from libs.protocol import Bus
     from libs.protocol.endpoints import SERVICE_INFO
     from libs.protocol.errors import BusError, CredentialsError
@@ -153,7 +161,11 @@ async def _health(kind: str, instance_id: str, timeout: float) -> int:
     settings = CommonSettings.from_env(operator_env())
     try:
         bus = await Bus.connect(
-            settings.nats_url, name="sllm-health", root=settings.root, connect_timeout=timeout
+            settings.nats_url,
+            name="sllm-health",
+            root=settings.root,
+            connect_timeout=timeout,
+            tls=nats_tls(settings.nats_tls),
         )
     except (BusError, CredentialsError) as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)

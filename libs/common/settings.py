@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
+from .tls import TlsFiles
+
 S = TypeVar("S", bound="CommonSettings")
 
 ENV_PREFIX = "SLLM_"
@@ -67,6 +69,12 @@ class CommonSettings:
 
     nats_url: str = setting("nats://127.0.0.1:4222", "NATS server URL")
     redis_url: str = setting("redis://127.0.0.1:6379/0", "Redis (or Valkey) URL")
+    nats_tls_ca: str = setting("", "CA file that signed the NATS server's certificate (TLS)")
+    nats_tls_cert: str = setting("", "client certificate file for NATS (mutual TLS)")
+    nats_tls_key: str = setting("", "key file of SLLM_NATS_TLS_CERT")
+    redis_tls_ca: str = setting("", "CA file that signed the Redis server's certificate (TLS)")
+    redis_tls_cert: str = setting("", "client certificate file for Redis (mutual TLS)")
+    redis_tls_key: str = setting("", "key file of SLLM_REDIS_TLS_CERT")
     root: str = setting("sllm", "root of every NATS subject and prefix of every Redis key")
     instance_id: str = setting("", "this process's id on the bus (default: generated)")
     log_level: str = setting("INFO", "Python logging level")
@@ -102,6 +110,19 @@ class CommonSettings:
                 raise SettingsError(f"{env_name(f.name)} must be >= 0, got {value}")
         if self.heartbeat_ttl <= self.heartbeat_interval:
             raise SettingsError("SLLM_HEARTBEAT_TTL must exceed SLLM_HEARTBEAT_INTERVAL")
+        for files in (self.nats_tls, self.redis_tls):
+            for problem in files.problems():
+                raise SettingsError(problem)
+
+    @property
+    def nats_tls(self) -> TlsFiles:
+        return TlsFiles("SLLM_NATS_TLS", self.nats_tls_ca, self.nats_tls_cert, self.nats_tls_key)
+
+    @property
+    def redis_tls(self) -> TlsFiles:
+        return TlsFiles(
+            "SLLM_REDIS_TLS", self.redis_tls_ca, self.redis_tls_cert, self.redis_tls_key
+        )
 
     def as_env(self) -> dict[str, str]:
         """The settings as ``SLLM_*`` variables (to hand to child processes)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from .errors import (
     BusError,
     CredentialsError,
     UnavailableError,
+    is_tls_failure,
     redact_url,
 )
 from .events import Event, event_kind
@@ -86,12 +88,18 @@ class Bus:
         connect_timeout: float = 5.0,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         reconnect_wait: float = 0.25,
+        tls: ssl.SSLContext | None = None,
     ) -> Bus:
-        """Connect to NATS at ``url``; reconnect forever after a successful first connect."""
+        """Connect to NATS at ``url``; reconnect forever after a successful first connect.
+        ``tls``: the context verifying the server (and presenting a client certificate);
+        without it, a ``tls://`` URL uses the system's CAs."""
 
         refused: list[str] = []
+        tls_failures: list[Exception] = []
 
         async def on_error(exc: Exception) -> None:
+            if is_tls_failure(exc):
+                tls_failures.append(exc)
             text = str(exc)
             if "Authorization Violation" in text or "Authentication" in text:
                 refused.append(text)
@@ -126,6 +134,7 @@ class Bus:
                     error_cb=on_error,
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
+                    **({"tls": tls} if tls is not None else {}),
                 ),
                 timeout=connect_timeout,
             )
@@ -134,6 +143,11 @@ class Bus:
                 raise CredentialsError(
                     f"NATS at {where} refused the credentials (user and password in "
                     "SLLM_NATS_URL): Authorization Violation"
+                ) from None
+            if is_tls_failure(exc) or tls_failures:
+                raise CredentialsError(
+                    f"NATS at {where}: the TLS handshake failed ({exc!r}); check "
+                    "SLLM_NATS_TLS_CA / _CERT / _KEY against the server's certificate"
                 ) from None
             raise UnavailableError(f"cannot connect to NATS at {where}: {exc!r}") from None
         made.append(cls(nc, root=root, request_timeout=request_timeout))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from enum import StrEnum
 from typing import ClassVar
 
@@ -142,3 +143,19 @@ def redact_url(url: str) -> str:
 class StreamHandedOver(Exception):
     """Raised by a stream's chunk iterator when another producer continues the stream (a live
     migration): the producer stops without sending an end, last or error frame."""
+
+
+def is_tls_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a failed TLS handshake or verification: a
+    configuration error, not an outage."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLError | ssl.CertificateError):
+            return True
+        text = str(cur)
+        if "CERTIFICATE_VERIFY_FAILED" in text or ("SSL" in text and "handshake" in text):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 import nats
 import nats.errors
@@ -113,9 +114,8 @@ class Requests:
             return await sent
         attempt = asyncio.ensure_future(sent)
         try:
-            await asyncio.wait(
-                {attempt, self.link.next_drop()}, return_when=asyncio.FIRST_COMPLETED
-            )
+            waiters: set[asyncio.Future[Any]] = {attempt, self.link.next_drop()}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if attempt.done():
                 return attempt.result()
             return None

@@ -61,7 +61,7 @@ def test_compose_runs_no_open_bus() -> None:
     services = yaml.safe_load(result.stdout)["services"]
     assert services["credentials"]["command"][:2] == ["sllm", "credentials"]
     assert "/run/sllm/nats-auth.conf" in services["nats"]["command"]
-    assert "--requirepass" in " ".join(services["redis"]["command"])
+    assert "/run/sllm/redis-acl.conf" in " ".join(services["redis"]["command"])
     for name, role in [
         ("router", "router"),
         ("scheduler", "scheduler"),
@@ -70,7 +70,7 @@ def test_compose_runs_no_open_bus() -> None:
     ]:
         env = services[name]["environment"]
         assert env["SLLM_NATS_URL_FILE"] == f"/run/sllm/{role}.nats-url", name
-        assert env["SLLM_REDIS_URL_FILE"] == "/run/sllm/redis-url", name
+        assert env["SLLM_REDIS_URL_FILE"] == f"/run/sllm/{role}.redis-url", name
         assert "SLLM_NATS_URL" not in env, name
         assert "SLLM_REDIS_URL" not in env, name
         deps = services[name]["depends_on"]

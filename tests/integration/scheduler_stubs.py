@@ -3,10 +3,9 @@ and keep the real Redis state as workers do."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 
@@ -184,10 +183,3 @@ async def mark_ready(bus: Bus, state: ClusterState, worker: StandInWorker, model
         )
     )
     return iid
-
-
-async def until(pred: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from libs.cli.credentials import Credentials, read_env_file, write_bundle
-from libs.common.embedded import EmbeddedNats, EmbeddedServerError, NatsUser
+from libs.common.embedded import EmbeddedNats
+from libs.common.server_config import NatsUser, ServerConfigError
 from libs.protocol import Bus, route
 from libs.protocol.endpoints import SCHED_DEPLOY, WORKER_GENERATE, WORKER_LOAD, WORKER_UNLOAD
 from libs.protocol.errors import BusError, CredentialsError
@@ -135,10 +136,11 @@ def test_the_compose_bundle_holds_one_user_per_role_and_private_files(tmp_path: 
     written = write_bundle(tmp_path, root=ROOT, nats_address="nats:4222", redis_address="r:6379")
     assert {p.name for p in written} >= {
         "nats-auth.conf",
+        "redis-acl.conf",
         "redis-password",
-        "redis-url",
         "credentials.env",
         *(f"{role}.nats-url" for role in ROLES),
+        *(f"{role}.redis-url" for role in ROLES),
     }
     for path in written:
         assert path.stat().st_mode & 0o777 == 0o600, path
@@ -183,5 +185,5 @@ async def test_the_bundles_config_runs_a_real_nats_server(tmp_path: Path) -> Non
         assert worker.loads == ["i-1"]
         for bus in buses.values():
             await bus.close()
-    with pytest.raises(EmbeddedServerError):
+    with pytest.raises(ServerConfigError):
         NatsUser("bad user", "x")  # credentials go into URLs as they are

@@ -30,23 +30,22 @@ import pytest
 
 from libs.cluster import ClusterState
 from libs.protocol import Bus, StreamReader, route
-from libs.protocol.endpoints import STORAGE_ENSURE, WORKER_GENERATE, WORKER_LOAD, WORKER_MIGRATE
+from libs.protocol.endpoints import STORAGE_ENSURE, WORKER_GENERATE, WORKER_MIGRATE
 from libs.protocol.errors import BadRequestError, OverloadedError
 from libs.protocol.events import RequestCompletedEvent
 from libs.protocol.messages import (
     GenerateReply,
     GenerateRequest,
-    LoadRequest,
     MigrateRequest,
     SamplingParams,
     TokenChunk,
 )
-from libs.protocol.state import InstanceRecord
 from libs.protocol.stream import decode_frame
 from services.worker.app import WorkerService
 from services.worker.settings import WorkerSettings
 
 from .router_stubs import EventLog, StubScheduler, deploy, router_settings, running_router
+from .service_processes import request_load
 from .test_worker import Events, ensure_from
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -114,19 +113,15 @@ class Workers:
 
     async def place(self, wid: str, model: str) -> None:
         iid = f"i-{wid}"
-        await self.state.put_instance(
-            InstanceRecord(
-                instance_id=iid,
-                model=model,
-                worker_id=wid,
-                node_id=NODES[wid],
-                status="loading",
-                created_at=time.time(),
-            )
+        await request_load(
+            self.bus,
+            self.state,
+            iid=iid,
+            model=model,
+            worker_id=wid,
+            node=NODES[wid],
+            uri="file:///m/tiny",
         )
-        assert await self.state.reserve_worker(wid, iid)
-        load = LoadRequest(instance_id=iid, model=model, checkpoint_uri="file:///m/tiny")
-        await self.bus.request(WORKER_LOAD, load, worker_id=wid, timeout=10)
         deadline = time.monotonic() + WAIT_S
         while (rec := await self.state.get_instance(iid)) is None or rec.status != "ready":
             assert time.monotonic() < deadline, f"{iid} never became ready: {rec}"

@@ -10,7 +10,6 @@ import os
 import shutil
 import stat
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,13 @@ import torch
 from libs.cluster import ClusterState
 from libs.loader import INDEX_FILE, load_model, read_index
 from libs.loader.seal import SEAL_FILE
-from libs.protocol import Bus, Endpoint, Message
+from libs.protocol import Bus
 from libs.protocol.endpoints import (
     STORAGE_ENSURE,
     STORAGE_QUARANTINE,
     WORKER_GENERATE,
     WORKER_LOAD,
 )
-from libs.protocol.errors import NoRespondersError
 from libs.protocol.messages import (
     EnsureReply,
     EnsureRequest,
@@ -38,12 +36,13 @@ from libs.protocol.messages import (
     QuarantineRequest,
     SamplingParams,
 )
-from libs.protocol.state import InstanceRecord
 from services.storage.app import StorageService
 from services.storage.settings import StorageSettings
 from services.worker.app import WorkerService
-from services.worker.settings import WorkerSettings
 from tests.e2e.events import Events
+
+from .probes import request_when_up
+from .service_processes import reserve_for_load, running_worker, storage_env
 
 pytestmark = pytest.mark.integration
 
@@ -103,18 +102,17 @@ def registry(tmp_path: Path, checkpoint: Path) -> Path:
 async def storage(
     nats_server: Any, redis_server: Any, root: str, tmp_path: Path, dram_dir: Path
 ) -> AsyncIterator[StorageService]:
-    env = {
-        "SLLM_NATS_URL": nats_server.url,
-        "SLLM_REDIS_URL": redis_server.url,
-        "SLLM_ROOT": root,
-        "SLLM_NODE_ID": NODE,
-        "SLLM_SSD_DIR": str(tmp_path / "ssd"),
-        "SLLM_DRAM_DIR": str(dram_dir),
-        "SLLM_DRAM_CAPACITY_GB": "0.05",
-        "SLLM_BANDWIDTH_PROBE_MB": "0",
-        "SLLM_BANDWIDTH_MIN_SAMPLE_MB": "0",
-        "SLLM_REGISTRY_ALLOW": str(tmp_path / "registry"),
-    }
+    env = storage_env(
+        nats_server.url,
+        redis_server.url,
+        root,
+        node=NODE,
+        ssd=tmp_path / "ssd",
+        dram=dram_dir,
+        allow=str(tmp_path / "registry"),
+        SLLM_DRAM_CAPACITY_GB="0.05",
+        SLLM_BANDWIDTH_MIN_SAMPLE_MB="0",
+    )
     svc = StorageService(StorageSettings.from_env(env))
     await svc.start()
     yield svc
@@ -125,56 +123,23 @@ async def storage(
 async def worker(
     nats_server: Any, redis_server: Any, root: str, storage: StorageService
 ) -> AsyncIterator[WorkerService]:
-    env = {
-        "SLLM_NATS_URL": nats_server.url,
-        "SLLM_REDIS_URL": redis_server.url,
-        "SLLM_ROOT": root,
-        "SLLM_INSTANCE_ID": WORKER,
-        "SLLM_NODE_ID": NODE,
-        "SLLM_HEARTBEAT_INTERVAL": "0.2",
-        "SLLM_HEARTBEAT_TTL": "2",
-        "SLLM_LOAD_TIMEOUT": "60",
-    }
-    svc = WorkerService(WorkerSettings.from_env(env))
-    await svc.start()
-    yield svc
-    await svc.stop("test over")
-
-
-async def call(bus: Bus, endpoint: Endpoint[Any, Any], msg: Message, **params: str) -> Any:
-    """A request; retried briefly while a just-started service's subscription propagates."""
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            return await bus.request(endpoint, msg, timeout=60, **params)
-        except NoRespondersError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+    async with running_worker(
+        nats_server.url, redis_server.url, root, worker_id=WORKER, node=NODE, load_timeout_s=60
+    ) as svc:
+        yield svc
 
 
 async def ensure(bus: Bus, uri: str, tier: str) -> EnsureReply:
     req = EnsureRequest(model=MODEL, checkpoint_uri=uri, tier=tier)  # type: ignore[arg-type]
-    reply: EnsureReply = await call(bus, STORAGE_ENSURE, req, node_id=NODE)
-    return reply
+    return await request_when_up(bus, STORAGE_ENSURE, req, timeout=60, node_id=NODE)
 
 
 async def load_and_generate(bus: Bus, state: ClusterState, uri: str, events: Events) -> list[int]:
     """What the scheduler and the router do: reserve the worker, load, then one greedy request."""
     iid = "i-" + os.urandom(4).hex()
-    await state.put_instance(
-        InstanceRecord(
-            instance_id=iid,
-            model=MODEL,
-            worker_id=WORKER,
-            node_id=NODE,
-            status="loading",
-            created_at=time.time(),
-        )
-    )
-    assert await state.reserve_worker(WORKER, iid)
+    await reserve_for_load(state, iid=iid, model=MODEL, worker_id=WORKER, node=NODE)
     req = LoadRequest(instance_id=iid, model=MODEL, checkpoint_uri=uri)
-    await call(bus, WORKER_LOAD, req, worker_id=WORKER)
+    await request_when_up(bus, WORKER_LOAD, req, timeout=60, worker_id=WORKER)
     await events.wait("instance.ready", instance_id=iid)
     gen = GenerateRequest(
         request_id="r-" + iid,
@@ -250,8 +215,7 @@ async def test_a_report_is_checked_before_a_copy_is_removed(
         req = QuarantineRequest(
             model=MODEL, tier="dram", path=path, file=part, offset=offset, reporter="test"
         )
-        reply: QuarantineReply = await call(bus, STORAGE_QUARANTINE, req, node_id=NODE)
-        return reply
+        return await request_when_up(bus, STORAGE_QUARANTINE, req, timeout=60, node_id=NODE)
 
     # A false claim (the chunk is intact) and a claim about a copy that is not the current
     # one change nothing.

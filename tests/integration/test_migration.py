@@ -22,7 +22,6 @@ from libs.protocol.endpoints import (
     WORKER_ADOPT,
     WORKER_ADOPT_DELTA,
     WORKER_GENERATE,
-    WORKER_LOAD,
     WORKER_MIGRATE,
     WORKER_RUNNING,
 )
@@ -33,7 +32,6 @@ from libs.protocol.messages import (
     DeploymentSpec,
     GenerateReply,
     GenerateRequest,
-    LoadRequest,
     MigrateInstanceRequest,
     MigrateReply,
     MigrateRequest,
@@ -42,12 +40,12 @@ from libs.protocol.messages import (
     SamplingParams,
     TokenChunk,
 )
-from libs.protocol.state import InstanceRecord
 from services.scheduler.app import SchedulerService
 from services.worker.app import WorkerService
 from services.worker.settings import WorkerSettings
 
 from .scheduler_stubs import running_scheduler
+from .service_processes import request_load
 from .test_worker import Events, ensure_from
 
 pytestmark = pytest.mark.integration
@@ -92,22 +90,14 @@ class Pair:
         self.services = services
 
     async def place(self, wid: str, instance_id: str) -> None:
-        await self.state.put_instance(
-            InstanceRecord(
-                instance_id=instance_id,
-                model=MODEL,
-                worker_id=wid,
-                node_id=NODES[wid],
-                status="loading",
-                created_at=time.time(),
-            )
-        )
-        assert await self.state.reserve_worker(wid, instance_id)
-        await self.bus.request(
-            WORKER_LOAD,
-            LoadRequest(instance_id=instance_id, model=MODEL, checkpoint_uri="file:///m/tiny"),
+        await request_load(
+            self.bus,
+            self.state,
+            iid=instance_id,
+            model=MODEL,
             worker_id=wid,
-            timeout=10,
+            node=NODES[wid],
+            uri="file:///m/tiny",
         )
         deadline = time.monotonic() + 60
         while (rec := await self.state.get_instance(instance_id)) is None or rec.status != "ready":

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,13 +28,14 @@ from libs.protocol.messages import DeploymentSpec, MigrateInstanceRequest
 from libs.protocol.state import InstanceRecord
 from services.scheduler.app import SchedulerService
 
-from .scheduler_stubs import HostingWorker, hosting_worker, running_scheduler, until
+from .probes import next_heartbeat, until
+from .scheduler_stubs import HostingWorker, hosting_worker, running_scheduler
+from .service_processes import FAST_HEARTBEAT, ServiceProcess, service_env
 
 pytestmark = pytest.mark.integration
 
 MODEL = "tiny"
 SILENT, SILENT_NODE = "w-silent", "n-silent"
-REPO = Path(__file__).resolve().parents[2]
 # Without following the worker, ``sched.migrate`` waited this long (the destination's load)
 # or the migration's budget: the test's request gives up well before either.
 LOAD_TIMEOUT_S = 120.0
@@ -44,31 +43,6 @@ REQUEST_TIMEOUT_S = 60.0
 # From the kill to the error: "no responders" twice a second apart (~1.5 s), with slack for
 # a busy 2-core machine.
 FAIL_BOUND_S = 8.0
-
-
-class SilentProcess:
-    """``python -m tests.integration.silent_worker`` as worker SILENT, killed with SIGKILL."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("SLLM_")}
-        self.env = {**base, **env, "PYTHONUNBUFFERED": "1"}
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.integration.silent_worker"],
-                env=self.env,
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture
@@ -79,28 +53,20 @@ async def silent(
     redis: aioredis.Redis,
     keys: Keys,
     tmp_path: Path,
-) -> AsyncIterator[SilentProcess]:
+) -> AsyncIterator[ServiceProcess]:
     """The silent worker, started and alive (its heartbeat is in Redis)."""
-    proc = SilentProcess(
-        {
-            "SLLM_NATS_URL": nats_server.url,
-            "SLLM_REDIS_URL": redis_server.url,
-            "SLLM_ROOT": root,
-            "SLLM_INSTANCE_ID": SILENT,
-            "SLLM_NODE_ID": SILENT_NODE,
-            "SLLM_HEARTBEAT_INTERVAL": "0.2",
-            "SLLM_HEARTBEAT_TTL": "2",
-        },
-        tmp_path / "silent.log",
+    env = service_env(
+        nats_server.url,
+        redis_server.url,
+        root,
+        SLLM_INSTANCE_ID=SILENT,
+        SLLM_NODE_ID=SILENT_NODE,
+        **FAST_HEARTBEAT,
     )
-    proc.start()
-    try:
-        await until(
-            lambda: _exists(redis, keys.alive("worker", SILENT)), "the silent worker", timeout=60
-        )
+    with ServiceProcess("tests.integration.silent_worker", env, tmp_path / "silent.log") as proc:
+        proc.start()
+        await next_heartbeat(redis, keys.alive("worker", SILENT), None, "the silent worker")
         yield proc
-    finally:
-        proc.kill()
 
 
 @pytest.fixture
@@ -124,10 +90,6 @@ async def deployed(state: ClusterState) -> DeploymentSpec:
     return spec
 
 
-async def _exists(redis: aioredis.Redis, key: str) -> bool:
-    return bool(await redis.exists(key))
-
-
 async def ready_on(state: ClusterState, worker_id: str, node_id: str) -> str:
     """A ready instance of MODEL recorded on ``worker_id`` (reserved for it)."""
     iid = "i-" + os.urandom(4).hex()
@@ -146,7 +108,7 @@ async def ready_on(state: ClusterState, worker_id: str, node_id: str) -> str:
     return iid
 
 
-async def fails_soon_after_kill(silent: SilentProcess, migrate: asyncio.Task[Any]) -> str:
+async def fails_soon_after_kill(silent: ServiceProcess, migrate: asyncio.Task[Any]) -> str:
     """Kill the silent worker; ``migrate`` must fail "unavailable" within FAIL_BOUND_S."""
     await asyncio.sleep(1.0)  # well inside the scheduler's wait, not racing its start
     assert not migrate.done()
@@ -179,7 +141,7 @@ async def test_destination_killed_while_loading_fails_the_migration_in_seconds(
     state: ClusterState,
     deployed: DeploymentSpec,
     scheduler: SchedulerService,
-    silent: SilentProcess,
+    silent: ServiceProcess,
 ) -> None:
     source = await hosting_worker(bus, state, redis, keys, "w-src")
     iid = await ready_on(state, "w-src", "n-w-src")
@@ -206,7 +168,7 @@ async def test_source_killed_mid_migration_fails_the_migration_in_seconds(
     state: ClusterState,
     deployed: DeploymentSpec,
     scheduler: SchedulerService,
-    silent: SilentProcess,
+    silent: ServiceProcess,
 ) -> None:
     destination: HostingWorker = await hosting_worker(
         bus, state, redis, keys, "w-dst", auto_ready=True

@@ -18,7 +18,8 @@ from libs.protocol.state import InstanceRecord
 from services.scheduler.reconcile import Grace, Repair, still_wrong
 from services.scheduler.repairs import Reconciler
 
-from .scheduler_stubs import running_scheduler, until
+from .probes import until
+from .scheduler_stubs import running_scheduler
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +90,7 @@ async def test_a_worker_reserved_by_a_vanished_instance_is_freed_and_announced(
     w = await state.get_worker("w0")
     assert w is not None
     assert w.instance_id == ""
-    await until(lambda: _true(bool(events.repaired())), "the scheduler.repaired event")
+    await until(lambda: bool(events.repaired()), "the scheduler.repaired event")
     (ev,) = events.repaired()
     assert (ev.problem, ev.worker_id, ev.instance_id) == ("unrecorded", "w0", "i-vanished")
     assert (ev.freed_worker, ev.deleted_record) == (True, False)
@@ -120,7 +121,7 @@ async def test_the_scheduler_sweep_forgets_an_instance_whose_worker_holds_anothe
     assert w0 is not None
     assert w0.instance_id == "i-new"  # the worker's own instance is untouched
 
-    await until(lambda: _true(len(events.repaired()) == 3), "three scheduler.repaired events")
+    await until(lambda: len(events.repaired()) == 3, "three scheduler.repaired events")
     repaired = {e.instance_id: e for e in events.repaired()}
     assert repaired["i-old"].problem == "not_held"
     assert "holds 'i-new'" in repaired["i-old"].detail
@@ -128,7 +129,7 @@ async def test_the_scheduler_sweep_forgets_an_instance_whose_worker_holds_anothe
     assert repaired["i-gone"].problem == "worker_gone"
     assert all(e.deleted_record and not e.freed_worker for e in repaired.values())
     # Whoever follows instances (routers, the autoscaler) hears that they are gone.
-    await until(lambda: _true(len(events.stopped()) == 3), "three instance.stopped events")
+    await until(lambda: len(events.stopped()) == 3, "three instance.stopped events")
     assert {e.instance_id: e.reason for e in events.stopped()} == {
         "i-old": "not on its worker",
         "i-lost": "not on its worker",
@@ -167,7 +168,3 @@ async def test_a_repair_decided_on_a_stale_snapshot_is_not_applied(
     w = await state.get_worker("w0")
     assert w is not None
     assert w.instance_id == ""
-
-
-async def _true(value: bool) -> bool:
-    return value

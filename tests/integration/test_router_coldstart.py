@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -15,6 +15,7 @@ from libs.protocol import Bus
 from libs.protocol.errors import NotFoundError
 from libs.protocol.events import RequestCompletedEvent
 
+from .probes import until
 from .router_stubs import (
     MODEL,
     EventLog,
@@ -67,13 +68,6 @@ def queued(router: RunningRouter) -> int:
     return router.svc.serving.backend.starts.queue.depth(MODEL)
 
 
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
-
-
 async def test_cold_start_places_waits_for_ready_then_serves_warm(
     scheduler: StubScheduler, worker: StubWorker, http: httpx.AsyncClient, bus: Bus
 ) -> None:
@@ -113,7 +107,7 @@ async def test_full_queue_answers_429_with_retry_after(
 ) -> None:
     scheduler.never_ready = True
     first = asyncio.create_task(chat(http))
-    await until(lambda: queued(router) == 1)
+    await until(lambda: queued(router) == 1, "one queued request")
     resp = await chat(http)
     assert resp.status_code == 429
     assert resp.headers["retry-after"] == "3"
@@ -123,7 +117,7 @@ async def test_full_queue_answers_429_with_retry_after(
     assert "waiting" in error["message"]
     first.cancel()
     await asyncio.gather(first, return_exceptions=True)
-    await until(lambda: queued(router) == 0)
+    await until(lambda: queued(router) == 0, "an empty queue")
 
 
 @pytest.mark.parametrize("router_env", [{"SLLM_START_TIMEOUT": "0.6"}])
@@ -239,7 +233,7 @@ async def test_client_leaving_the_queue_is_forgotten(
     ) as http:
         with pytest.raises(httpx.ReadTimeout):
             await chat(http)
-    await until(lambda: queued(router) == 0)
+    await until(lambda: queued(router) == 0, "an empty queue")
     ev = await events.wait_for(lambda e: e.model == MODEL)
     assert ev.status == "cancelled"
     assert ev.queue_s > 0
@@ -250,7 +244,7 @@ async def test_undeployed_model_fails_waiting_requests_with_404(
 ) -> None:
     scheduler.unavailable_first = 10_000  # no worker: requests wait and placement retries
     waiting = asyncio.create_task(chat(http))
-    await until(lambda: queued(router) == 1)
+    await until(lambda: queued(router) == 1, "one queued request")
     resp = await http.delete(f"/v1/deployments/{MODEL}")
     assert resp.status_code == 200
     failed = await asyncio.wait_for(waiting, 10)

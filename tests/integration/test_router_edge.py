@@ -3,18 +3,16 @@ time, and the body limit on every route (with the router's memory flat under a 4
 
 from __future__ import annotations
 
-import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 
 import httpx
 import openai
-import psutil
 import pytest
 
 from libs.cluster import ClusterState
 from libs.protocol import Bus
 
+from .probes import peak_rss
 from .router_stubs import MODEL, StubScheduler, StubWorker, router_settings, running_router
 from .test_router import assert_openai_error
 
@@ -32,29 +30,6 @@ def bearer(key: str | None) -> dict[str, str]:
 @pytest.fixture
 async def scheduler(bus: Bus, state: ClusterState) -> StubScheduler:
     return await StubScheduler(bus, state).serve()
-
-
-@contextmanager
-def peak_rss() -> Iterator[list[int]]:
-    """[growth]: how far this process's RSS (router and client both) rose, at most."""
-    proc = psutil.Process()
-    base = proc.memory_info().rss
-    peak = [base]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.005):
-            peak[0] = max(peak[0], proc.memory_info().rss)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    out = [0]
-    try:
-        yield out
-    finally:
-        done.set()
-        thread.join()
-        out[0] = peak[0] - base
 
 
 # --- keys -----------------------------------------------------------------------------------

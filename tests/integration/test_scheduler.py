@@ -35,7 +35,8 @@ from libs.protocol.messages import (
 from services.scheduler.app import SchedulerService
 from services.scheduler.settings import SchedulerSettings
 
-from .scheduler_stubs import StandInWorker, hosting_worker, mark_ready, running_scheduler, until
+from .probes import until
+from .scheduler_stubs import StandInWorker, hosting_worker, mark_ready, running_scheduler
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from libs.cluster import ClusterState
 from libs.common.registry_allow import AllowList
 from libs.protocol import Bus, Keys
 from libs.protocol.endpoints import STORAGE_ENSURE
-from libs.protocol.errors import CancelledError, CorruptError, NoRespondersError
-from libs.protocol.messages import EnsureRequest
+from libs.protocol.errors import CancelledError, CorruptError
+from libs.protocol.messages import EnsureReply, EnsureRequest
 from services.storage import sources
 from services.storage.app import StorageService
 from services.storage.checkpoint import CheckpointFiles, parse_index, read_index_bytes
@@ -28,6 +28,9 @@ from services.storage.settings import StorageSettings
 from services.storage.sources import fetch, prepare
 from services.storage.transfer import Meter
 from services.storage.uri import parse_registry_uri
+
+from .probes import request_when_up
+from .service_processes import storage_env
 
 pytestmark = pytest.mark.integration
 
@@ -50,17 +53,16 @@ async def storage(
     nats_server: Any, redis_server: Any, root: str, tmp_path: Path, hf_model: Path
 ) -> AsyncIterator[StorageService]:
     settings = StorageSettings.from_env(
-        {
-            "SLLM_NATS_URL": nats_server.url,
-            "SLLM_REDIS_URL": redis_server.url,
-            "SLLM_ROOT": root,
-            "SLLM_NODE_ID": NODE,
-            "SLLM_SSD_DIR": str(tmp_path / "ssd"),
-            "SLLM_DRAM_DIR": str(tmp_path / "dram"),
-            "SLLM_BANDWIDTH_PROBE_MB": "0",
-            "SLLM_BANDWIDTH_MIN_SAMPLE_MB": "0",  # the demo model is tiny
-            "SLLM_REGISTRY_ALLOW": str(hf_model.parent),
-        }
+        storage_env(
+            nats_server.url,
+            redis_server.url,
+            root,
+            node=NODE,
+            ssd=tmp_path / "ssd",
+            dram=tmp_path / "dram",
+            allow=str(hf_model.parent),
+            SLLM_BANDWIDTH_MIN_SAMPLE_MB="0",  # the demo model is tiny
+        )
     )
     svc = StorageService(settings)
     await svc.start()
@@ -82,16 +84,9 @@ async def test_hf_directory_is_converted_verified_promoted_and_published(
     await bus.nc.subscribe(bus.subjects.all_events, cb=on_msg)
     model = "demo/tiny:latest"
 
-    async def ensure(tier: str) -> Any:
+    async def ensure(tier: str) -> EnsureReply:
         req = EnsureRequest(model=model, checkpoint_uri=hf_model.as_uri(), tier=tier)  # type: ignore[arg-type]
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                return await bus.request(STORAGE_ENSURE, req, timeout=60, node_id=NODE)
-            except NoRespondersError:  # a just-made subscription (see test_storage_service)
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.02)
+        return await request_when_up(bus, STORAGE_ENSURE, req, timeout=60, node_id=NODE)
 
     r = await ensure("ssd")
     assert (r.tier, r.source_tier) == ("ssd", "registry")

@@ -4,19 +4,16 @@ Reads stop at their bounds, memory stays flat, and errors say nothing the far en
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from libs.common.embedded import EmbeddedNats, EmbeddedRedis
@@ -27,7 +24,6 @@ from libs.protocol.errors import (
     BusError,
     BusTimeoutError,
     CorruptError,
-    NoRespondersError,
     UnavailableError,
 )
 from libs.protocol.messages import EnsureReply, EnsureRequest
@@ -35,6 +31,9 @@ from services.storage.app import StorageService
 from services.storage.registry_http import MAX_REGISTRY_INDEX_BYTES
 from services.storage.settings import StorageSettings
 from tests.unit.storage.fake_checkpoint import write_fake_checkpoint
+
+from .probes import peak_rss, request_when_up
+from .service_processes import storage_env
 
 pytestmark = pytest.mark.integration
 
@@ -123,27 +122,25 @@ async def storage(
     nats_server: EmbeddedNats, redis_server: EmbeddedRedis, root: str, tmp_path: Path,
     hostile: tuple[str, list[str]],
 ) -> AsyncIterator[StorageService]:  # fmt: skip
+    # The hostile server is on loopback: this test allows it explicitly, and the ports of
+    # NATS and Redis, to point the storage service at them.
+    allow = [
+        str(tmp_path / "registry"),
+        hostile[0] + "/",
+        nats_server.url.replace("nats://", "http://") + "/",
+        redis_server.url.replace("redis://", "http://").rsplit("/", 1)[0] + "/",
+    ]
     settings = StorageSettings.from_env(
-        {
-            "SLLM_NATS_URL": nats_server.url,
-            "SLLM_REDIS_URL": redis_server.url,
-            "SLLM_ROOT": root,
-            "SLLM_NODE_ID": NODE,
-            "SLLM_SSD_DIR": str(tmp_path / "ssd"),
-            "SLLM_DRAM_DIR": str(tmp_path / "dram"),
-            "SLLM_BANDWIDTH_PROBE_MB": "0",
-            "SLLM_FETCH_TIMEOUT": "1",
-            # The hostile server is on loopback: this test allows it explicitly, and the
-            # ports of NATS and Redis, to point the storage service at them.
-            "SLLM_REGISTRY_ALLOW": ",".join(
-                [
-                    str(tmp_path / "registry"),
-                    hostile[0] + "/",
-                    nats_server.url.replace("nats://", "http://") + "/",
-                    redis_server.url.replace("redis://", "http://").rsplit("/", 1)[0] + "/",
-                ]
-            ),
-        }
+        storage_env(
+            nats_server.url,
+            redis_server.url,
+            root,
+            node=NODE,
+            ssd=tmp_path / "ssd",
+            dram=tmp_path / "dram",
+            allow=",".join(allow),
+            SLLM_FETCH_TIMEOUT="1",
+        )
     )
     svc = StorageService(settings)
     await svc.start()
@@ -153,38 +150,7 @@ async def storage(
 
 async def ensure(bus: Bus, uri: str) -> EnsureReply:
     req = EnsureRequest(model="m", checkpoint_uri=uri, tier="ssd")
-    deadline = time.monotonic() + 5
-    while True:  # see test_storage_service.call: a fresh subscription may need a second try
-        try:
-            reply: EnsureReply = await bus.request(STORAGE_ENSURE, req, timeout=30, node_id=NODE)
-            return reply
-        except NoRespondersError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.02)
-
-
-@contextmanager
-def peak_rss() -> Iterator[list[int]]:
-    """[growth]: how far this process's RSS rose above its level at the start, at most."""
-    proc = psutil.Process()
-    base = proc.memory_info().rss
-    peak = [base]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.005):
-            peak[0] = max(peak[0], proc.memory_info().rss)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    out = [0]
-    try:
-        yield out
-    finally:
-        done.set()
-        thread.join()
-        out[0] = peak[0] - base
+    return await request_when_up(bus, STORAGE_ENSURE, req, timeout=30, node_id=NODE)
 
 
 async def test_an_endless_index_is_cut_off_at_its_bound_with_memory_flat(
@@ -275,16 +241,15 @@ async def test_a_host_name_that_resolves_to_loopback_is_refused_at_fetch_time(
     port = base.rsplit(":", 1)[1]
     uri = f"http://{name}:{port}/good/"
     settings = StorageSettings.from_env(
-        {
-            "SLLM_NATS_URL": nats_server.url,
-            "SLLM_REDIS_URL": redis_server.url,
-            "SLLM_ROOT": root,
-            "SLLM_NODE_ID": NODE,
-            "SLLM_SSD_DIR": str(tmp_path / "ssd"),
-            "SLLM_DRAM_DIR": str(tmp_path / "dram"),
-            "SLLM_BANDWIDTH_PROBE_MB": "0",
-            "SLLM_REGISTRY_ALLOW": f"http://{name}:{port}/",  # the name, not its address
-        }
+        storage_env(
+            nats_server.url,
+            redis_server.url,
+            root,
+            node=NODE,
+            ssd=tmp_path / "ssd",
+            dram=tmp_path / "dram",
+            allow=f"http://{name}:{port}/",  # the name, not its address
+        )
     )
     svc = StorageService(settings)
     await svc.start()

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,19 +26,19 @@ import redis.asyncio as aioredis
 from libs.cluster import ClusterState
 from libs.common.follow import Peers
 from libs.protocol import Bus, Keys
-from libs.protocol.endpoints import STORAGE_ENSURE, WORKER_GENERATE, WORKER_LOAD
+from libs.protocol.endpoints import STORAGE_ENSURE, WORKER_GENERATE
 from libs.protocol.errors import UnavailableError
-from libs.protocol.messages import EnsureRequest, GenerateRequest, LoadRequest, SamplingParams
-from libs.protocol.state import InstanceRecord
+from libs.protocol.messages import EnsureRequest, GenerateRequest, SamplingParams
 from services.worker.app import WorkerService
-from services.worker.settings import WorkerSettings
 from tests.e2e.events import Events
+
+from .probes import next_heartbeat, until
+from .service_processes import ServiceProcess, request_load, storage_env, worker_fixture
 
 pytestmark = pytest.mark.integration
 
 NODE, WORKER, MODEL = "n-restart", "w-restart", "tiny"
 INDEX = "sllm-index.json"
-REPO = Path(__file__).resolve().parents[2]
 # Without following the storage service's life the load waited for this long (its whole
 # timeout): the bound below is a small part of it.
 LOAD_TIMEOUT_S = 120.0
@@ -58,6 +56,10 @@ class Registry:
 
     def asked(self, name: str, after: float = 0.0) -> list[float]:
         return [t for t, p in self.seen if p.endswith("/" + name) and t >= after]
+
+    def fetching(self) -> bool:
+        """Asked for a partition: a fetch is under way."""
+        return any(not p.endswith(INDEX) for _, p in self.seen)
 
 
 @pytest.fixture
@@ -105,88 +107,33 @@ def registry(checkpoint: Path) -> Iterator[Registry]:
     server.server_close()
 
 
-class StorageProcess:
-    """``python -m services.storage`` for NODE, started (again) and killed like `sllm up`'s."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("SLLM_")}
-        self.env = {**base, **env, "PYTHONUNBUFFERED": "1"}
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.storage"],
-                env=self.env,
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
-async def storage(
+def storage(
     nats_server: Any, redis_server: Any, root: str, tmp_path: Path, registry: Registry
-) -> AsyncIterator[StorageProcess]:
-    env = {
-        "SLLM_NATS_URL": nats_server.url,
-        "SLLM_REDIS_URL": redis_server.url,
-        "SLLM_ROOT": root,
-        "SLLM_NODE_ID": NODE,
-        "SLLM_SSD_DIR": str(tmp_path / "ssd"),
-        "SLLM_DRAM_DIR": str(tmp_path / "dram"),
-        "SLLM_DRAM_CAPACITY_GB": "0.05",
-        "SLLM_BANDWIDTH_PROBE_MB": "0",
-        "SLLM_BANDWIDTH_MIN_SAMPLE_MB": "0",
-        # The registry is on loopback: allowed explicitly.
-        "SLLM_REGISTRY_ALLOW": registry.url,
-    }
-    proc = StorageProcess(env, tmp_path / "storage.log")
-    yield proc
-    proc.kill()
+) -> Iterator[ServiceProcess]:
+    """``python -m services.storage`` for NODE, started (again) and killed like `sllm up`'s."""
+    env = storage_env(
+        nats_server.url,
+        redis_server.url,
+        root,
+        node=NODE,
+        ssd=tmp_path / "ssd",
+        dram=tmp_path / "dram",
+        allow=registry.url,  # the registry is on loopback: allowed explicitly
+        SLLM_DRAM_CAPACITY_GB="0.05",
+        SLLM_BANDWIDTH_MIN_SAMPLE_MB="0",
+    )
+    with ServiceProcess("services.storage", env, tmp_path / "storage.log") as p:
+        yield p
 
 
-@pytest.fixture
-async def worker(nats_server: Any, redis_server: Any, root: str) -> AsyncIterator[WorkerService]:
-    env = {
-        "SLLM_NATS_URL": nats_server.url,
-        "SLLM_REDIS_URL": redis_server.url,
-        "SLLM_ROOT": root,
-        "SLLM_INSTANCE_ID": WORKER,
-        "SLLM_NODE_ID": NODE,
-        "SLLM_HEARTBEAT_INTERVAL": "0.2",
-        "SLLM_HEARTBEAT_TTL": "2",
-        "SLLM_LOAD_TIMEOUT": str(LOAD_TIMEOUT_S),
-    }
-    svc = WorkerService(WorkerSettings.from_env(env))
-    await svc.start()
-    yield svc
-    await svc.stop("test over")
+worker = worker_fixture(WORKER, NODE, load_timeout_s=LOAD_TIMEOUT_S)
 
 
 async def storage_alive(redis: aioredis.Redis, keys: Keys, before: object) -> object:
     """The storage service's heartbeat, once there is one other than ``before``."""
     key = keys.alive("storage", f"storage-{NODE}")
-    deadline = time.monotonic() + 60
-    while True:
-        beat = await redis.get(key)
-        if beat is not None and beat != before:
-            return beat
-        assert time.monotonic() < deadline, "the storage service did not come up"
-        await asyncio.sleep(0.05)
-
-
-async def until(pred: Any, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+    return await next_heartbeat(redis, key, before, "the storage service")
 
 
 async def test_kill_9_of_storage_mid_fetch_is_retried_on_the_restarted_one_in_seconds(
@@ -194,7 +141,7 @@ async def test_kill_9_of_storage_mid_fetch_is_retried_on_the_restarted_one_in_se
     redis: aioredis.Redis,
     keys: Keys,
     registry: Registry,
-    storage: StorageProcess,
+    storage: ServiceProcess,
     worker: WorkerService,
 ) -> None:
     state = ClusterState(redis, keys)
@@ -203,25 +150,11 @@ async def test_kill_9_of_storage_mid_fetch_is_retried_on_the_restarted_one_in_se
     first = await storage_alive(redis, keys, None)
 
     iid = "i-" + os.urandom(4).hex()
-    await state.put_instance(
-        InstanceRecord(
-            instance_id=iid,
-            model=MODEL,
-            worker_id=WORKER,
-            node_id=NODE,
-            status="loading",
-            created_at=time.time(),
-        )
-    )
-    assert await state.reserve_worker(WORKER, iid)
-    await bus.request(
-        WORKER_LOAD,
-        LoadRequest(instance_id=iid, model=MODEL, checkpoint_uri=registry.url),
-        worker_id=WORKER,
-        timeout=10,
+    await request_load(
+        bus, state, iid=iid, model=MODEL, worker_id=WORKER, node=NODE, uri=registry.url
     )
     # The fetch is under way (its partitions drip), then the storage service is killed.
-    await until(lambda: any(not p.endswith(INDEX) for _, p in registry.seen), "the fetch")
+    await until(registry.fetching, "the fetch", timeout=60)
     await asyncio.sleep(0.3)
     storage.kill()
     killed_at = time.monotonic()
@@ -259,7 +192,7 @@ async def test_kill_9_of_storage_mid_fetch_is_retried_on_the_restarted_one_in_se
 
 
 async def test_an_ensure_to_a_storage_service_that_stops_and_stays_away_fails_in_seconds(
-    bus: Bus, redis: aioredis.Redis, keys: Keys, registry: Registry, storage: StorageProcess
+    bus: Bus, redis: aioredis.Redis, keys: Keys, registry: Registry, storage: ServiceProcess
 ) -> None:
     storage.start()
     await storage_alive(redis, keys, None)
@@ -268,7 +201,7 @@ async def test_an_ensure_to_a_storage_service_that_stops_and_stays_away_fails_in
     ensure = asyncio.create_task(
         peers.request(STORAGE_ENSURE, req, timeout=LOAD_TIMEOUT_S, node_id=NODE)
     )
-    await until(lambda: any(not p.endswith(INDEX) for _, p in registry.seen), "the fetch")
+    await until(registry.fetching, "the fetch", timeout=60)
     storage.kill()
     killed_at = time.monotonic()
     with pytest.raises(UnavailableError) as err:

@@ -22,7 +22,6 @@ from libs.protocol.errors import (
     BusTimeoutError,
     ConflictError,
     CorruptError,
-    NoRespondersError,
     NotFoundError,
     StorageFullError,
     UnavailableError,
@@ -33,6 +32,9 @@ from services.storage.app import StorageService
 from services.storage.names import checkpoint_dirname
 from services.storage.settings import StorageSettings
 from tests.unit.storage.fake_checkpoint import flip_byte, write_fake_checkpoint
+
+from .probes import request_when_up
+from .service_processes import storage_env
 
 pytestmark = pytest.mark.integration
 
@@ -101,19 +103,18 @@ async def start_storage(
     http_registry: tuple[str, list[str]],
 ) -> AsyncIterator[Storages]:  # fmt: skip
     storages = Storages(
-        {
-            "SLLM_NATS_URL": nats_server.url,
-            "SLLM_REDIS_URL": redis_server.url,
-            "SLLM_ROOT": root,
-            "SLLM_NODE_ID": NODE,
-            "SLLM_SSD_DIR": str(tmp_path / "ssd"),
-            "SLLM_DRAM_DIR": str(tmp_path / "dram"),
-            "SLLM_DRAM_CAPACITY_GB": "0.0006",  # two small checkpoints, not three
-            "SLLM_BANDWIDTH_PROBE_MB": "0",  # its temp file would show in the tier listings
-            "SLLM_BANDWIDTH_MIN_SAMPLE_MB": "0",  # test checkpoints are tiny
+        storage_env(
+            nats_server.url,
+            redis_server.url,
+            root,
+            node=NODE,
+            ssd=tmp_path / "ssd",
+            dram=tmp_path / "dram",
             # The test's directory and its HTTP registry, explicitly: it is on loopback.
-            "SLLM_REGISTRY_ALLOW": f"{tmp_path},{http_registry[0]}/",
-        }
+            allow=f"{tmp_path},{http_registry[0]}/",
+            SLLM_DRAM_CAPACITY_GB="0.0006",  # two small checkpoints, not three
+            SLLM_BANDWIDTH_MIN_SAMPLE_MB="0",  # test checkpoints are tiny
+        )
     )
     yield storages
     for svc in list(storages.running):
@@ -162,17 +163,8 @@ def http_registry(registry: Path) -> Iterator[tuple[str, list[str]]]:
 
 
 async def call(bus: Bus, endpoint: Endpoint[Req, Rep], msg: Req) -> Rep:
-    """A request to the storage service under test. nats-server 2.15 sometimes reports "no
-    responders" for a subscription made (and flushed) a moment ago on another connection, so
-    the first request after a start may need a second try."""
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            return await bus.request(endpoint, msg, timeout=30, node_id=NODE)
-        except NoRespondersError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.02)
+    """A request to the storage service under test."""
+    return await request_when_up(bus, endpoint, msg, timeout=30, node_id=NODE)
 
 
 async def ensure(bus: Bus, model: str, uri: str, tier: str = "ssd") -> EnsureReply:

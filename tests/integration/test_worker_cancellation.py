@@ -41,7 +41,8 @@ from services.storage.settings import StorageSettings
 from services.worker.app import WorkerService
 from services.worker.settings import WorkerSettings
 
-from .scheduler_stubs import running_scheduler, until
+from .probes import until
+from .scheduler_stubs import running_scheduler
 from .test_worker import MODEL, NODE, WORKER, running_worker
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,17 @@ import pytest
 
 from benchmarks.throughput.inprocess import Bound
 from benchmarks.throughput.prompts import exact_prompts
-from benchmarks.throughput.report import T_BOUND, T_C1, T_FAIR, T_PEER, Row, summary, targets
-from benchmarks.throughput.stats import Point, Request, per_client, summarize
+from benchmarks.throughput.report import (
+    T_BOUND,
+    T_C1,
+    T_FAIR,
+    T_FIFO,
+    T_PEER,
+    Row,
+    summary,
+    targets,
+)
+from benchmarks.throughput.stats import Point, Request, fifo_inversions, per_client, summarize
 
 pytestmark = pytest.mark.unit
 
@@ -69,8 +78,30 @@ def test_summarize_counts_tokens_of_finished_requests_over_the_wall_time() -> No
     assert p.errors == ("HTTP 500: boom",)
 
 
-def _point(tps: float, p50: float = 1.0, p99: float = 2.0) -> Point:
-    return Point(10, 0, 100, 1.0, tps, p50, p99, 0.01, 0.02, 0)
+def _point(
+    tps: float, p50: float = 1.0, p99: float = 2.0, pairs: int = 0, inversions: int = 0
+) -> Point:
+    return Point(10, 0, 100, 1.0, tps, p50, p99, 0.01, 0.02, 0, (), pairs, inversions)
+
+
+def test_fifo_inversions_count_overtakes_of_requests_sent_apart_only() -> None:
+    first_wave = [Request(c, 8, 0.0 + 0.001 * c, chunk_s=[1.0 + 0.5 * (3 - c)]) for c in range(4)]
+    # Sent together: no pairs, whatever the order of their first tokens.
+    assert fifo_inversions(first_wave) == (0, 0)
+    early = Request(0, 8, 10.0, chunk_s=[2.0])  # first token at 12.0
+    late_fair = Request(1, 8, 10.5, chunk_s=[2.0])  # 12.5: after the early one
+    late_unfair = Request(2, 8, 11.0, chunk_s=[0.5])  # 11.5: overtakes the early one
+    failed = Request(3, 8, 9.0, error="HTTP 500")
+    assert fifo_inversions([early, late_fair, failed]) == (1, 0)
+    assert fifo_inversions([early, late_fair, late_unfair]) == (3, 2)
+    p = summarize([early, late_fair, late_unfair], wall_s=3.0, max_tokens=1)
+    assert (p.fifo_pairs, p.fifo_inversions) == (3, 2)
+
+
+def test_the_fifo_target_judges_sllm_where_it_has_pairs() -> None:
+    assert targets(Row(64, 4, 4, sllm=_point(1.0, pairs=6)))[T_FIFO] == "PASS"
+    assert targets(Row(64, 4, 4, sllm=_point(1.0, pairs=6, inversions=1)))[T_FIFO] == "FAIL"
+    assert T_FIFO not in targets(Row(64, 4, 4, sllm=_point(1.0)))
 
 
 def test_targets_judge_only_the_points_they_apply_to() -> None:
