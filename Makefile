@@ -15,18 +15,20 @@ PYTEST_ARGS ?=
 # e.g. make bench-throughput THROUGHPUT_ARGS=--quick
 THROUGHPUT_ARGS ?=
 
-.PHONY: install test check lint format typecheck pytest chaos soak up bench bench-loader bench-serving bench-trace bench-migration bench-throughput clean help
+.PHONY: install test check lint format typecheck pytest chaos soak up bench bench-loader bench-serving bench-trace bench-migration bench-throughput bench-ha multihost clean help
 
 help:
 	@echo "make up           install if needed, then run the whole system (Ctrl-C stops it)"
 	@echo "make test         install if needed, then format check, lint, types and all tests"
 	@echo "make chaos        the fault tests (tests/chaos) with more rounds than CI"
 	@echo "make soak         10 minutes of mixed traffic with a fault every minute"
+	@echo "make multihost    3 hosts as network namespaces: a host cut off mid-stream (root)"
 	@echo "make bench-loader checkpoint loading benchmark (one table)"
 	@echo "make bench-serving time to first token: warm, cold from DRAM/SSD/registry, baseline"
 	@echo "make bench-trace   bursty many-model trace: our placement vs round-robin"
 	@echo "make bench-migration  live-migration pause vs context length, vs a KV-cache transfer"
 	@echo "make bench-throughput tokens/s, TTFT, ITL vs concurrency: sllm vs transformers serve"
+	@echo "make bench-ha      streamed load through a NATS server loss and a Valkey failover (--ha)"
 	@echo "make format       reformat the code"
 
 # A second run skips the install unless pyproject.toml, setup.py or the native sources changed.
@@ -68,6 +70,10 @@ SOAK_ARGS ?=
 soak: install
 	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
+# Three hosts as network namespaces (root): a host cut off mid-stream fails over and rejoins.
+multihost: install
+	$(BIN)/python -m pytest -m multihost -v tests/e2e/test_multihost.py
+
 bench-loader: install
 	$(BIN)/python -m pip install --disable-pip-version-check -q "$(TORCH)" -e ".[test,bench]"
 	$(BIN)/python -m benchmarks.bench_loader
@@ -89,3 +95,7 @@ bench: bench-loader bench-serving bench-trace bench-migration bench-throughput
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+bench-ha: install
+	$(BIN)/python -m pip install --disable-pip-version-check -q "$(TORCH)" -e ".[test,bench]"
+	$(BIN)/python -m benchmarks.bench_ha $(HA_ARGS)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -38,6 +38,7 @@ class UpCluster:
         model: Path,
         log_path: Path,
         env: dict[str, str] | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.state_dir = state_dir
         self.nodes = nodes
@@ -51,6 +52,7 @@ class UpCluster:
             "up",
             *("--nodes", str(nodes), "--workers-per-node", "1"),
             *("--port", str(self.port), "--data-dir", str(state_dir), "--model", str(model)),
+            *extra_args,  # e.g. --ha
         ]
         self.proc: subprocess.Popen[bytes] | None = None
         self.nats_url = ""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from libs.common.server_config import (
     ADMIN_USER,
+    SENTINEL_HELLO,
     NatsUser,
     RedisUser,
     nats_auth_conf,
@@ -51,7 +52,8 @@ class Credentials:
 
     def redis_users(self, root: str) -> tuple[RedisUser, ...]:
         return tuple(
-            RedisUser(redis_user(role), password)
+            # The admin is also what sentinels log in as: they meet on the hello channel.
+            RedisUser(redis_user(role), password, channels=(SENTINEL_HELLO,))
             if role == "admin"
             else RedisUser.service(role, password, root)
             for role, password in self.redis.items()

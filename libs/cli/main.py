@@ -9,6 +9,7 @@ import json
 import ssl
 import sys
 from pathlib import Path
+from typing import Any
 
 from libs.common.settings import SettingsError
 
@@ -30,6 +31,22 @@ def _cmd_up(args: argparse.Namespace) -> int:
         if value is not None
     }
     return up(UpSettings.from_env(**overrides))
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from .node import NodeSettings, node
+
+    overrides: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("node_id", args.node_id),
+            ("devices", tuple(d for d in (args.devices or "").split(",") if d) or None),
+            ("data_dir", args.data_dir),
+            ("credentials_dir", args.credentials_dir),
+        )
+        if value is not None
+    }
+    return node(NodeSettings.from_env(**overrides))
 
 
 def _cmd_demo_model(args: argparse.Namespace) -> int:
@@ -199,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, help="state directory (SLLM_DATA_DIR)")
     p.add_argument("--dram-capacity-gb", type=float, help="DRAM tier capacity per node")
     p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser(
+        "node", help="run this host's storage service and workers, joined to a cluster"
+    )
+    p.add_argument("--node-id", help="this node's id (SLLM_NODE_ID; default: the host name)")
+    p.add_argument("--devices", help="one worker per device: cuda:0,cuda:1 or cpu (SLLM_DEVICES)")
+    p.add_argument("--data-dir", type=Path, help="where the SSD tier lives (SLLM_DATA_DIR)")
+    p.add_argument("--credentials-dir", help="a `sllm credentials` directory (role URLs)")
+    p.set_defaults(func=_cmd_node)
 
     p = sub.add_parser("demo-model", help="write a small deterministic Llama model + tokenizer")
     p.add_argument("dir", type=Path)

@@ -34,10 +34,13 @@ def all_settings() -> dict[str, type[CommonSettings]]:
     from services.storage.settings import StorageSettings
     from services.worker.settings import WorkerSettings
 
+    from .node import NodeSettings
+
     return {
         "router": RouterSettings,
         "scheduler": SchedulerSettings,
         "worker": WorkerSettings,
         "storage": StorageSettings,
         "sllm up": UpSettings,
+        "sllm node": NodeSettings,
     }

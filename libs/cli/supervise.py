@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from libs.common.embedded import EmbeddedServer, EmbeddedServerError
+from libs.common.server_binaries import ServerBinaryError
 
 _PR_SET_PDEATHSIG = 1
 
@@ -92,7 +93,7 @@ class Supervised:
         if now >= self.restart_at:
             try:
                 self.start()
-            except (OSError, EmbeddedServerError) as exc:
+            except (OSError, EmbeddedServerError, ServerBinaryError) as exc:
                 # Counts as one more crash: the next try waits longer.
                 self.started_at = now
                 self.restart_at = None
@@ -171,3 +172,25 @@ class Supervisor:
         now = time.monotonic()
         for member in self.members:
             member.tick(now, self.say)
+
+
+def stop_children(children: list[Child], timeout: float = 20.0) -> int:
+    """SIGTERM every child, the last started first (`sllm up`: the router first, so no new
+    requests, then workers, storage, scheduler); kill one that outlives ``timeout``. Returns 1
+    if one had to be killed, else 0."""
+    code = 0
+    for child in reversed(children):
+        if child.proc is not None and child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in reversed(children):
+        if child.proc is None:
+            continue
+        try:
+            child.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"sllm: {child.name} did not stop in time; killing it", flush=True)
+            child.proc.kill()
+            child.proc.wait(5)
+            code = 1
+    return code

@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -29,8 +28,9 @@ from libs.protocol.messages import DeploymentSpec, DeployRequest
 from libs.protocol.permissions import Role
 
 from .credentials import Credentials, redis_user, role_of, write_env_file
+from .node import node_children
 from .settings import UpSettings
-from .supervise import Backoff, Child, ChildSpec, ServerChild, Supervisor
+from .supervise import Backoff, Child, ChildSpec, ServerChild, Supervisor, stop_children
 
 # Restarts: 0.5 s after a first crash, doubling to 30 s for a process that keeps crashing;
 # a minute of running resets it. A crash loop never stops the other services.
@@ -70,28 +70,19 @@ def torch_threads_per_worker(settings: UpSettings, cpus: int | None = None) -> i
 def plan(settings: UpSettings, data_dir: Path) -> Plan:
     p = Plan()
     p.children.append(ChildSpec("scheduler", "services.scheduler", {}))
+    threads = torch_threads_per_worker(settings)
     for n in range(settings.nodes):
         node = f"node-{n}"
-        p.children.append(
-            ChildSpec(
-                f"storage/{node}",
-                "services.storage",
-                {
-                    "SLLM_NODE_ID": node,
-                    "SLLM_SSD_DIR": str(data_dir / node / "ssd"),
-                    "SLLM_DRAM_DIR": str(dram_root(settings) / node),
-                    "SLLM_DRAM_CAPACITY_GB": str(settings.dram_capacity_gb),
-                },
-            )
+        # CPU workers share this machine's cores: each taking all of them (torch's default)
+        # oversubscribes it and makes every forward pass several times slower.
+        p.children += node_children(
+            node,
+            ("cpu",) * settings.workers_per_node,
+            data_dir / node / "ssd",
+            dram_root(settings) / node,
+            settings.dram_capacity_gb,
+            threads,
         )
-        for w in range(settings.workers_per_node):
-            worker = f"{node}-w{w}"
-            env = {"SLLM_NODE_ID": node, "SLLM_INSTANCE_ID": worker, "SLLM_DEVICE": "cpu"}
-            if "SLLM_TORCH_THREADS" not in os.environ:
-                # CPU workers share this machine's cores: each taking all of them (torch's
-                # default) oversubscribes it and makes every forward pass several times slower.
-                env["SLLM_TORCH_THREADS"] = str(torch_threads_per_worker(settings))
-            p.children.append(ChildSpec(f"worker/{worker}", "services.worker", env))
     p.children.append(
         ChildSpec(
             "router",
@@ -152,7 +143,9 @@ async def _prepare_bus(nats_url: str, settings: UpSettings) -> None:
         nats_url, name="sllm-up", root=settings.root, tls=nats_tls(settings.nats_tls)
     )
     try:
-        await bus.ensure_event_stream()
+        # Against a NATS cluster the events keep three copies, so they survive the loss of
+        # any one server (a lone server keeps one).
+        await bus.ensure_event_stream(replicas=min(3, bus.cluster_size))
     finally:
         await bus.close()
 
@@ -269,7 +262,7 @@ def up(settings: UpSettings) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        code = _shutdown([m for m in supervisor.members if isinstance(m, Child)]) or code
+        code = stop_children([m for m in supervisor.members if isinstance(m, Child)]) or code
         for member in reversed(supervisor.members):
             if isinstance(member, ServerChild):
                 member.server.stop()
@@ -324,26 +317,6 @@ def _wait_until_up(
             print(f"sllm: not up after {settings.startup_timeout:g}s: alive {counts}", flush=True)
             raise _Stop
         time.sleep(0.2)
-
-
-def _shutdown(children: list[Child], timeout: float = 20.0) -> int:
-    """SIGTERM the router first (no new requests), then workers, storage, scheduler."""
-    code = 0
-    for child in reversed(children):
-        if child.proc is not None and child.proc.poll() is None:
-            child.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for child in reversed(children):
-        if child.proc is None:
-            continue
-        try:
-            child.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            print(f"sllm: {child.name} did not stop in time; killing it", flush=True)
-            child.proc.kill()
-            child.proc.wait(5)
-            code = 1
-    return code
 
 
 def model_name(settings: UpSettings, model: Path) -> str:

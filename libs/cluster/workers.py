@@ -27,10 +27,13 @@ REPAIR_ATTEMPTS = 5
 
 # KEYS[1] = worker hash; ARGV[1] = instance id. Take the worker only if it exists and is free;
 # 0 when not, else its epoch + 1 (which registration of the worker the instance belongs to).
+# Idempotent: a worker the instance already holds is a success, so a caller that retries after
+# an error whose outcome it could not know (a connection lost in a Valkey failover) does not
+# take its own reservation for someone else's.
 _RESERVE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local cur = redis.call('HGET', KEYS[1], 'instance_id')
-if cur and cur ~= '' then return 0 end
+if cur and cur ~= '' and cur ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'instance_id', ARGV[1])
 return (tonumber(redis.call('HGET', KEYS[1], 'epoch')) or 0) + 1
 """

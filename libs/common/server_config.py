@@ -84,16 +84,22 @@ SERVICE_COMMANDS = "+@all -@admin -@dangerous"
 # when that user is off, so turning it off would lose the cluster state at a restart.
 ADMIN_USER = "default"
 
+# The channel on which sentinels find each other through the primary (and replicas): the user
+# they log in as must be allowed to publish and subscribe to it.
+SENTINEL_HELLO = "__sentinel__:hello"
+
 
 @dataclass(frozen=True)
 class RedisUser:
     """One Valkey ACL user: its password, the key patterns it may touch, the commands it may
-    run (ACL rule syntax); by default unrestricted (the admin)."""
+    run (ACL rule syntax; by default unrestricted: the admin), and the pub/sub channels it may
+    use (none by default; Sentinel's user needs `SENTINEL_HELLO`)."""
 
     user: str
     password: str
     keys: tuple[str, ...] = ("*",)
     commands: str = "+@all"
+    channels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_credential(self.user)
@@ -106,7 +112,11 @@ class RedisUser:
 
     def acl_rule(self) -> str:
         keys = " ".join(f"~{k}" for k in self.keys)
-        return f"user {self.user} reset on >{self.password} {keys} resetchannels {self.commands}"
+        channels = "".join(f" &{c}" for c in self.channels)
+        return (
+            f"user {self.user} reset on >{self.password} {keys} resetchannels{channels} "
+            f"{self.commands}"
+        )
 
 
 def redis_acl_conf(users: tuple[RedisUser, ...], password: str = "") -> str:

@@ -102,6 +102,10 @@ class Service:
     async def on_stop(self) -> None:
         """Hook: runs before the connections close."""
 
+    async def on_beat(self) -> None:
+        """Hook: runs after each heartbeat that reached the store (a cheap check of what the
+        cluster state says of this service; a Redis error is logged and retried next beat)."""
+
     async def on_store_reset(self) -> None:
         """Hook: the cluster state store (Redis) lost its data (it restarted empty, or failed
         over to a replica that had nothing): write back what this service owns. Raising
@@ -162,6 +166,7 @@ class Service:
             try:
                 await self.redis.set(key, encode_json(await self.info(InfoRequest())), px=ttl_ms)
                 await self._check_store(state)
+                await self.on_beat()
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat failed: %r", exc)
             await asyncio.sleep(self.settings.heartbeat_interval)

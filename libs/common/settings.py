@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
+from libs.protocol.errors import redact_url
+
 from .tls import TlsFiles
 
 S = TypeVar("S", bound="CommonSettings")
@@ -142,9 +144,8 @@ class CommonSettings:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, str) and "@" in value and "://" in value:
-                scheme, rest = value.split("://", 1)
-                value = f"{scheme}://***@{rest.split('@', 1)[1]}"
+            if isinstance(value, str) and "://" in value:
+                value = redact_url(value)  # also a sentinel URL's ?sentinel_password=
             if "key" in f.name and value:
                 value = "***"
             out[f.name] = str(value) if isinstance(value, Path) else value

@@ -24,6 +24,7 @@ from nats.aio.subscription import Subscription
 from nats.micro.service import Service as MicroService
 from nats.nuid import NUID
 
+from . import event_stream
 from .errors import (
     BadReplyError,
     BusError,
@@ -34,6 +35,7 @@ from .errors import (
 )
 from .events import Event, event_kind
 from .link import Link
+from .nats_urls import cluster_size, server_list
 from .requests import DEFAULT_REQUEST_TIMEOUT, Requests
 from .schema import Message, decode, decode_json, encode, encode_json
 from .serving import Route as Route  # re-exported: services build their handler tables with it
@@ -51,6 +53,10 @@ E = TypeVar("E", bound=Event)
 Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep", bound=Message)
 Chunk = TypeVar("Chunk", bound=Message)
+
+
+# nats-py pings every 120 s by default: a server cut off or frozen went unnoticed for minutes.
+PING_INTERVAL_S = 3.0
 
 
 class Bus:
@@ -91,6 +97,8 @@ class Bus:
         tls: ssl.SSLContext | None = None,
     ) -> Bus:
         """Connect to NATS at ``url``; reconnect forever after a successful first connect.
+        ``url`` may list a cluster's servers, comma-separated (``nats://a:4222,nats://b:4222``):
+        the client then fails over between them (`nats_urls.server_list`).
         ``tls``: the context verifying the server (and presenting a client certificate);
         without it, a ``tls://`` URL uses the system's CAs."""
 
@@ -122,15 +130,20 @@ class Bus:
                 bus.reconnected()
 
         where = redact_url(url)
+        listed = server_list(url)
         try:
             nc = await asyncio.wait_for(
                 nats.connect(
-                    servers=[url],
+                    servers=listed.servers,
+                    **listed.auth,
                     name=name,
                     connect_timeout=min(connect_timeout, 2.0),
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=reconnect_wait,
+                    # A server that hangs (or a partition) is noticed in seconds, not minutes.
+                    ping_interval=PING_INTERVAL_S,
+                    max_outstanding_pings=2,
                     error_cb=on_error,
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
@@ -167,6 +180,15 @@ class Bus:
     @property
     def connected(self) -> bool:
         return bool(self.nc.is_connected)
+
+    @property
+    def cluster_size(self) -> int:
+        """How many NATS servers the cluster has, as far as this connection knows (the
+        servers it was given and those its server advertises): 1 for a lone server."""
+        found = self.nc.discovered_servers
+        listed = [u.netloc for u in self.nc.servers if u not in found]
+        advertised = self.nc._server_info.get("connect_urls") or []  # nats-py has no getter
+        return cluster_size(listed, list(advertised))
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop serving, cancel producer tasks, and close the connection (bounded in time)."""
@@ -242,28 +264,12 @@ class Bus:
         except (nats.errors.Error, OSError) as exc:
             log.warning("dropped event %s: %r", event_kind(type(event)), exc)
 
-    async def ensure_event_stream(
-        self, *, max_age_s: float = 7 * 86400, max_bytes: int = 256 * 1024 * 1024
-    ) -> None:
-        """Create (or update) the JetStream stream that retains every event for replay."""
-        from nats.js.api import DiscardPolicy, StorageType, StreamConfig
-
-        config = StreamConfig(
-            name=self.subjects.events_stream,
-            subjects=[self.subjects.all_events],
-            max_age=max_age_s,
-            max_bytes=max_bytes,
-            storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
+    async def ensure_event_stream(self, *, replicas: int = 1, **limits: Any) -> None:
+        """Create (or update) the JetStream stream that retains every event for replay
+        (`event_stream.ensure`: ``replicas`` copies on distinct servers of a cluster)."""
+        await event_stream.ensure(
+            self.nc, self.subjects, self.request_timeout, replicas=replicas, **limits
         )
-        js = self.nc.jetstream(timeout=self.request_timeout)
-        try:
-            try:
-                await js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                await js.update_stream(config)  # exists with another config: take ours
-        except (nats.errors.Error, OSError) as exc:
-            raise UnavailableError(f"cannot create the event stream: {exc!r}") from None
 
     async def subscribe(
         self,

@@ -133,11 +133,26 @@ class CredentialsError(Exception):
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its user and password, for logs and error texts."""
+    """``url`` without its user and password, and without the value of any query parameter
+    naming a password (a sentinel's: ``?sentinel_password=``), for logs and error texts. A
+    comma-separated list of URLs (NATS servers) has each one redacted."""
+    if url.count("://") > 1 and "," in url:
+        return ",".join(redact_url(part) for part in url.split(","))
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    if not sep:
         return url
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    rest, q, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    if query:
+        query = "&".join(_redact_param(param) for param in query.split("&"))
+    return f"{scheme}://{netloc}{slash}{path}{q}{query}"
+
+
+def _redact_param(param: str) -> str:
+    name, eq, _ = param.partition("=")
+    return f"{name}=***" if eq and "pass" in name.lower() else param
 
 
 class StreamHandedOver(Exception):

@@ -42,6 +42,7 @@ class Requests:
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
         resend_on_drop: bool = False,
+        no_responders_grace: float = NO_RESPONDERS_GRACE,
     ) -> Msg:
         """Send raw bytes and return the raw reply; error replies raise their typed error.
 
@@ -57,7 +58,7 @@ class Requests:
         """
         t = self.request_timeout if timeout is None else timeout
         deadline = time.monotonic() + t
-        grace_until = time.monotonic() + min(NO_RESPONDERS_GRACE, t)
+        grace_until = time.monotonic() + min(no_responders_grace, t)
         delay = 0.02
         while True:
             try:
@@ -69,7 +70,7 @@ class Requests:
                     raise BusTimeoutError(f"no reply on {subject} within {t:g}s (NATS down)")
                 log.info("%s: resending after a reconnect", subject)
             except nats.errors.NoRespondersError:
-                if self.link.back_within(RESUBSCRIBE_GRACE):
+                if no_responders_grace and self.link.back_within(RESUBSCRIBE_GRACE):
                     grace_until = max(grace_until, self.link.back_at + RESUBSCRIBE_GRACE)
                 if time.monotonic() + delay >= min(grace_until, deadline):
                     raise NoRespondersError(f"no service answers {subject}") from None
@@ -85,18 +86,9 @@ class Requests:
     async def request_msg_once(
         self, subject: str, payload: bytes, *, timeout: float | None = None
     ) -> Msg:
-        """One send, no retry of "no responders" (a liveness check of a known peer)."""
-        t = self.request_timeout if timeout is None else timeout
-        try:
-            reply = await self.nc.request(subject, payload, timeout=t)
-        except nats.errors.NoRespondersError:
-            raise NoRespondersError(f"no service answers {subject}") from None
-        except nats.errors.TimeoutError:
-            raise BusTimeoutError(f"no reply on {subject} within {t:g}s") from None
-        except (nats.errors.Error, OSError) as exc:
-            raise UnavailableError(f"request on {subject} failed: {exc!r}") from None
-        raise_if_error(reply, subject)
-        return reply
+        """No retry of "no responders": a liveness check of a peer that has served
+        ``subject`` for a while, where "no responders" means its connection is gone."""
+        return await self.request_msg(subject, payload, timeout=timeout, no_responders_grace=0.0)
 
     async def _attempt(
         self,

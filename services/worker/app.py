@@ -24,7 +24,7 @@ from libs.protocol.endpoints import (
     WORKER_RUNNING,
     WORKER_UNLOAD,
 )
-from libs.protocol.errors import BadRequestError
+from libs.protocol.errors import BadRequestError, NotFoundError
 from libs.protocol.messages import (
     FinishReason,
     GenerateReply,
@@ -33,6 +33,7 @@ from libs.protocol.messages import (
     RunningReply,
     RunningRequest,
     TokenChunk,
+    UnloadRequest,
     Usage,
 )
 from libs.protocol.state import InstanceRecord, WorkerRecord
@@ -69,6 +70,7 @@ class WorkerService(Service):
         self._adoptions: Adoptions | None = None
         self._migrations: Migrations | None = None
         self.epoch = 0  # which registration of this worker (the cluster state's count)
+        self._unreserved: str | None = None  # a hosted instance the state no longer gives it
 
     @property
     def host(self) -> Host:
@@ -161,6 +163,33 @@ class WorkerService(Service):
                 worker_epoch=self.epoch,
             )
         await self.state.restore_worker(worker, instance)
+
+    async def on_beat(self) -> None:
+        """Unload an instance the cluster state no longer gives this worker, seen so at two
+        beats in a row: the scheduler retired it while this worker was cut off (a network
+        partition), so nobody routes to it any more, and it would refuse every new load."""
+        h = self.host.hosted
+        me = (
+            None
+            if h is None or h.status == "stopping"
+            else await self.state.get_worker(self.instance_id)
+        )
+        if h is None or me is None or me.epoch != self.epoch or me.instance_id == h.instance_id:
+            self._unreserved = None
+            return
+        if self._unreserved != h.instance_id:
+            self._unreserved = h.instance_id  # once more at the next beat, to be sure
+            return
+        self._unreserved = None
+        log.warning(
+            "instance %s lost its reservation (the worker is now %s): unloading it",
+            h.instance_id,
+            f"reserved for {me.instance_id}" if me.instance_id else "free",
+        )
+        with contextlib.suppress(NotFoundError):  # gone meanwhile
+            await self.host.unload(
+                UnloadRequest(instance_id=h.instance_id, reason="reservation lost")
+            )
 
     async def on_stop(self) -> None:
         if self._adoptions is not None:

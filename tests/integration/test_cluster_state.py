@@ -88,6 +88,20 @@ async def test_only_one_of_many_concurrent_reservations_wins(
     assert not await state.reserve_worker("missing-worker", "x")
 
 
+async def test_a_repeated_reservation_by_its_holder_succeeds_and_no_one_elses(
+    state: ClusterState,
+) -> None:
+    """A caller that retries a reservation whose outcome it never heard (the connection died
+    in a failover) gets its own worker back, not a refusal that strands the worker."""
+    await state.register_worker("w0", "node-0", "cpu")
+    first = await state.reserve("w0", "i-1")
+    assert first is not None
+    assert await state.reserve("w0", "i-1") == first
+    assert not await state.reserve_worker("w0", "i-2")
+    (worker,) = await state.workers()
+    assert worker.instance_id == "i-1"
+
+
 async def test_locality_and_bandwidth(state: ClusterState) -> None:
     await state.set_locality("n0", "dram", "m", 123)
     await state.set_locality("n0", "ssd", "m", 123)

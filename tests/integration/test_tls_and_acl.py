@@ -19,10 +19,9 @@ from libs.cluster import ClusterState
 from libs.common.embedded import (
     EmbeddedNats,
     EmbeddedRedis,
-    EmbeddedServerError,
-    redis_server_binary,
 )
 from libs.common.redis_client import connect_redis
+from libs.common.server_binaries import ServerBinaryError, redis_server_binary
 from libs.common.server_config import ServerTls
 from libs.common.settings import SettingsError
 from libs.common.tls import TlsFiles, nats_tls
@@ -81,7 +80,7 @@ def tls_nats(pki: Pki) -> Iterator[EmbeddedNats]:
 def _tls_redis_binary() -> str:
     try:
         return redis_server_binary(tls=True)
-    except EmbeddedServerError as exc:
+    except ServerBinaryError as exc:
         pytest.skip(f"no TLS-capable valkey-server/redis-server here: {exc}")
 
 
