@@ -20,6 +20,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,8 +107,9 @@ def valkey_primary(cluster: UpCluster) -> psutil.Process:
     url = parse_sentinel_url(cluster.redis_url)
     _, port = Sentinel(list(url.sentinels), socket_timeout=2).discover_master(url.service)
     for p in servers(cluster, "valkey-server"):
-        cmd = p.cmdline()
-        if "--sentinel" not in cmd and str(port) in cmd:
+        # Valkey rewrites its process title: "valkey-server 127.0.0.1:<port> [sentinel]".
+        title = " ".join(p.cmdline())
+        if "sentinel" not in title and f":{port}" in title:
             return p
     raise RuntimeError(f"no valkey-server on port {port}")
 
@@ -158,10 +160,15 @@ def plot(load: Load, phases: list[Phase], t0: float, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 4))
-    ok = [(s.done - t0, s.done - s.sent) for s in load.samples if not s.error]
-    bad = [(s.done - t0, s.done - s.sent) for s in load.samples if s.error]
-    ax.scatter(*zip(*ok, strict=True), s=6, label="answered") if ok else None
-    ax.scatter(*zip(*bad, strict=True), s=18, c="red", marker="x", label="failed") if bad else None
+    for failed, style in ((False, {"s": 6}), (True, {"s": 18, "c": "red", "marker": "x"})):
+        pts = [s for s in load.samples if bool(s.error) == failed]
+        if pts:
+            ax.scatter(
+                [s.done - t0 for s in pts],
+                [s.done - s.sent for s in pts],
+                label="failed" if failed else "answered",
+                **style,
+            )
     for ph in phases:
         if ph.fault_at is not None:
             ax.axvline(ph.fault_at - t0, color="grey", linestyle="--")
@@ -212,10 +219,11 @@ def main() -> int:
         t0 = time.monotonic()
         time.sleep(args.baseline)
         phases.append(Phase("baseline", t0, time.monotonic()))
-        for name, find in (
+        faults: list[tuple[str, Callable[[], psutil.Process]]] = [
             ("NATS server killed", lambda: servers(cluster, "nats-server")[0]),
             ("Valkey primary killed", lambda: valkey_primary(cluster)),
-        ):
+        ]
+        for name, find in faults:
             victim = find()
             victim.kill()
             at = time.monotonic()

@@ -18,7 +18,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from .settings import UpSettings
     from .up import up
 
-    overrides = {
+    overrides: dict[str, Any] = {
         name: value
         for name, value in (
             ("nodes", args.nodes),
@@ -27,6 +27,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             ("model", args.model),
             ("data_dir", args.data_dir),
             ("dram_capacity_gb", args.dram_capacity_gb),
+            ("ha", True if args.ha else None),
         )
         if value is not None
     }
@@ -215,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model directory to serve (default: the demo model)")
     p.add_argument("--data-dir", type=Path, help="state directory (SLLM_DATA_DIR)")
     p.add_argument("--dram-capacity-gb", type=float, help="DRAM tier capacity per node")
+    p.add_argument(
+        "--ha",
+        action="store_true",
+        help="3 NATS servers and Valkey with a replica and 3 sentinels (SLLM_HA)",
+    )
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser(

@@ -20,11 +20,19 @@ class UpSettings(CommonSettings):
     data_dir: Path = setting(Path(".sllm"), "where `sllm up` keeps models, tiers and logs")
     dram_capacity_gb: float = setting(8.0, "DRAM tier capacity in GB")
     startup_timeout: float = setting(120.0, "seconds `sllm up` waits for every service")
+    ha: bool = setting(
+        False, "`sllm up`: 3 NATS servers (a cluster) and Valkey with a replica and 3 sentinels"
+    )
 
     def validate(self) -> None:
         super().validate()
         if self.nodes < 1 or self.workers_per_node < 1:
             raise SettingsError("SLLM_NODES and SLLM_WORKERS_PER_NODE must be at least 1")
+        if self.ha and (self.nats_url or self.redis_url):
+            raise SettingsError(
+                "SLLM_HA starts its own NATS cluster and Valkey set: leave SLLM_NATS_URL and "
+                "SLLM_REDIS_URL empty"
+            )
 
 
 def all_settings() -> dict[str, type[CommonSettings]]:

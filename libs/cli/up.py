@@ -28,6 +28,7 @@ from libs.protocol.messages import DeploymentSpec, DeployRequest
 from libs.protocol.permissions import Role
 
 from .credentials import Credentials, redis_user, role_of, write_env_file
+from .ha import start_ha
 from .node import node_children
 from .settings import UpSettings
 from .supervise import Backoff, Child, ChildSpec, ServerChild, Supervisor, stop_children
@@ -115,12 +116,16 @@ def _start_servers(settings: UpSettings, data_dir: Path, supervisor: Supervisor)
     elsewhere, each requiring the credentials generated for this run."""
     creds = Credentials.generate()
     access = BusAccess(nats=settings.nats_url, redis=settings.redis_url)
-    if not settings.nats_url:
+    if settings.ha:  # both engines in high availability (the settings check: none given)
+        ha = start_ha(creds, settings.root, data_dir, supervisor, BACKOFF)
+        access.nats, access.redis = ha.nats, ha.redis
+        access.role_urls, access.redis_role_urls = ha.nats_roles, ha.redis_roles
+    if not settings.nats_url and not settings.ha:
         nats = EmbeddedNats(data_dir=data_dir / "nats", users=creds.nats_users(settings.root))
         supervisor.members.append(ServerChild(nats, BACKOFF))
         access.role_urls = {role: nats.url_for(role) for role in creds.nats}
         access.nats = nats.url_for("admin")
-    if not settings.redis_url:
+    if not settings.redis_url and not settings.ha:
         # The state of record: an append-only file under the data dir (fsync every
         # second), so deployments survive a crash of the server and a restart of `sllm up`.
         redis = EmbeddedRedis(
@@ -330,8 +335,9 @@ def _banner(settings: UpSettings, name: str, model: Path, took: float) -> str:
         '{"model": "' + name + '", "messages": [{"role": "user", "content": "Hello!"}], '
         '"max_tokens": 32}'
     )
+    ha = " (HA: 3 NATS servers; Valkey, a replica, 3 sentinels)" if settings.ha else ""
     return (
-        f"\nsllm is up in {took:.1f}s: {settings.nodes} node(s) x "
+        f"\nsllm is up in {took:.1f}s{ha}: {settings.nodes} node(s) x "
         f"{settings.workers_per_node} worker(s), REST API on {base}\n"
         f"  deployed model {name!r} from {model}\n"
         f"  curl {base}/v1/models\n"

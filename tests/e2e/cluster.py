@@ -23,7 +23,15 @@ SLLM = str(Path(sys.executable).with_name("sllm"))
 class UpCluster:
     """One `sllm up` process tree with its own root, port and data directory."""
 
-    def __init__(self, tmp: Path, *, nodes: int, workers_per_node: int = 1, **env: str) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        nodes: int,
+        workers_per_node: int = 1,
+        extra_args: tuple[str, ...] = (),
+        **env: str,
+    ) -> None:
         self.tmp = tmp
         self.port = free_port()
         self.root = "e2e" + os.urandom(4).hex()
@@ -50,6 +58,7 @@ class UpCluster:
             str(self.port),
             "--data-dir",
             str(tmp / "state"),
+            *extra_args,
         ]
         self.proc: subprocess.Popen[bytes] | None = None
         self.nats_url = ""
