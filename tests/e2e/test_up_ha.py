@@ -23,7 +23,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
-    with up_cluster(tmp_path_factory.mktemp("ha"), nodes=1, extra_args=("--ha",)) as c:
+    # 20 ms a token: a 150-token stream lasts seconds, long enough to kill a server under it.
+    with up_cluster(
+        tmp_path_factory.mktemp("ha"), nodes=1, extra_args=("--ha",), SLLM_DECODE_DELAY="0.02"
+    ) as c:
         yield c
 
 
@@ -47,6 +50,18 @@ def _primary_port(cluster: UpCluster) -> int | None:
     except MasterNotFoundError:
         return None  # just after the primary died
     return int(port)
+
+
+def _nats_server_of(cluster: UpCluster, module: str) -> psutil.Process:
+    """The nats-server the service ``module`` is connected to (by its TCP connection)."""
+    (service,) = [p for p in _children(cluster, module) if p.cmdline()[-1] == module]
+    servers = {}
+    for p in _children(cluster, "nats-server"):
+        cmd = p.cmdline()
+        servers[int(cmd[cmd.index("-p") + 1])] = p
+    ports = {c.raddr.port for c in service.net_connections(kind="tcp") if c.raddr}
+    (port,) = ports & servers.keys()
+    return servers[port]
 
 
 def _ask(client: openai.OpenAI) -> str:
@@ -93,4 +108,31 @@ def test_a_nats_server_and_the_valkey_primary_die_and_serving_goes_on(cluster: U
         time.sleep(0.2)
     assert _primary_port(cluster) not in (old, None)
     assert _ask(client) == reference
+    client.close()
+
+
+def test_a_stream_whose_routers_nats_server_dies_completes(cluster: UpCluster) -> None:
+    """The router's connection moves to another server; frames in flight through the dead one
+    are lost, the router notices the gap within seconds and resumes the generation on the same
+    worker: the client's stream is the uninterrupted one."""
+    client = openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="none", max_retries=0)
+    prompt = "Once upon a time"
+    whole = (
+        client.completions.create(model="demo", prompt=prompt, max_tokens=150, temperature=0)
+        .choices[0]
+        .text
+    )
+    victim = _nats_server_of(cluster, "services.router")
+    parts: list[str] = []
+    t0 = time.monotonic()
+    chunks = client.completions.create(
+        model="demo", prompt=prompt, max_tokens=150, temperature=0, stream=True
+    )
+    for n, chunk in enumerate(chunks):
+        parts.extend(c.text for c in chunk.choices)
+        if n == 20:
+            victim.kill()
+    took = time.monotonic() - t0
+    assert "".join(parts) == whole
+    assert took < 30, took
     client.close()
