@@ -203,3 +203,11 @@ def _sentinel_client(url: str, timeout: float, files: TlsFiles) -> SentinelRedis
     assert isinstance(client, SentinelRedis)
     client.sentinel_manager = sentinel
     return client
+
+
+def primary_address(client: aioredis.Redis) -> tuple[str, int] | None:
+    """The address of the primary a sentinel-managed client last connected to; None for a
+    client of one server, or before its first connection. Free: no sentinel is asked (the
+    client asks them at each new connection, and a failover forces new connections)."""
+    address = getattr(client.connection_pool, "master_address", None)
+    return (str(address[0]), int(address[1])) if address else None

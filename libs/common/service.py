@@ -31,7 +31,7 @@ from libs.protocol.messages import InfoRequest, ServiceInfoReply
 from libs.protocol.schema import encode_json
 
 from .logs import setup_logging
-from .redis_client import connect_redis
+from .redis_client import connect_redis, primary_address
 from .settings import CommonSettings
 from .supervise import Restart, Supervisor
 from .tls import nats_tls
@@ -68,6 +68,8 @@ class Service:
         self._bus: Bus | None = None
         self._redis: aioredis.Redis | None = None
         self._store_epoch = ""  # the cluster state store's epoch this service last published to
+        # The primary a sentinel-managed store client last reached (None: one server).
+        self._primary: tuple[str, int] | None = None
         # Every background loop and one-shot task of the service: stop cancels them all.
         self.tasks = Supervisor(self.kind)
 
@@ -172,22 +174,39 @@ class Service:
             await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def _check_store(self, state: ClusterState) -> None:
-        """Re-publish what this service owns once the store's epoch changed (it lost its data)."""
+        """Re-publish what this service owns once the store's epoch changed (it lost its data),
+        or once it failed over to a replica (writes not yet replicated are lost, and the
+        epoch, a replicated key, cannot tell)."""
         epoch = await state.store_epoch()
-        if epoch == self._store_epoch:
+        primary = primary_address(self.redis)
+        reason: Literal["reset", "failover"]
+        if epoch != self._store_epoch:
+            log.warning("the cluster state store lost its data: re-publishing this %s's", self.kind)
+            reason = "reset"
+        elif primary is not None and self._primary not in (None, primary):
+            log.warning(
+                "the cluster state store failed over (%s:%s -> %s:%s): re-publishing this %s's",
+                *(self._primary or ("", 0)),
+                *primary,
+                self.kind,
+            )
+            reason = "failover"
+        else:
+            self._primary = primary
             return
-        log.warning("the cluster state store lost its data: re-publishing this %s's", self.kind)
         try:
             await self.on_store_reset()
         except (RedisError, OSError):
             raise  # the store is unreachable again: the heartbeat logs it, the next beat retries
         except Exception:
             # Visible, and retried at the next beat: the heartbeat itself must go on.
-            log.exception("re-publishing after the store's reset failed")
+            log.exception("re-publishing after the store's %s failed", reason)
             return
-        self._store_epoch = epoch
+        self._store_epoch, self._primary = epoch, primary
         await self.bus.emit(
-            StateRepublishedEvent(source=self.instance_id, service=self.kind, epoch=epoch)
+            StateRepublishedEvent(
+                source=self.instance_id, service=self.kind, epoch=epoch, reason=reason
+            )
         )
 
 

@@ -23,11 +23,14 @@ class ServiceStoppedEvent(Event):
 
 
 class StateRepublishedEvent(Event):
-    """A service wrote back what it owns because the cluster state store lost its data."""
+    """A service wrote back what it owns because the cluster state store lost its data (it
+    came back empty: ``reason`` "reset"), or may have (it failed over to a replica, which
+    replicates asynchronously: "failover")."""
 
     kind: Literal["state.republished"] = "state.republished"
     service: str
-    epoch: str  # the store's new epoch
+    epoch: str  # the store's epoch now
+    reason: Literal["reset", "failover"] = "reset"
 
 
 class DeploymentEvent(Event):
