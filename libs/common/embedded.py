@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from .server_binaries import nats_server_binary, redis_server_binary
 from .server_config import (
@@ -68,7 +69,38 @@ def _redis_ready(sock: socket.socket) -> bool:
     return sock.recv(64).startswith(b"+PONG")
 
 
-class EmbeddedServer:
+class OwnDataDir:
+    """Server processes that keep their data in ``data_dir``: `close` stops them and removes
+    the directory if this object made it (``_own_dir``); as a context manager, started on
+    entry and closed on exit. Subclasses say how to start and stop."""
+
+    data_dir: Path
+    _own_dir: bool
+
+    def start(self, timeout: float = 15.0) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class EmbeddedServer(OwnDataDir):
     """One server child process on a fixed loopback port with its own data directory.
 
     ``kill`` and ``restart`` keep the port and the data directory, so connected clients can
@@ -116,7 +148,7 @@ class EmbeddedServer:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout: float = 15.0) -> EmbeddedServer:
+    def start(self, timeout: float = 15.0) -> Self:
         """Start the server and wait until it answers on its port."""
         if self.running:
             return self
@@ -187,23 +219,6 @@ class EmbeddedServer:
         self.stop()
         self._fixed_port = True
         self.start(timeout)
-
-    def close(self) -> None:
-        """Stop and remove the data directory if this object created it."""
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> EmbeddedServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class EmbeddedNats(EmbeddedServer):

@@ -11,16 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
-from .embedded import EmbeddedNats, EmbeddedServerError, free_port
+from .embedded import EmbeddedNats, EmbeddedServerError, OwnDataDir, free_port
 from .server_config import NatsUser, ServerTls
 
 
@@ -34,7 +32,7 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-class EmbeddedNatsCluster:
+class EmbeddedNatsCluster(OwnDataDir):
     """``size`` nats-servers forming the cluster ``name``: each with its own client, route
     and monitoring port, data directory and server name (``<name>-<i>``), and routes to all
     the others. JetStream runs clustered, so streams can keep replicas on several members.
@@ -102,7 +100,7 @@ class EmbeddedNatsCluster:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def start(self, timeout: float = 30.0) -> EmbeddedNatsCluster:
+    def start(self, timeout: float = 30.0) -> Self:
         """Start every member and wait until the cluster is formed (each member routed to all
         the others) and JetStream has a meta leader that every member has caught up with."""
         try:
@@ -171,20 +169,3 @@ class EmbeddedNatsCluster:
     def stop(self) -> None:
         for member in self.members:
             member.stop()
-
-    def close(self) -> None:
-        """Stop every member and remove the data directory if this object created it."""
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> EmbeddedNatsCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

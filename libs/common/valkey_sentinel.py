@@ -12,18 +12,16 @@ given the channel sentinels meet on (`SENTINEL_HELLO`).
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import socket
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import redis
 
-from .embedded import EmbeddedRedis, EmbeddedServer, EmbeddedServerError
+from .embedded import EmbeddedRedis, EmbeddedServer, EmbeddedServerError, OwnDataDir
 from .server_binaries import redis_server_binary
 from .server_config import ADMIN_USER, SENTINEL_HELLO, RedisUser, check_credential, private_file
 
@@ -140,7 +138,7 @@ class EmbeddedSentinel(EmbeddedServer):
         )
 
 
-class EmbeddedSentinelSet:
+class EmbeddedSentinelSet(OwnDataDir):
     """A primary, ``replicas`` replicas (`EmbeddedRedis` each, with ``persist`` as there) and
     ``sentinels`` sentinels (quorum: a majority) monitoring them under the name ``service``.
 
@@ -193,7 +191,7 @@ class EmbeddedSentinelSet:
 
     # --- life cycle ------------------------------------------------------------------------
 
-    def start(self, timeout: float = 30.0) -> EmbeddedSentinelSet:
+    def start(self, timeout: float = 30.0) -> Self:
         """Start the primary, the replicas, then the sentinels; wait until they agree."""
         first, *rest = self.members
         first.start()
@@ -222,23 +220,10 @@ class EmbeddedSentinelSet:
         self._wait(lambda: self._settled(first), "the sentinels to agree", timeout)
         return self
 
-    def close(self) -> None:
-        """Stop every process and remove the data directory if this object created it."""
+    def stop(self) -> None:
+        """Stop every process, the sentinels first (no failover of a set going away)."""
         for server in [*self.sentinels, *self.members]:
             server.stop()
-        if self._own_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> EmbeddedSentinelSet:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- faults ----------------------------------------------------------------------------
 
