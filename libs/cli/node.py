@@ -135,9 +135,11 @@ def node(settings: NodeSettings) -> int:
         settings.dram_capacity_gb,
         threads,
     )
+    # The node's own SLLM_* settings reach its children as they are (root, heartbeats, TLS
+    # files...); each child's ids, tiers and role URLs are set per child below (an instance id
+    # given to the node would name every child alike: it is not passed on).
     base_env = {
-        **os.environ,
-        **{k: v for k, v in settings.as_env().items() if k in _PASSED_ON},
+        **{k: v for k, v in os.environ.items() if k != "SLLM_INSTANCE_ID"},
         "PYTHONUNBUFFERED": "1",
     }
     supervisor = Supervisor()
@@ -176,22 +178,6 @@ def node(settings: NodeSettings) -> int:
         stop_children(children)
         if not settings.dram_dir:  # this node's own tmpfs directory: it holds RAM
             shutil.rmtree(settings.dram, ignore_errors=True)
-
-
-# Settings every child reads alike (the rest are per child, or the children's own).
-_PASSED_ON = {
-    "SLLM_ROOT",
-    "SLLM_LOG_LEVEL",
-    "SLLM_REQUEST_TIMEOUT",
-    "SLLM_HEARTBEAT_INTERVAL",
-    "SLLM_HEARTBEAT_TTL",
-    "SLLM_NATS_TLS_CA",
-    "SLLM_NATS_TLS_CERT",
-    "SLLM_NATS_TLS_KEY",
-    "SLLM_REDIS_TLS_CA",
-    "SLLM_REDIS_TLS_CERT",
-    "SLLM_REDIS_TLS_KEY",
-}
 
 
 def _banner(settings: NodeSettings) -> str:
