@@ -24,7 +24,7 @@ from libs.protocol.endpoints import (
     WORKER_RUNNING,
     WORKER_UNLOAD,
 )
-from libs.protocol.errors import BadRequestError, NotFoundError
+from libs.protocol.errors import BadRequestError
 from libs.protocol.messages import (
     FinishReason,
     GenerateReply,
@@ -33,7 +33,6 @@ from libs.protocol.messages import (
     RunningReply,
     RunningRequest,
     TokenChunk,
-    UnloadRequest,
     Usage,
 )
 from libs.protocol.state import InstanceRecord, WorkerRecord
@@ -42,6 +41,7 @@ from .adoption import Adoptions
 from .detok import IncrementalDetokenizer
 from .hosting import Host, prepare
 from .migration import Migrations, Running
+from .reservation import ReservationCheck
 from .settings import WorkerSettings
 from .validate import check_fits_context, check_generated, check_sampling, check_token_ids
 
@@ -70,7 +70,7 @@ class WorkerService(Service):
         self._adoptions: Adoptions | None = None
         self._migrations: Migrations | None = None
         self.epoch = 0  # which registration of this worker (the cluster state's count)
-        self._unreserved: str | None = None  # a hosted instance the state no longer gives it
+        self._reservation: ReservationCheck | None = None
 
     @property
     def host(self) -> Host:
@@ -137,6 +137,9 @@ class WorkerService(Service):
             prepare=_prepare_request,
             running=self.running,
         )
+        self._reservation = ReservationCheck(
+            state=self.state, host=self._host, worker_id=self.instance_id
+        )
         self.epoch = await self.state.register_worker(self.instance_id, self.node_id, s.device)
 
     async def on_store_reset(self) -> None:
@@ -165,31 +168,10 @@ class WorkerService(Service):
         await self.state.restore_worker(worker, instance)
 
     async def on_beat(self) -> None:
-        """Unload an instance the cluster state no longer gives this worker, seen so at two
-        beats in a row: the scheduler retired it while this worker was cut off (a network
-        partition), so nobody routes to it any more, and it would refuse every new load."""
-        h = self.host.hosted
-        me = (
-            None
-            if h is None or h.status == "stopping"
-            else await self.state.get_worker(self.instance_id)
-        )
-        if h is None or me is None or me.epoch != self.epoch or me.instance_id == h.instance_id:
-            self._unreserved = None
-            return
-        if self._unreserved != h.instance_id:
-            self._unreserved = h.instance_id  # once more at the next beat, to be sure
-            return
-        self._unreserved = None
-        log.warning(
-            "instance %s lost its reservation (the worker is now %s): unloading it",
-            h.instance_id,
-            f"reserved for {me.instance_id}" if me.instance_id else "free",
-        )
-        with contextlib.suppress(NotFoundError):  # gone meanwhile
-            await self.host.unload(
-                UnloadRequest(instance_id=h.instance_id, reason="reservation lost")
-            )
+        """What this worker hosts and what the cluster state reserves it for agree, or are
+        made to (`ReservationCheck`)."""
+        if self._reservation is not None:
+            await self._reservation.beat(self.epoch)
 
     async def on_stop(self) -> None:
         if self._adoptions is not None:

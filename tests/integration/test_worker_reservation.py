@@ -1,18 +1,33 @@
 """A worker whose instance the cluster state no longer gives it — the scheduler retired the
 instance while the worker was cut off from it (a network partition) — unloads the instance by
-itself, so it takes new loads again; an instance that keeps its reservation is left alone."""
+itself, so it takes new loads again; an instance that keeps its reservation is left alone; a
+worker reserved for an instance whose load order never came (the scheduler died right after
+placing it) loads the instance by itself."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
 from libs.cluster import ClusterState
 from libs.protocol import Bus
+from libs.protocol.messages import DeploymentSpec
+from libs.protocol.state import InstanceRecord
 
-from .test_worker import Events, ensure_from, events, place, running_worker, wait_status
+from .test_worker import (
+    MODEL,
+    NODE,
+    WORKER,
+    Events,
+    ensure_from,
+    events,
+    place,
+    running_worker,
+    wait_status,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -52,3 +67,29 @@ async def test_an_instance_that_keeps_its_reservation_stays(
         assert hosted is not None
         assert (hosted.instance_id, hosted.status) == ("i-kept", "ready")
         assert not events.of("instance.stopped", "i-kept")
+
+
+async def test_a_reservation_whose_load_order_never_came_is_loaded(
+    nats_server, redis_server, root, bus: Bus, state: ClusterState, events: Events, checkpoint: Path
+) -> None:
+    async with running_worker(
+        nats_server.url, redis_server.url, root, bus, ensure_from(checkpoint)
+    ) as svc:
+        await state.put_deployment(DeploymentSpec(name=MODEL, checkpoint_uri="file:///models/tiny"))
+        # What a scheduler killed between its writes and its load order leaves behind.
+        await state.put_instance(
+            InstanceRecord(
+                instance_id="i-orphan",
+                model=MODEL,
+                worker_id=WORKER,
+                node_id=NODE,
+                status="loading",
+                created_at=time.time(),
+            )
+        )
+        assert await state.reserve_worker(WORKER, "i-orphan")
+        await wait_status(state, "i-orphan", "ready")
+        hosted = svc.host.hosted
+        assert hosted is not None
+        assert (hosted.instance_id, hosted.model) == ("i-orphan", MODEL)
+        assert await events.wait("instance.ready", "i-orphan")
