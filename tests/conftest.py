@@ -16,6 +16,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+# What the report of a failed test that ran `sllm up` shows: the end of its log, and the
+# Python stacks of its services (py-spy) while they still run: where a stuck one is stuck.
+LOG_TAIL_LINES = 80
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed or call.when == "teardown":
+        return
+    from .e2e.cluster import UpCluster
+
+    for fixture in getattr(item, "funcargs", {}).values():
+        if isinstance(fixture, UpCluster):
+            tail = "\n".join(fixture.log().splitlines()[-LOG_TAIL_LINES:])
+            report.sections.append(("sllm up: the end of its log", tail))
+            report.sections.append(("sllm up: its services' stacks", fixture.stacks()))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:

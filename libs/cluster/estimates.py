@@ -42,10 +42,7 @@ class Estimates(RedisRecords):
         pairs = [(n, t) for n in node_ids for t in tiers]
         if not pairs:
             return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for n, t in pairs:
-                pipe.lrange(self.keys.load_samples(n, t), 0, -1)
-            results = await pipe.execute()
+        results = await self._read_many([("list", self.keys.load_samples(n, t)) for n, t in pairs])
         out: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
         for pair, raw in zip(pairs, results, strict=True):
             samples = []

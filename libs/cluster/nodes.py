@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from libs.protocol.schema import encode_json
 from libs.protocol.state import Locality, NodeRecord
 
-from .records import RedisRecords, text
+from .records import Read, RedisRecords, text
 
 StorageTier = Literal["registry", "ssd", "dram"]
 
@@ -36,16 +37,29 @@ class Nodes(RedisRecords):
         await self.redis.hset(self.keys.bandwidth(node_id), tier, repr(float(bytes_per_s)))
 
     async def locality(self, node_id: str) -> Locality:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.keys.locality(node_id, "dram"))
-            pipe.hgetall(self.keys.locality(node_id, "ssd"))
-            pipe.hgetall(self.keys.bandwidth(node_id))
-            dram, ssd, bw = await pipe.execute()
-        return Locality(
-            node_id=node_id,
-            dram={text(k): int(v) for k, v in dram.items()},
-            ssd={text(k): int(v) for k, v in ssd.items()},
-            bandwidth={
-                t: float(bw[t.encode()]) for t in ("registry", "ssd", "dram") if t.encode() in bw
-            },
-        )
+        return (await self.localities([node_id]))[0]
+
+    async def localities(self, node_ids: Sequence[str]) -> list[Locality]:
+        """`locality` of each node, in one round trip."""
+        reads: list[tuple[Read, str]] = []
+        for n in node_ids:
+            reads += [
+                ("hash", self.keys.locality(n, "dram")),
+                ("hash", self.keys.locality(n, "ssd")),
+                ("hash", self.keys.bandwidth(n)),
+            ]
+        results = await self._read_many(reads)
+        return [_locality(n, *results[3 * k : 3 * k + 3]) for k, n in enumerate(node_ids)]
+
+
+def _locality(
+    node_id: str, dram: dict[Any, Any], ssd: dict[Any, Any], bw: dict[Any, Any]
+) -> Locality:
+    return Locality(
+        node_id=node_id,
+        dram={text(k): int(v) for k, v in dram.items()},
+        ssd={text(k): int(v) for k, v in ssd.items()},
+        bandwidth={
+            t: float(bw[t.encode()]) for t in ("registry", "ssd", "dram") if t.encode() in bw
+        },
+    )

@@ -17,7 +17,7 @@ from libs.protocol.keys import Keys
 from libs.protocol.schema import decode_json, encode_json
 from libs.protocol.state import InstanceRecord, WorkerRecord
 
-from .records import RedisRecords, text
+from .records import Read, RedisRecords, text
 
 # Instances in these states hold their checkpoint (read, mapped or about to be): its tier
 # copies on their node must stay.
@@ -192,13 +192,10 @@ class Workers(RedisRecords):
 
     async def workers(self) -> list[WorkerRecord]:
         ids = sorted(text(w) for w in await self.redis.smembers(self.keys.workers))
-        if not ids:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for w in ids:
-                pipe.hgetall(self.keys.worker(w))
-                pipe.exists(self.keys.alive("worker", w))
-            results = await pipe.execute()
+        reads: list[tuple[Read, str]] = []
+        for w in ids:
+            reads += [("hash", self.keys.worker(w)), ("exists", self.keys.alive("worker", w))]
+        results = await self._read_many(reads)
         records = (
             worker_record(w, fields, alive)
             for w, fields, alive in zip(ids, results[0::2], results[1::2], strict=True)

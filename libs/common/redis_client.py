@@ -25,6 +25,10 @@ was demoted answers READONLY, which redis-py turns into a `ConnectionError` and 
 So callers see a `RedisError` at worst, which services treat as "store unavailable, retry" (a
 503 reply, the next heartbeat). Writes the primary acknowledged but had not yet sent to the
 replica are lost with it: replication is asynchronous (``WAIT`` narrows that window).
+
+Both clients hold at most `MAX_CONNECTIONS` connections, and a command beyond that waits for a
+free one (up to the command timeout) instead of failing: redis-py's default pool raises
+`MaxConnectionsError` at its 101st concurrent command, which a burst of requests reaches.
 """
 
 from __future__ import annotations
@@ -34,7 +38,13 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from libs.protocol.errors import CredentialsError, UnavailableError, is_tls_failure, redact_url
@@ -43,6 +53,8 @@ from .tls import TlsFiles, redis_url_with_tls
 
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}  # scheme -> TLS
 DEFAULT_SENTINEL_PORT = 26379
+# Connections of one client to the store; more commands at once wait for one of them.
+MAX_CONNECTIONS = 64
 # What a refusal of credentials looks like in the errors the sentinel client collects.
 _REFUSALS = ("WRONGPASS", "NOAUTH", "AuthenticationError", "invalid password", "invalid username")
 
@@ -108,6 +120,20 @@ def _host_port(item: str, url: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class SentinelBlockingPool(BlockingConnectionPool, SentinelConnectionPool):
+    """Sentinel's connection pool (each new connection asks the sentinels for the primary)
+    that waits for a free connection at its limit, as `BlockingConnectionPool` does."""
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        ssl = kwargs.pop("ssl", False)
+        kwargs.setdefault(
+            "connection_class", SentinelManagedSSLConnection if ssl else SentinelManagedConnection
+        )
+        BlockingConnectionPool.__init__(
+            self, service_name=service_name, sentinel_manager=sentinel_manager, **kwargs
+        )
+
+
 class SentinelRedis(aioredis.Redis):
     """The primary's client from `Sentinel.master_for`; closing it also closes the clients of
     the sentinels it asks (redis-py leaves those to the caller)."""
@@ -137,14 +163,17 @@ async def connect_redis(
             url = "rediss+sentinel://" + url.removeprefix("redis+sentinel://")
         client: aioredis.Redis = _sentinel_client(url, timeout, files)
     else:
-        client = aioredis.Redis.from_url(
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=10,
             retry_on_timeout=False,
             **(files.redis_kwargs() if url.startswith("rediss://") else {}),
         )
+        client = aioredis.Redis.from_pool(pool)
     where = redact_url(url)
     try:
         await client.ping()
@@ -195,11 +224,22 @@ def _sentinel_client(url: str, timeout: float, files: TlsFiles) -> SentinelRedis
         sentinel_kwargs={**bounded, **secure, **sentinel_auth},
         **bounded,
     )
-    options: dict[str, Any] = {"db": parsed.db, "health_check_interval": 10, **secure}
+    options: dict[str, Any] = {
+        "db": parsed.db,
+        "health_check_interval": 10,
+        "max_connections": MAX_CONNECTIONS,
+        "timeout": timeout,
+        **secure,
+    }
     options.update(
         (k, v) for k, v in (("username", parsed.username), ("password", parsed.password)) if v
     )
-    client = sentinel.master_for(parsed.service, redis_class=SentinelRedis, **options)
+    client = sentinel.master_for(
+        parsed.service,
+        redis_class=SentinelRedis,
+        connection_pool_class=SentinelBlockingPool,
+        **options,
+    )
     assert isinstance(client, SentinelRedis)
     client.sentinel_manager = sentinel
     return client

@@ -15,7 +15,15 @@ from libs.common.service import Service, ServiceKind
 from libs.protocol import BusError, Route, route
 from libs.protocol.endpoints import SCHED_DEPLOY, SCHED_MIGRATE, SCHED_PLACE, SCHED_UNDEPLOY
 from libs.protocol.errors import NotFoundError
-from libs.protocol.events import DeploymentEvent, LoadReportEvent
+from libs.protocol.events import (
+    DeploymentEvent,
+    EvictedEvent,
+    FetchDoneEvent,
+    InstanceFailedEvent,
+    InstanceStoppedEvent,
+    LoadReportEvent,
+    ServiceStartedEvent,
+)
 from libs.protocol.messages import (
     DeploymentSpec,
     DeployReply,
@@ -91,7 +99,9 @@ class SchedulerService(Service):
             default_bytes=int(s.default_model_gb * 1e9),
             priors=self.priors,
             unload_timeout=max(self.settings.request_timeout, 10.0),
+            snapshot_max_age_s=s.snapshot_max_age,
         )
+        await self._hint_snapshots()
         self.scaler = ScaleLoop(
             bus=self.bus,
             state=self.state,
@@ -133,6 +143,24 @@ class SchedulerService(Service):
         await self.scaler.subscribe()
         self._stack.push_async_callback(self.scaler.close)
         self.tasks.loop("scaling", self.scaler.run)
+
+    async def _hint_snapshots(self) -> None:
+        """News that changes what a placement decides on (a worker freed or new, a copy made
+        or evicted, a load that calibrates) marks the cached snapshot stale (`Snapshots`)."""
+        snapshots = self.placer.snapshots
+
+        async def stale(_: object) -> None:
+            snapshots.stale()
+
+        for kind, cls in (
+            ("instance.stopped", InstanceStoppedEvent),
+            ("instance.failed", InstanceFailedEvent),
+            ("load.report", LoadReportEvent),
+            ("storage.fetched", FetchDoneEvent),
+            ("storage.evicted", EvictedEvent),
+            ("service.started", ServiceStartedEvent),
+        ):
+            await self.bus.subscribe(self.bus.subjects.event(kind), cls, stale, json=True)
 
     # --- deployments ------------------------------------------------------------------------
 

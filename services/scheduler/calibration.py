@@ -18,6 +18,7 @@ machines) until it has some.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import statistics
@@ -29,6 +30,7 @@ from typing import NamedTuple
 MIN_SIZE_SPREAD = 1.5
 # At most this many samples enter one fit (pairwise slopes grow with the square).
 MAX_FIT_SAMPLES = 64
+FITS_REMEMBERED = 4096
 
 
 class LoadSample(NamedTuple):
@@ -63,7 +65,16 @@ def _valid(samples: Iterable[LoadSample]) -> list[LoadSample]:
 def fit(
     samples: Sequence[LoadSample], base_s_per_byte: float, *, min_spread: float = MIN_SIZE_SPREAD
 ) -> Fit | None:
-    """The data-time model of ``samples`` (None without any usable sample)."""
+    """The data-time model of ``samples`` (None without any usable sample).
+
+    Remembered for the last `FITS_REMEMBERED` inputs: a placement ranks every node, and a
+    node's samples change only when one of its loads reports (the pairwise slopes of 64
+    samples are 2,016 divisions; 125 nodes x 3 tiers of them took ~0.3 s per placement)."""
+    return _fit(tuple(samples), base_s_per_byte, min_spread)
+
+
+@functools.lru_cache(maxsize=FITS_REMEMBERED)
+def _fit(samples: tuple[LoadSample, ...], base_s_per_byte: float, min_spread: float) -> Fit | None:
     good = _valid(samples)[:MAX_FIT_SAMPLES]
     if not good:
         return None

@@ -34,7 +34,8 @@ from .coldpolicy import Bounds, contenders, weigh
 from .migration import Orchestrator
 from .migration_policy import Option
 from .placement import Estimate, SourceTier
-from .placer import Cluster, Placer
+from .placer import Placer
+from .snapshots import Cluster
 
 log = logging.getLogger(__name__)
 

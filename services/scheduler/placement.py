@@ -58,6 +58,10 @@ class Estimate:
     seconds: float
 
 
+# Per node id: the node's calibrated tiers (`node_fits`).
+NodeFits = Mapping[str, Mapping[SourceTier, Fit]]
+
+
 def checkpoint_bytes(model: str, nodes: Sequence[NodeView], default: int) -> int:
     """The model's size as any node's storage reported it, else ``default``."""
     sizes = [n.dram.get(model) or n.ssd.get(model) or 0 for n in nodes]
@@ -142,18 +146,28 @@ def _estimates(
     model: str,
     nbytes: int,
     priors: Mapping[SourceTier, float],
+    known_fits: NodeFits | None = None,
 ) -> list[Estimate]:
-    """Estimates for the free workers, in the given order (calibration fitted once per node)."""
+    """Estimates for the free workers, in the given order. An estimate depends on the worker
+    only through its node and its queue: it is computed once per (node, queue) and shared by
+    that node's free workers (calibration fitted once per node, unless ``known_fits`` has
+    the node's)."""
     by_node = {n.node_id: n for n in nodes}
-    fits: dict[str, dict[SourceTier, Fit]] = {}
+    fits: dict[str, Mapping[SourceTier, Fit]] = dict(known_fits or {})
+    per_node: dict[tuple[str, float], Estimate] = {}
     out = []
     for w in workers:
         if not w.free:
             continue
-        node = by_node.get(w.node_id, NodeView(w.node_id))
-        if w.node_id not in fits:
-            fits[w.node_id] = node_fits(node, priors)
-        out.append(estimate(w, node, model, nbytes, priors, fits[w.node_id]))
+        shared = per_node.get((w.node_id, w.queue_s))
+        if shared is None:
+            node = by_node.get(w.node_id, NodeView(w.node_id))
+            if w.node_id not in fits:
+                fits[w.node_id] = node_fits(node, priors)
+            shared = per_node[w.node_id, w.queue_s] = estimate(
+                w, node, model, nbytes, priors, fits[w.node_id]
+            )
+        out.append(Estimate(w.worker_id, shared.node_id, shared.tier, shared.seconds))
     return out
 
 
@@ -164,8 +178,10 @@ def rank(
     *,
     default_bytes: int = 1_000_000_000,
     priors: Mapping[SourceTier, float] = DEFAULT_BANDWIDTH,
+    fits: NodeFits | None = None,
 ) -> list[Estimate]:
-    """Estimates for every free worker, best first.
+    """Estimates for every free worker, best first (``fits``: `node_fits` of the nodes, by
+    node id, where the caller has them already).
 
     Ties (same estimate) go to the node with more free workers, then to the lowest worker id,
     so that equal choices spread load and stay deterministic.
@@ -175,7 +191,7 @@ def rank(
     for w in workers:
         if w.free:
             free_per_node[w.node_id] = free_per_node.get(w.node_id, 0) + 1
-    estimates = _estimates(workers, nodes, model, nbytes, priors)
+    estimates = _estimates(workers, nodes, model, nbytes, priors, fits)
     return sorted(
         estimates, key=lambda e: (e.seconds, -free_per_node.get(e.node_id, 0), e.worker_id)
     )

@@ -8,12 +8,10 @@ Which worker is best is `placement`'s decision (pure); whether to place at all i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from libs.cluster import ClusterState
 from libs.protocol import Bus
@@ -24,27 +22,25 @@ from libs.protocol.messages import DeploymentSpec, LoadRequest, PlaceReply, Unlo
 from libs.protocol.state import InstanceRecord
 
 from .loads import LoadFeedback
-from .placement import Estimate, NodeView, SourceTier, WorkerView, rank, round_robin
+from .placement import (
+    Estimate,
+    NodeView,
+    SourceTier,
+    WorkerView,
+    node_fits,
+    rank,
+    round_robin,
+)
+from .snapshots import Cluster, Snapshots
 
 log = logging.getLogger(__name__)
 
 # Best workers tried, in order, before a placement gives up (another scheduler replica or
 # placement may reserve each first).
 RESERVE_ATTEMPTS = 8
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """The snapshot a placement decides on: every worker (free: alive and holding nothing)
-    and every node's tiers and calibration."""
-
-    workers: Sequence[WorkerView]
-    nodes: Sequence[NodeView]
-    alive: frozenset[str]  # the workers whose heartbeat is current
-
-    @property
-    def free_workers(self) -> int:
-        return sum(1 for w in self.workers if w.free)
+# The best candidates a placement event lists (with their estimates): enough to see why a
+# worker won, without a thousand entries per event in a large cluster.
+EVENT_CANDIDATES = 16
 
 
 class Placer:
@@ -60,6 +56,7 @@ class Placer:
         default_bytes: int,
         priors: Mapping[SourceTier, float],
         unload_timeout: float,
+        snapshot_max_age_s: float = 1.0,
     ) -> None:
         self.bus = bus
         self.state = state
@@ -68,14 +65,19 @@ class Placer:
         self.default_bytes = default_bytes
         self.priors = priors
         self.unload_timeout = unload_timeout  # of an undeployment's unload
+        self.snapshots = Snapshots(self._read_snapshot, max_age_s=snapshot_max_age_s)
 
     # --- reading --------------------------------------------------------------------------
 
     async def snapshot(self) -> Cluster:
-        """The workers, and the tiers and calibration of every node that has one."""
+        """The workers, and the tiers and calibration of every node that has one: the cached
+        snapshot (`Snapshots`), when it is recent enough."""
+        return await self.snapshots.get()
+
+    async def _read_snapshot(self) -> Cluster:
         workers = await self.state.workers()
         node_ids = sorted({w.node_id for w in workers})
-        localities = await asyncio.gather(*(self.state.locality(n) for n in node_ids))
+        localities = await self.state.localities(node_ids)
         calibration = await self.feedback.calibration(node_ids)
         nodes = [
             NodeView(
@@ -89,7 +91,9 @@ class Placer:
             for loc in localities
         ]
         views = [WorkerView(w.worker_id, w.node_id, w.alive and not w.instance_id) for w in workers]
-        return Cluster(views, nodes, frozenset(w.worker_id for w in workers if w.alive))
+        alive = frozenset(w.worker_id for w in workers if w.alive)
+        fits = {n.node_id: node_fits(n, self.priors) for n in nodes}
+        return Cluster(views, nodes, alive, fits)
 
     def rank(self, model: str, cluster: Cluster) -> list[Estimate]:
         """Every free worker by estimated startup time of ``model``, best first."""
@@ -99,16 +103,14 @@ class Placer:
             cluster.nodes,
             default_bytes=self.default_bytes,
             priors=self.priors,
+            fits=cluster.fits,
         )
 
     async def live_instances(
         self, model: str, cluster: Cluster | None = None
     ) -> list[InstanceRecord]:
         """``model``'s loading and ready instances on live workers (of ``cluster``, if given)."""
-        if cluster is None:
-            alive = {w.worker_id for w in await self.state.workers() if w.alive}
-        else:
-            alive = set(cluster.alive)
+        alive = (cluster or await self.snapshot()).alive
         return [
             i
             for i in await self.state.instances(model)
@@ -135,16 +137,19 @@ class Placer:
         if cluster is None:
             cluster, ranked = await self.snapshot(), None
         candidates = await self._candidates(spec.name, cluster, worker_id, ranked)
-        for choice in candidates[:RESERVE_ATTEMPTS]:
-            epoch = await self.state.reserve(choice.worker_id, instance_id)
-            if epoch is not None:
-                break
-        else:
+        reserved = await self._reserve(candidates, instance_id)
+        if reserved is None:
+            # The snapshot may be old (see `Snapshots`): no "no" without a fresh look.
+            cluster = await self.snapshots.fresh()
+            candidates = await self._candidates(spec.name, cluster, worker_id, None)
+            reserved = await self._reserve(candidates, instance_id)
+        if reserved is None:
             workers = [w for w in cluster.workers if not worker_id or w.worker_id == worker_id]
             raise UnavailableError(
                 f"no free worker for {spec.name!r}",
                 detail={"model": spec.name, "workers": len(workers)},
             )
+        choice, epoch = reserved
         rec = InstanceRecord(
             instance_id=instance_id,
             model=spec.name,
@@ -166,7 +171,9 @@ class Placer:
                 node_id=choice.node_id,
                 source_tier=choice.tier,
                 estimated_startup_s=choice.seconds,
-                candidates={e.worker_id: round(e.seconds, 6) for e in candidates},
+                candidates={
+                    e.worker_id: round(e.seconds, 6) for e in candidates[:EVENT_CANDIDATES]
+                },
             )
         )
         try:
@@ -199,6 +206,18 @@ class Placer:
             source_tier=choice.tier,
             estimated_startup_s=choice.seconds,
         )
+
+    async def _reserve(
+        self, candidates: Sequence[Estimate], instance_id: str
+    ) -> tuple[Estimate, int] | None:
+        """Reserve the first of the best `RESERVE_ATTEMPTS` candidates that is still free: the
+        choice and the worker's epoch (None: each was taken)."""
+        for choice in candidates[:RESERVE_ATTEMPTS]:
+            epoch = await self.state.reserve(choice.worker_id, instance_id)
+            self.snapshots.taken(choice.worker_id)  # ours now, or someone else's
+            if epoch is not None:
+                return choice, epoch
+        return None
 
     async def _candidates(
         self, model: str, cluster: Cluster, worker_id: str, ranked: Sequence[Estimate] | None
@@ -248,7 +267,8 @@ class Placer:
             rec.worker_id,
             reason,
         )
-        await self.state.retire_instance(rec)
+        if await self.state.retire_instance(rec):
+            self.snapshots.freed(rec.worker_id)
         await self.bus.emit(
             InstanceStoppedEvent(
                 instance_id=rec.instance_id, model=rec.model, worker_id=rec.worker_id, reason=reason

@@ -88,7 +88,7 @@ async def node_states(state: ClusterState, model: str) -> tuple[list[NodeState],
     workers = [w for w in await state.workers() if w.alive]
     records = {n.node_id: n for n in await state.nodes()}
     node_ids = sorted({w.node_id for w in workers} | set(records))
-    localities = await asyncio.gather(*(state.locality(n) for n in node_ids))
+    localities = await state.localities(node_ids)
     out = []
     for loc in localities:
         on_node = [w for w in workers if w.node_id == loc.node_id]

@@ -48,6 +48,12 @@ class SchedulerSettings(CommonSettings):
     cold_start_wait_limit: float = setting(
         120.0, "seconds a cold start may wait for a busy worker before it goes elsewhere"
     )
+    snapshot_max_age: float = setting(
+        1.0,
+        "seconds a placement may decide on a cluster snapshot read earlier (news of a freed "
+        "worker or a new copy re-reads it sooner; a placement that finds no free worker in it "
+        "reads a fresh one)",
+    )
     calibration_window: int = setting(
         16, "recent loads per node and tier that calibrate startup estimates; 0: no calibration"
     )
@@ -56,6 +62,8 @@ class SchedulerSettings(CommonSettings):
         super().validate()
         if min(self.prior_dram_gbps, self.prior_ssd_gbps, self.prior_registry_gbps) <= 0:
             raise SettingsError("SLLM_PRIOR_*_GBPS must be > 0")
+        if self.snapshot_max_age < 0:
+            raise SettingsError("SLLM_SNAPSHOT_MAX_AGE must be >= 0")
         if self.placement_policy not in ("startup_time", "round_robin"):
             raise SettingsError("SLLM_PLACEMENT_POLICY must be startup_time or round_robin")
         if self.prefetch_replicas < 0 or self.calibration_window < 0:

@@ -256,6 +256,14 @@ class Host:
         from .runtime import EngineSettings, load_runtime
 
         async def ensured(reply: EnsureReply, seconds: float) -> None:
+            log.info(
+                "instance %s of %s: %s copy in %.2fs (from %s); loading it",
+                hosted.instance_id,
+                hosted.model,
+                reply.tier,
+                seconds,
+                reply.source_tier,
+            )
             await self._phase(hosted, "ensure", seconds, reply.bytes, reply.source_tier)
 
         async def load(reply: EnsureReply) -> None:

@@ -103,6 +103,28 @@ class UpCluster:
                     return c
         raise AssertionError(f"no child process {instance_id}")
 
+    def stacks(self) -> str:
+        """Every service's Python stacks now (py-spy), for the report of a failed test."""
+        spy = Path(sys.executable).with_name("py-spy")
+        if self.proc is None or not spy.exists():
+            return "(no py-spy)"
+        out = []
+        with contextlib.suppress(psutil.Error):
+            for c in psutil.Process(self.proc.pid).children():
+                with contextlib.suppress(psutil.Error, OSError, subprocess.SubprocessError):
+                    service = next((a for a in c.cmdline() if a.startswith("services.")), "")
+                    if not service:
+                        continue  # nats-server, valkey-server
+                    name = c.environ().get("SLLM_INSTANCE_ID") or service
+                    dump = subprocess.run(
+                        [str(spy), "dump", "--pid", str(c.pid)],
+                        capture_output=True,
+                        text=True,
+                        timeout=30,
+                    )
+                    out.append(f"=== {name} (pid {c.pid})\n{dump.stdout}{dump.stderr}")
+        return "\n".join(out)
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

@@ -42,6 +42,9 @@ async def running_scheduler(
             "SLLM_REDIS_URL": redis_url,
             "SLLM_ROOT": root,
             "SLLM_HOUSEKEEPING_INTERVAL": "3600",
+            # These tests write workers and tiers into the state directly, without the news
+            # real ones send: every placement reads its own snapshot.
+            "SLLM_SNAPSHOT_MAX_AGE": "0",
             **env,
         }
     )

@@ -330,6 +330,9 @@ async def test_one_scheduler_replica_leads_the_autoscaler(
         "SLLM_REDIS_URL": redis_server.url,
         "SLLM_ROOT": root,
         "SLLM_HOUSEKEEPING_INTERVAL": "3600",
+        # These tests write workers and tiers into the state directly, without the news
+        # real ones send: every placement reads its own snapshot.
+        "SLLM_SNAPSHOT_MAX_AGE": "0",
     }
     first = SchedulerService(SchedulerSettings.from_env(env))
     second = SchedulerService(SchedulerSettings.from_env(env))
