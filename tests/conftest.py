@@ -33,7 +33,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if isinstance(fixture, UpCluster):
             tail = "\n".join(fixture.log().splitlines()[-LOG_TAIL_LINES:])
             report.sections.append(("sllm up: the end of its log", tail))
-            report.sections.append(("sllm up: its services' stacks", fixture.stacks()))
+            report.sections.append(("sllm up: where its services wait", fixture.stacks()))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -30,6 +30,7 @@ from libs.protocol.events import (
 from libs.protocol.messages import InfoRequest, ServiceInfoReply
 from libs.protocol.schema import encode_json
 
+from . import task_dump
 from .logs import setup_logging
 from .redis_client import connect_redis, primary_address
 from .settings import CommonSettings
@@ -245,6 +246,7 @@ def run_service(build: Callable[[], Service], *, startup_timeout: float = 60.0) 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        task_dump.install(loop)
         deadline = time.monotonic() + startup_timeout
         while True:
             try:

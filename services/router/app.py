@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 from libs.cluster import ClusterState
+from libs.common import task_dump
 from libs.common.service import Service, ServiceKind
 from libs.protocol.errors import BusError
 from libs.protocol.events import (
@@ -167,6 +168,7 @@ def create_app(svc: RouterService) -> BodyLimit:
 def create_fastapi(svc: RouterService) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task_dump.install(asyncio.get_running_loop())
         await svc.start()
         crashed = asyncio.ensure_future(_stop_when_crashed(svc))
         try:

@@ -103,26 +103,41 @@ class UpCluster:
                     return c
         raise AssertionError(f"no child process {instance_id}")
 
-    def stacks(self) -> str:
-        """Every service's Python stacks now (py-spy), for the report of a failed test."""
-        spy = Path(sys.executable).with_name("py-spy")
-        if self.proc is None or not spy.exists():
-            return "(no py-spy)"
+    def services(self) -> list[tuple[str, psutil.Process]]:
+        """The Python service processes `sllm up` runs, with their names."""
         out = []
         with contextlib.suppress(psutil.Error):
+            assert self.proc is not None
             for c in psutil.Process(self.proc.pid).children():
-                with contextlib.suppress(psutil.Error, OSError, subprocess.SubprocessError):
+                with contextlib.suppress(psutil.Error):
                     service = next((a for a in c.cmdline() if a.startswith("services.")), "")
-                    if not service:
-                        continue  # nats-server, valkey-server
-                    name = c.environ().get("SLLM_INSTANCE_ID") or service
-                    dump = subprocess.run(
-                        [str(spy), "dump", "--pid", str(c.pid)],
-                        capture_output=True,
-                        text=True,
-                        timeout=30,
-                    )
-                    out.append(f"=== {name} (pid {c.pid})\n{dump.stdout}{dump.stderr}")
+                    if service:  # not nats-server, valkey-server
+                        out.append((c.environ().get("SLLM_INSTANCE_ID") or service, c))
+        return out
+
+    def stacks(self) -> str:
+        """Where every service waits now, for the report of a failed test: their asyncio
+        tasks' await chains (SIGUSR1: `libs/common/task_dump.py`, into the log) and their
+        threads' stacks (py-spy, where installed)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return "(sllm up is not running)"
+        mark = len(self.log())
+        services = self.services()
+        for _, c in services:
+            with contextlib.suppress(psutil.Error):
+                c.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        out = [self.log()[mark:]]
+        spy = Path(sys.executable).with_name("py-spy")
+        for name, c in services if spy.exists() else ():
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                dump = subprocess.run(
+                    [str(spy), "dump", "--pid", str(c.pid)],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                out.append(f"=== {name} (pid {c.pid})\n{dump.stdout}{dump.stderr}")
         return "\n".join(out)
 
     def stop(self) -> None:
