@@ -13,8 +13,9 @@ from libs.protocol.schema import Message, decode_json
 
 M = TypeVar("M", bound=Message)
 
-# How `_read_many` reads a key: "hash" (HGETALL, as a dict), "list" (LRANGE 0 -1), "exists".
-Read = Literal["hash", "list", "exists"]
+# How `_read_many` reads a key: "hash" (HGETALL, as a dict), "list" (LRANGE 0 -1), "set"
+# (SMEMBERS), "exists".
+Read = Literal["hash", "list", "set", "exists"]
 # KEYS: the keys; ARGV[i]: how to read KEYS[i]. One command and one reply for all of them: a
 # pipeline costs a reply each, and redis-py spends some 80 us of Python on every reply (a
 # timeout set up and torn down, the parse), which at 1,000 workers is most of a snapshot.
@@ -24,11 +25,12 @@ for i, key in ipairs(KEYS) do
   local how = ARGV[i]
   if how == 'h' then out[i] = redis.call('HGETALL', key)
   elseif how == 'l' then out[i] = redis.call('LRANGE', key, 0, -1)
+  elseif how == 's' then out[i] = redis.call('SMEMBERS', key)
   else out[i] = redis.call('EXISTS', key) end
 end
 return out
 """
-_READ_CODE = {"hash": "h", "list": "l", "exists": "e"}
+_READ_CODE = {"hash": "h", "list": "l", "set": "s", "exists": "e"}
 # Keys per `_READ_MANY` call: bounds how long one call holds the store (a few ms).
 READ_MANY_BATCH = 2048
 
@@ -48,7 +50,7 @@ class RedisRecords:
 
     async def _read_many(self, reads: Sequence[tuple[Read, str]]) -> list[Any]:
         """Each ``(how, key)`` read, in order: a dict of bytes for a hash (empty: no such
-        key), a list of bytes for a list, 0/1 for "exists"."""
+        key), a list of bytes for a list or a set, 0/1 for "exists"."""
         out: list[Any] = []
         for at in range(0, len(reads), READ_MANY_BATCH):
             batch = reads[at : at + READ_MANY_BATCH]

@@ -7,7 +7,7 @@ hand out the same worker; freeing a worker and deleting a record happen together
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -120,6 +120,15 @@ class Workers(RedisRecords):
     async def instances(self, model: str) -> list[InstanceRecord]:
         ids = sorted(text(i) for i in await self.redis.smembers(self.keys.model_instances(model)))
         return await self._get_many((self.keys.instance(i) for i in ids), InstanceRecord)
+
+    async def instances_of(self, models: Sequence[str]) -> dict[str, list[InstanceRecord]]:
+        """`instances` of each model, in two round trips whatever their number."""
+        sets = await self._read_many([("set", self.keys.model_instances(m)) for m in models])
+        ids = {m: sorted(text(i) for i in members) for m, members in zip(models, sets, strict=True)}
+        every = [i for m in models for i in ids[m]]
+        records = await self._get_many((self.keys.instance(i) for i in every), InstanceRecord)
+        by_id = {r.instance_id: r for r in records}
+        return {m: [by_id[i] for i in ids[m] if i in by_id] for m in models}
 
     async def delete_instance(self, rec: InstanceRecord) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -108,6 +108,7 @@ class SchedulerService(Service):
             locks=self._model_locks,
             place_new=lambda spec, reason: self.places.autoscale_start(spec, reason),
             live_instances=self.placer.live_instances,
+            cluster=self.placer.snapshot,
             forget=self.placer.forget,
             unload_timeout=max(self.settings.request_timeout, 30.0),
             starting=lambda: self.cold.starting(),

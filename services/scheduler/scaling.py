@@ -1,6 +1,12 @@
 """The scaling loop: wakes on news (demand reports, instance and deployment events, a worker
 joining) and on exact keep-alive deadlines, builds a snapshot, and carries out the policy's
-plan (`autoscaler.plan`). Nothing polls on a fixed interval."""
+plan (`autoscaler.plan`). Nothing polls on a fixed interval.
+
+A step reads every deployment and instance (the workers come from the placements' cached
+snapshot, `Snapshots`): at 1,000 workers and 200 models, some milliseconds. Under constant
+news (every request's demand report, every load), a step follows the last one no sooner than
+`STEP_SPACING` times its read and plan took, so the loop takes at most about 1/`STEP_SPACING`
+of the scheduler's time and placements keep the rest."""
 
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from .autoscaler import (
     plan,
 )
 from .demand import ActivityBook, DemandBook
+from .snapshots import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,7 @@ PlaceNew = Callable[[DeploymentSpec, str], Awaitable[PlaceReply]]
 LiveInstances = Callable[[str], Awaitable[list[InstanceRecord]]]
 Forget = Callable[[InstanceRecord, str], Awaitable[None]]
 Starting = Callable[[], set[str]]
+ReadCluster = Callable[[], Awaitable[Cluster]]
 
 # After a failed step (Redis away...) or an unload that got no answer: try again after this.
 RETRY_S = 1.0
@@ -59,6 +67,8 @@ LEASE_TTL_S = 6.0
 # stops waiting) is acted on after this long, so that steady traffic whose in-flight count
 # swings between 0 and 1 with every request does not re-plan the cluster each time.
 DEMAND_SETTLE_S = 0.5
+# A step follows the last one no sooner than this many times that one's read and plan took.
+STEP_SPACING = 10.0
 
 
 def scaling_of(spec: DeploymentSpec) -> Scaling:
@@ -81,6 +91,7 @@ class ScaleLoop:
         locks: dict[str, asyncio.Lock],
         place_new: PlaceNew,
         live_instances: LiveInstances,
+        cluster: ReadCluster,
         forget: Forget,
         unload_timeout: float,
         starting: Starting = set,
@@ -93,6 +104,7 @@ class ScaleLoop:
         self.locks = locks
         self.place_new = place_new
         self.live_instances = live_instances
+        self.cluster = cluster
         self.forget = forget
         self.unload_timeout = unload_timeout
         self.starting = starting
@@ -107,6 +119,7 @@ class ScaleLoop:
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._last_demand: dict[str, tuple[int, bool]] = {}
         self._wake = asyncio.Event()
+        self.decide_s = 0.0  # how long the last step's read and plan took (not its orders)
         self._settle: asyncio.TimerHandle | None = None
 
     # --- news -----------------------------------------------------------------------------
@@ -185,12 +198,15 @@ class ScaleLoop:
 
     async def run(self) -> None:
         wake_at: float | None = time.time()  # a first round at start: take the lease, catch up
+        spaced_until = 0.0  # no step before this (perf_counter), see `STEP_SPACING`
         while True:
             timeout = None if wake_at is None else max(wake_at - time.time(), 0.0)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
+            # News that comes during the spacing joins this step.
+            await asyncio.sleep(max(spaced_until - time.perf_counter(), 0.0))
             self._wake.clear()
             renew_at = time.time() + self.lease_ttl_s / 3
             try:
@@ -198,6 +214,7 @@ class ScaleLoop:
                     wake_at = renew_at
                     continue
                 wake_at = _earliest(await self.step(), renew_at)
+                spaced_until = time.perf_counter() + STEP_SPACING * self.decide_s
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -228,8 +245,10 @@ class ScaleLoop:
 
     async def step(self) -> float | None:
         """One decision round; returns when the next one is due without news (None: never)."""
+        began = time.perf_counter()
         snap, specs, records = await self._snapshot()
         decided = plan(snap)
+        self.decide_s = time.perf_counter() - began
         self.starved = decided.starved
         self._surplus = {
             m.name for m in snap.models if len(m.live) > decided.desired.get(m.name, 0)
@@ -247,10 +266,10 @@ class ScaleLoop:
         now = time.time()
         self.demand.expire(now)
         specs = {s.name: s for s in await self.state.deployments()}
-        workers = await self.state.workers()
-        alive = {w.worker_id for w in workers if w.alive}
-        free = sum(1 for w in workers if w.alive and not w.instance_id)
-        per_model = await asyncio.gather(*(self.state.instances(name) for name in specs))
+        cluster = await self.cluster()
+        alive, free = cluster.alive, cluster.free_workers
+        instances = await self.state.instances_of(list(specs))
+        per_model = [instances[name] for name in specs]
         models: list[ModelView] = []
         records: dict[str, InstanceRecord] = {}
         self._scaling = {name: scaling_of(spec) for name, spec in specs.items()}

@@ -111,3 +111,32 @@ async def test_locality_and_bandwidth(state: ClusterState) -> None:
     assert loc.dram == {"m": 123}
     assert loc.ssd == {}
     assert loc.bandwidth == {"ssd": 2.5e9}
+
+
+async def test_many_reads_in_one_round_trip_match_one_at_a_time(state: ClusterState) -> None:
+    """`instances_of`, `localities` and `workers` read many keys in one script call each: the
+    same records as the reads one key at a time."""
+    for k, model in enumerate(["a", "a", "b"]):
+        await state.put_instance(
+            InstanceRecord(
+                instance_id=f"i{k}",
+                model=model,
+                worker_id=f"w{k}",
+                node_id="n0",
+                status="ready",
+                created_at=1.0,
+            )
+        )
+        await state.register_worker(f"w{k}", f"n{k % 2}", "cpu")
+    await state.set_locality("n1", "dram", "a", 7)
+    got = await state.instances_of(["a", "b", "none"])
+    assert got == {m: await state.instances(m) for m in ("a", "b", "none")}
+    assert [i.instance_id for i in got["a"]] == ["i0", "i1"]
+    assert await state.localities(["n0", "n1"]) == [
+        await state.locality("n0"),
+        await state.locality("n1"),
+    ]
+    assert (await state.localities(["n1"]))[0].dram == {"a": 7}
+    workers = await state.workers()
+    assert [w.worker_id for w in workers] == ["w0", "w1", "w2"]
+    assert workers == [await state.get_worker(w.worker_id) for w in workers]
