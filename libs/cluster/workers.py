@@ -245,10 +245,13 @@ class Workers(RedisRecords):
 
     async def all_instances(self) -> list[InstanceRecord]:
         """Every instance record, of deployed models and of deleted ones alike."""
-        ids: set[str] = set()
-        async for key in self.redis.scan_iter(match=self.keys.model_instances("*"), count=1000):
-            ids.update(text(i) for i in await self.redis.smembers(key))
-        return await self._get_many((self.keys.instance(i) for i in sorted(ids)), InstanceRecord)
+        keys = [
+            text(k)
+            async for k in self.redis.scan_iter(match=self.keys.model_instances("*"), count=1000)
+        ]
+        sets = await self._read_many([("set", k) for k in keys])
+        ids = sorted({text(i) for members in sets for i in members})
+        return await self._get_many((self.keys.instance(i) for i in ids), InstanceRecord)
 
     async def repair(
         self,
