@@ -167,6 +167,7 @@ class ColdQueue:
             if await self._usable(model):
                 self._release(model, start)
                 continue
+            asked = time.perf_counter()
             try:
                 reply = await self.bus.request(
                     SCHED_PLACE,
@@ -182,6 +183,7 @@ class ColdQueue:
             except BusError as exc:
                 self._fail(model, exc)
                 return
+            self.metrics.placement.observe(time.perf_counter() - asked)
             if reply.status == "loading" and reply.instance_id != start.instance_id:
                 start.instance_id = reply.instance_id
                 self.metrics.cold_starts.labels(model).inc()

@@ -16,6 +16,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+# A placement is a few milliseconds of the scheduler's, unless it waits for a busy worker.
+PLACEMENT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (
     0.005,
     0.01,
@@ -72,6 +74,13 @@ class RouterMetrics:
             "from the request's arrival to its end",
             ["model"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.placement = Histogram(
+            "sllm_router_placement_seconds",
+            "from a placement request to the scheduler's answer (an instance ready, loading "
+            "or placed now), as this router waited for it",
+            buckets=PLACEMENT_BUCKETS,
             registry=r,
         )
         self.queue_wait = Histogram(

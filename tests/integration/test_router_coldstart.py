@@ -89,6 +89,7 @@ async def test_cold_start_places_waits_for_ready_then_serves_warm(
     assert len(scheduler.places) == 1  # warm: no placement
     metrics = (await http.get("/metrics")).text
     assert f'sllm_router_cold_starts_total{{model="{MODEL}"}} 1.0' in metrics
+    assert "sllm_router_placement_seconds_count 1.0" in metrics  # the one placement, timed
 
 
 async def test_concurrent_cold_requests_share_one_placement(
