@@ -77,6 +77,18 @@ class NodeStorage:
         req = EnsureRequest(model=model, checkpoint_uri=checkpoint_uri, tier="ssd")
         return await self._request(STORAGE_ENSURE, req)
 
+    async def promote(self, model: str, checkpoint_uri: str) -> None:
+        """Have the node keep a DRAM copy, so that the next cold start of ``model`` here is a
+        DRAM hit (after a load from SSD). Off the critical path: a failure only costs speed.
+        The request follows the storage service's life: one killed or restarted mid-copy is
+        asked again once restarted (or given up on if it stays away), instead of this waiting
+        out the load timeout on a dead process."""
+        req = EnsureRequest(model=model, checkpoint_uri=checkpoint_uri, tier="dram")
+        try:
+            await self._request(STORAGE_ENSURE, req)
+        except BusError as exc:
+            log.info("could not promote %s to the DRAM tier: %s", model, exc)
+
     async def report_damage(self, copy: EnsureReply, exc: LoaderError) -> bool:
         """Tell the storage service that ``copy`` is damaged; whether it was quarantined.
         A failed report is logged: the retry's ensure may still find a good copy."""

@@ -19,7 +19,6 @@ from redis.exceptions import RedisError
 
 from libs.cluster import ClusterState
 from libs.protocol import Bus
-from libs.protocol.endpoints import STORAGE_ENSURE
 from libs.protocol.errors import (
     BusError,
     ConflictError,
@@ -29,7 +28,6 @@ from libs.protocol.errors import (
 )
 from libs.protocol.events import Event, InstanceStoppedEvent
 from libs.protocol.messages import (
-    EnsureRequest,
     LoadReply,
     LoadRequest,
     Tier,
@@ -52,6 +50,7 @@ from .teardown import (
 if TYPE_CHECKING:
     from libs.loader import HostPool
 
+    from .fetch import NodeStorage
     from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -220,24 +219,24 @@ class Host:
             self._teardowns.begin(hosted, UNLOADED_DURING_LOAD)
 
     async def _promote(self, req: LoadRequest) -> None:
-        """After a load from SSD: have the node keep a DRAM copy, so the next cold start of
-        this model here is a DRAM hit. Off the critical path; failures only cost speed.
+        """After a load from SSD: have the node keep a DRAM copy (`NodeStorage.promote`)."""
+        await self._storage().promote(req.model, req.checkpoint_uri)
 
-        The request follows the storage service's life: one killed or restarted mid-copy is
-        asked again once restarted (or given up on if it stays away), instead of this task
-        waiting out ``load_timeout`` on a dead process."""
+    def _storage(self) -> NodeStorage:
+        """This worker's requests to its node's storage service, following its life: one
+        killed or restarted mid-fetch fails the request within seconds, and it is asked again
+        once restarted."""
         from libs.common.follow import Peers
 
-        storage = Peers(self.bus, self.state.redis, self.state.keys, "storage")
-        try:
-            await storage.request(
-                STORAGE_ENSURE,
-                EnsureRequest(model=req.model, checkpoint_uri=req.checkpoint_uri, tier="dram"),
-                timeout=self.settings.load_timeout,
-                node_id=self.node_id,
-            )
-        except BusError as exc:
-            log.info("could not promote %s to the DRAM tier: %s", req.model, exc)
+        from .fetch import NodeStorage
+
+        return NodeStorage(
+            self.bus,
+            node_id=self.node_id,
+            worker_id=self.worker_id,
+            timeout=self.settings.load_timeout,
+            peers=Peers(self.bus, self.state.redis, self.state.keys, "storage"),
+        )
 
     async def _bring_up(self, hosted: Hosted, req: LoadRequest) -> Tier:
         """Storage ensure, then the loader; returns the tier the bytes came from.
@@ -248,11 +247,10 @@ class Host:
         damaged is reported (the storage service quarantines it) and the load runs once more
         on what the next ensure gives (`fetch.load_with_fallback`).
         """
-        from libs.common.follow import Peers
         from libs.loader import CancelToken
         from libs.protocol.messages import EnsureReply
 
-        from .fetch import NodeStorage, load_with_fallback
+        from .fetch import load_with_fallback
         from .runtime import EngineSettings, load_runtime
 
         async def ensured(reply: EnsureReply, seconds: float) -> None:
@@ -298,15 +296,7 @@ class Host:
             await self._phase(hosted, "build", report.build_s)
             await self._phase(hosted, "tokenizer", report.tokenizer_s)
 
-        # The storage service's requests follow its life: one killed or restarted mid-fetch
-        # fails the ensure within seconds, and it is asked again once restarted.
-        storage = NodeStorage(
-            self.bus,
-            node_id=self.node_id,
-            worker_id=self.worker_id,
-            timeout=self.settings.load_timeout,
-            peers=Peers(self.bus, self.state.redis, self.state.keys, "storage"),
-        )
+        storage = self._storage()
         reply, _ = await load_with_fallback(storage, req.model, req.checkpoint_uri, load, ensured)
         return reply.source_tier
 
