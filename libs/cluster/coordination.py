@@ -1,5 +1,6 @@
 """What services coordinate through: the store's own epoch (a store that lost its data answers
-a new one) and leases (one holder at a time, for a TTL)."""
+a new one), leases (one holder at a time, for a TTL) and liveness (each service's heartbeat,
+with the set of its kind's services that finds them)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,33 @@ class Coordination(RedisRecords):
         fresh = uuid.uuid4().hex
         old = await self.redis.set(self.keys.store_epoch, fresh, nx=True, get=True)
         return fresh if old is None else text(old)
+
+    async def beat(self, kind: str, instance_id: str, info: bytes, ttl_ms: int) -> None:
+        """A service's heartbeat: its liveness key (``info``, for ``ttl_ms``), and its id in
+        its kind's set (`live_services` finds it there), in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.alive(kind, instance_id), info, px=ttl_ms)
+            pipe.sadd(self.keys.services(kind), instance_id)
+            await pipe.execute()
+
+    async def forget_service(self, kind: str, instance_id: str) -> None:
+        """A service that stops: its liveness key and its place in its kind's set go."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(self.keys.alive(kind, instance_id))
+            pipe.srem(self.keys.services(kind), instance_id)
+            await pipe.execute()
+
+    async def live_services(self, kind: str) -> dict[str, bytes | str]:
+        """The heartbeats of ``kind``'s live services, by instance id; members of the set
+        whose liveness key lapsed (killed) are pruned from it."""
+        ids = sorted(text(i) for i in await self.redis.smembers(self.keys.services(kind)))
+        if not ids:
+            return {}
+        beats = await self.redis.mget([self.keys.alive(kind, i) for i in ids])
+        dead = [i for i, b in zip(ids, beats, strict=True) if b is None]
+        if dead:
+            await self.redis.srem(self.keys.services(kind), *dead)
+        return {i: b for i, b in zip(ids, beats, strict=True) if b is not None}
 
     async def hold_lease(self, name: str, holder: str, ttl_s: float) -> bool:
         """Take or renew the lease ``name`` for ``ttl_s`` seconds; False while another holds it."""

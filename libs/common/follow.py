@@ -22,6 +22,7 @@ from typing import Literal, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from libs.cluster import ClusterState
 from libs.protocol import Bus, BusError, Endpoint, Keys, Message
 from libs.protocol.endpoints import SERVICE_INFO
 from libs.protocol.errors import (
@@ -161,9 +162,8 @@ class Peers:
             if instance_id:
                 info = await self.heartbeat(instance_id)
                 return Life.of(info) if info is not None else None
-            pattern = self.keys.alive_pattern(self.kind)
-            keys = [k async for k in self.redis.scan_iter(match=pattern, count=1000)]
-            infos = [_info(raw) for raw in (await self.redis.mget(keys) if keys else [])]
+            beats = await ClusterState(self.redis, self.keys).live_services(self.kind)
+            infos = [_info(raw) for raw in beats.values()]
         except (RedisError, OSError) as exc:
             log.warning("cannot read the %s services' heartbeats: %r", self.kind, exc)
             return None

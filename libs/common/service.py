@@ -157,17 +157,19 @@ class Service:
             )
         if self._redis is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._redis.delete(self.keys.alive(self.kind, self.instance_id))
+                await ClusterState(self._redis, self.keys).forget_service(
+                    self.kind, self.instance_id
+                )
         await self._stack.aclose()
         log.info("%s %s stopped (%s)", self.kind, self.instance_id, reason or "requested")
 
     async def _heartbeat(self) -> None:
-        key = self.keys.alive(self.kind, self.instance_id)
         ttl_ms = int(self.settings.heartbeat_ttl * 1000)
         state = ClusterState(self.redis, self.keys)
         while True:
             try:
-                await self.redis.set(key, encode_json(await self.info(InfoRequest())), px=ttl_ms)
+                info = encode_json(await self.info(InfoRequest()))
+                await state.beat(self.kind, self.instance_id, info, ttl_ms)
                 await self._check_store(state)
                 await self.on_beat()
             except (RedisError, OSError) as exc:

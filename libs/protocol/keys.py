@@ -33,6 +33,11 @@ class Keys:
     def alive_pattern(self, kind: str) -> str:
         return self._k("alive", token(kind), "*")
 
+    # The instance ids of a kind's services that heartbeat (a set; those whose liveness key
+    # lapsed are pruned by whoever reads it): finding them reads this, not the whole keyspace.
+    def services(self, kind: str) -> str:
+        return self._k("services", token(kind))
+
     # Nodes and workers: hashes describing them; sets index them.
     def node(self, node_id: str) -> str:
         return self._k("node", token(node_id))

@@ -140,3 +140,16 @@ async def test_many_reads_in_one_round_trip_match_one_at_a_time(state: ClusterSt
     workers = await state.workers()
     assert [w.worker_id for w in workers] == ["w0", "w1", "w2"]
     assert workers == [await state.get_worker(w.worker_id) for w in workers]
+
+
+async def test_live_services_are_found_without_scanning_and_the_dead_pruned(
+    state: ClusterState, keys: Keys
+) -> None:
+    await state.beat("storage", "s-live", b'{"n": 1}', ttl_ms=10_000)
+    await state.beat("storage", "s-killed", b'{"n": 2}', ttl_ms=50)  # its beat lapses
+    await state.beat("storage", "s-stopped", b'{"n": 3}', ttl_ms=10_000)
+    await state.forget_service("storage", "s-stopped")
+    await asyncio.sleep(0.1)
+    assert await state.live_services("storage") == {"s-live": b'{"n": 1}'}
+    assert await state.redis.smembers(keys.services("storage")) == {b"s-live"}
+    assert await state.live_services("worker") == {}
