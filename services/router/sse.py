@@ -4,15 +4,21 @@ Starlette's `StreamingResponse` notices a disconnect only by cancelling the body
 inside a task group, which leaves closing the worker's stream to chance. Here the response
 itself watches for ``http.disconnect`` and then runs ``on_close`` from a task that is not
 being cancelled, so the worker is always told to stop.
+
+Events that are ready together go out in one write (`batched`): a write costs the server far
+more than an event (at 200 requests/s, one write per token was the router's largest cost), and
+a busy router then writes once per burst instead of once per token; an idle one still sends
+each event the moment it is ready.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -33,6 +39,44 @@ def event(payload: BaseModel | dict[str, Any], *, exclude: set[str] | None = Non
     else:
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     return b"data: " + body.encode() + b"\n\n"
+
+
+async def batched(events: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """``events`` joined: each item is every event that was ready when the last one had been
+    taken (at least one). ``events`` runs in a task of its own, ended with this generator."""
+    ready: collections.deque[bytes] = collections.deque()
+    wake = asyncio.Event()
+    ended: list[BaseException | None] = []  # the producer's end: None, or what it raised
+
+    async def produce() -> None:
+        try:
+            async for data in events:
+                ready.append(data)
+                wake.set()
+        except Exception as exc:
+            ended.append(exc)
+        else:
+            ended.append(None)
+        finally:
+            wake.set()
+
+    producer = asyncio.ensure_future(produce())
+    try:
+        while True:
+            if not ready and not ended:
+                wake.clear()
+                await wake.wait()
+            if ready:
+                body = b"".join(ready)
+                ready.clear()
+                yield body
+            elif ended:
+                if ended[0] is not None:
+                    raise ended[0]
+                return
+    finally:
+        producer.cancel()
+        await asyncio.gather(producer, return_exceptions=True)
 
 
 class ClientDisconnected(Exception):
@@ -84,7 +128,7 @@ class EventStreamResponse(Response):
 
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        async for data in self.events:
+        async for data in batched(self.events):
             await send({"type": "http.response.body", "body": data, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -14,6 +14,7 @@ from services.router.sse import (
     DONE,
     ClientDisconnected,
     EventStreamResponse,
+    batched,
     event,
     run_until_disconnect,
 )
@@ -142,3 +143,65 @@ async def test_run_until_disconnect_passes_errors_through() -> None:
 
     with pytest.raises(ValueError, match="bad"):
         await run_until_disconnect(client.receive, work())
+
+
+async def _events(n: int, pause_s: float = 0.0) -> AsyncIterator[bytes]:
+    for i in range(n):
+        if pause_s:
+            await asyncio.sleep(pause_s)
+        yield f"data: {i}\n\n".encode()
+
+
+def _all(n: int) -> bytes:
+    return b"".join(f"data: {i}\n\n".encode() for i in range(n))
+
+
+async def test_events_ready_together_go_out_in_one_write() -> None:
+    assert [b async for b in batched(_events(5))] == [_all(5)]
+    assert [b async for b in batched(_events(0))] == []
+
+
+async def test_events_that_come_apart_go_out_apart() -> None:
+    assert [b async for b in batched(_events(3, 0.01))] == [
+        b"data: 0\n\n",
+        b"data: 1\n\n",
+        b"data: 2\n\n",
+    ]
+
+
+async def test_a_slow_writer_sends_what_piled_up_meanwhile_in_order() -> None:
+    writes = []
+    async for body in batched(_events(50, 0.001)):
+        writes.append(body)
+        await asyncio.sleep(0.02)  # a busy server
+    assert b"".join(writes) == _all(50)
+    assert len(writes) < 25
+
+
+async def test_a_failing_source_fails_the_stream_after_what_it_gave() -> None:
+    async def failing() -> AsyncIterator[bytes]:
+        yield b"data: a\n\n"
+        raise RuntimeError("upstream broke")
+
+    got = []
+    with pytest.raises(RuntimeError, match="upstream broke"):
+        async for body in batched(failing()):
+            got.append(body)
+    assert got == [b"data: a\n\n"]
+
+
+async def test_closing_the_writer_stops_the_source() -> None:
+    closed = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                await asyncio.sleep(0.001)
+                yield b"x"
+        finally:
+            closed.set()
+
+    stream = batched(endless())
+    assert await anext(stream)
+    await stream.aclose()
+    assert closed.is_set()
