@@ -28,10 +28,28 @@ class Nodes(RedisRecords):
         return await self._get_many((self.keys.node(n) for n in ids), NodeRecord)
 
     async def set_locality(self, node_id: str, tier: StorageTier, model: str, nbytes: int) -> None:
-        await self.redis.hset(self.keys.locality(node_id, tier), model, nbytes)
+        """``node_id``'s ``tier`` holds ``model`` (both indexes, `locality` and `holders`)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.locality(node_id, tier), model, nbytes)
+            pipe.hset(self.keys.holders(tier, model), node_id, nbytes)
+            await pipe.execute()
 
     async def remove_locality(self, node_id: str, tier: StorageTier, model: str) -> None:
-        await self.redis.hdel(self.keys.locality(node_id, tier), model)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys.locality(node_id, tier), model)
+            pipe.hdel(self.keys.holders(tier, model), node_id)
+            await pipe.execute()
+
+    async def holders(self, model: str) -> dict[str, dict[str, int]]:
+        """The nodes holding ``model``, per tier ("dram", "ssd"): node -> bytes."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.holders("dram", model))
+            pipe.hgetall(self.keys.holders("ssd", model))
+            dram, ssd = await pipe.execute()
+        return {
+            "dram": {text(k): int(v) for k, v in dram.items()},
+            "ssd": {text(k): int(v) for k, v in ssd.items()},
+        }
 
     async def set_bandwidth(self, node_id: str, tier: StorageTier, bytes_per_s: float) -> None:
         await self.redis.hset(self.keys.bandwidth(node_id), tier, repr(float(bytes_per_s)))

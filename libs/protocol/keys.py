@@ -57,6 +57,11 @@ class Keys:
     def locality(self, node_id: str, tier: str) -> str:
         return self._k("locality", token(node_id), token(tier))
 
+    # Per model: the nodes whose tier holds it (hash node -> bytes), the same facts as
+    # `locality` indexed the other way, so that a placement reads its model's fresh.
+    def holders(self, tier: str, model: str) -> str:
+        return self._k("holders", token(tier), model)
+
     def bandwidth(self, node_id: str) -> str:
         return self._k("bandwidth", token(node_id))
 

@@ -123,6 +123,34 @@ def node_samples(
     return _interleave(ss for _, ss in sorted(recorded.items()))
 
 
+def per_node(
+    recorded: Mapping[tuple[str, str], Sequence[LoadSample]],
+    node_ids: Iterable[str],
+    tiers: Sequence[str],
+) -> dict[str, tuple[dict[str, list[LoadSample]], float]]:
+    """Per node: `samples_for` each tier, and `fixed_seconds` of its `node_samples`. The same
+    as calling them node by node, with the records sorted and grouped once instead of once
+    per node and tier (at 125 nodes, that was most of a placement snapshot's time)."""
+    items = sorted(recorded.items())
+    everyone = {t: _interleave(ss for (_, tt), ss in items if tt == t) for t in tiers}
+    own: dict[str, list[Sequence[LoadSample]]] = {}
+    for (n, _), ss in items:
+        own.setdefault(n, []).append(ss)
+    fixed_everyone: float | None = None
+    out: dict[str, tuple[dict[str, list[LoadSample]], float]] = {}
+    for n in node_ids:
+        samples = {t: list(recorded.get((n, t)) or everyone[t]) for t in tiers}
+        mine = _interleave(own.get(n, ()))
+        if mine:
+            fixed = fixed_seconds(mine)
+        else:
+            if fixed_everyone is None:
+                fixed_everyone = fixed_seconds(_interleave(ss for _, ss in items))
+            fixed = fixed_everyone
+        out[n] = (samples, fixed)
+    return out
+
+
 def _interleave(lists: Iterable[Sequence[LoadSample]]) -> list[LoadSample]:
     """One from each list in turn (each newest first), so that a truncated prefix is a mix."""
     return [s for group in itertools.zip_longest(*lists) for s in group if s is not None]

@@ -20,11 +20,9 @@ from libs.protocol.events import EstimateEvent, LoadReportEvent
 
 from .calibration import (
     LoadSample,
-    fixed_seconds,
-    node_samples,
+    per_node,
     relative_error,
     sample_of_load,
-    samples_for,
 )
 
 log = logging.getLogger(__name__)
@@ -86,10 +84,4 @@ class LoadFeedback:
         recorded = {k: [LoadSample(*t) for t in v] for k, v in raw.items()}
         if not recorded:
             return {}
-        return {
-            n: (
-                {t: samples_for(recorded, n, t) for t in TIERS},
-                fixed_seconds(node_samples(recorded, n)),
-            )
-            for n in node_ids
-        }
+        return per_node(recorded, node_ids, TIERS)

@@ -51,6 +51,8 @@ class PlaceHandler:
             live = await self.placer.live_instances(req.model, cluster)
             ready = [i for i in live if i.status == "ready"]
             # Nothing to rank when a ready instance answers.
+            if not ready:
+                cluster = await self.placer.with_fresh_locality(req.model, cluster)
             ranked = [] if ready else self.placer.rank(req.model, cluster)
             demand = self.scaler.demand.get(req.model)
             view = PlaceView(
@@ -85,7 +87,7 @@ class PlaceHandler:
     async def autoscale_start(self, spec: DeploymentSpec, reason: str) -> PlaceReply:
         """The scaling loop's start of one more instance (it holds the model's lock): a first
         instance is a cold start; joining a wait or migration under way, it does not wait."""
-        cluster = await self.placer.snapshot()
+        cluster = await self.placer.with_fresh_locality(spec.name, await self.placer.snapshot())
         ranked = self.placer.rank(spec.name, cluster)
         if await self.placer.live_instances(spec.name, cluster):
             return await self.placer.place_new(spec, reason, cluster=cluster, ranked=ranked)

@@ -95,6 +95,12 @@ class Placer:
         fits = {n.node_id: node_fits(n, self.priors) for n in nodes}
         return Cluster(views, nodes, alive, fits)
 
+    async def with_fresh_locality(self, model: str, cluster: Cluster) -> Cluster:
+        """``cluster`` with ``model``'s copies as the store has them now: the snapshot may be
+        a moment old, and a copy made or evicted just before is what decides a placement."""
+        held = await self.state.holders(model)
+        return cluster.with_locality(model, held["dram"], held["ssd"])
+
     def rank(self, model: str, cluster: Cluster) -> list[Estimate]:
         """Every free worker by estimated startup time of ``model``, best first."""
         return rank(
@@ -135,7 +141,8 @@ class Placer:
         does not rank again)."""
         instance_id = "i-" + uuid.uuid4().hex[:16]
         if cluster is None:
-            cluster, ranked = await self.snapshot(), None
+            cluster = await self.with_fresh_locality(spec.name, await self.snapshot())
+            ranked = None
         candidates = await self._candidates(spec.name, cluster, worker_id, ranked)
         reserved = await self._reserve(candidates, instance_id)
         if reserved is None:

@@ -75,8 +75,9 @@ class NodePublisher:
                     for m in current.keys() - want.keys():
                         await self.state.remove_locality(self.node_id, catalog.name, m)
                     for m, nbytes in want.items():
-                        if current.get(m) != nbytes:
-                            await self.state.set_locality(self.node_id, catalog.name, m, nbytes)
+                        # Written even when unchanged: the per-model index (`holders`) of a
+                        # store written before it existed is filled in too.
+                        await self.state.set_locality(self.node_id, catalog.name, m, nbytes)
             for tier in self.bandwidth:
                 await self.publish_bandwidth(tier)
         except (RedisError, OSError) as exc:

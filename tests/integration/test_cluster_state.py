@@ -153,3 +153,12 @@ async def test_live_services_are_found_without_scanning_and_the_dead_pruned(
     assert await state.live_services("storage") == {"s-live": b'{"n": 1}'}
     assert await state.redis.smembers(keys.services("storage")) == {b"s-live"}
     assert await state.live_services("worker") == {}
+
+
+async def test_a_models_holders_follow_its_locality(state: ClusterState) -> None:
+    await state.set_locality("n0", "dram", "org/m:1", 10)
+    await state.set_locality("n1", "ssd", "org/m:1", 10)
+    await state.set_locality("n0", "ssd", "org/m:1", 10)
+    await state.remove_locality("n0", "dram", "org/m:1")
+    assert await state.holders("org/m:1") == {"dram": {}, "ssd": {"n1": 10, "n0": 10}}
+    assert await state.holders("nothing") == {"dram": {}, "ssd": {}}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from services.scheduler.calibration import (
@@ -10,6 +12,7 @@ from services.scheduler.calibration import (
     fit,
     fixed_seconds,
     node_samples,
+    per_node,
     relative_error,
     sample_of_load,
     samples_for,
@@ -144,3 +147,23 @@ def test_a_registry_load_is_never_estimated_below_the_ssd_load_it_ends_with() ->
     assert load_seconds(node, "registry", GB) >= load_seconds(node, "ssd", GB)
     uncalibrated = NodeView("n", loads={"ssd": [LoadSample(GB, 2.0)]})
     assert load_seconds(uncalibrated, "registry", GB) == pytest.approx(2.0 + 2.0)  # + 0.5 GB/s
+
+
+def test_per_node_is_samples_for_and_node_samples_of_each_node() -> None:
+    rng = random.Random(7)
+    tiers = ("dram", "ssd", "registry")
+    recorded = {
+        (f"n{n}", t): [
+            LoadSample(rng.randrange(1, 10**9), rng.random(), rng.random())
+            for _ in range(rng.randrange(1, 5))
+        ]
+        for n in range(6)
+        for t in tiers
+        if rng.random() < 0.6
+    }
+    nodes = [f"n{n}" for n in range(8)]  # n6, n7: no samples of their own
+    got = per_node(recorded, nodes, tiers)
+    for n in nodes:
+        samples, fixed = got[n]
+        assert samples == {t: samples_for(recorded, n, t) for t in tiers}
+        assert fixed == fixed_seconds(node_samples(recorded, n))
