@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, ClassVar
 
 from libs.cluster import ClusterState
@@ -43,6 +43,7 @@ from .hosting import Host, prepare
 from .migration import Migrations, Running
 from .reservation import ReservationCheck
 from .settings import WorkerSettings
+from .tracked import Tracked
 from .validate import check_fits_context, check_generated, check_sampling, check_token_ids
 
 if TYPE_CHECKING:
@@ -245,7 +246,7 @@ class WorkerService(Service):
             moved = run is not None and run.stream.handed_over
             host.end(hosted, None if moved else req.keep_alive_s)
 
-        return Stream(ack=ack, chunks=_Tracked(chunks, done))
+        return Stream(ack=ack, chunks=Tracked(chunks, done))
 
     def _running(
         self, req: GenerateRequest, instance_id: str, chunks: AsyncIterator[TokenChunk]
@@ -312,31 +313,6 @@ class WorkerService(Service):
             token_text=rt.token_text,
         )
         return ack, stream
-
-
-class _Tracked:
-    """A generation's chunks that call ``done`` once when the stream ends, however it ends
-    (the bus closes every stream it produces)."""
-
-    def __init__(self, chunks: AsyncIterator[TokenChunk], done: Callable[[], None]) -> None:
-        self._chunks = chunks
-        self._done: Callable[[], None] | None = done
-
-    def __aiter__(self) -> _Tracked:
-        return self
-
-    async def __anext__(self) -> TokenChunk:
-        return await self._chunks.__anext__()
-
-    async def aclose(self) -> None:
-        try:
-            aclose = getattr(self._chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        finally:
-            done, self._done = self._done, None
-            if done is not None:
-                done()
 
 
 def _prepare_request(rt: Runtime, req: GenerateRequest) -> tuple[list[int], IncrementalDetokenizer]:

@@ -88,6 +88,27 @@ class Hosted:
     load_bytes: int = 0
 
 
+async def check_reservation(state: ClusterState, worker_id: str, req: LoadRequest) -> None:
+    """Raise unless ``worker_id`` is reserved for ``req``'s instance, recorded on it for
+    ``req``'s model: a load order for any other instance is refused (a stale or foreign one)."""
+    try:
+        worker = await state.get_worker(worker_id)
+        rec = await state.get_instance(req.instance_id)
+    except (RedisError, OSError) as exc:
+        raise UnavailableError(f"cannot read cluster state: {exc!r}") from None
+    held = worker.instance_id if worker is not None else "(unregistered)"
+    if held != req.instance_id:
+        raise ConflictError(
+            f"worker {worker_id} is reserved for {held or 'nothing'!r}, not for {req.instance_id!r}"
+        )
+    if rec is None:
+        raise NotFoundError(f"instance {req.instance_id} has no record in the cluster state")
+    if rec.worker_id != worker_id or rec.model != req.model:
+        raise ConflictError(
+            f"instance {req.instance_id} is recorded as {rec.model!r} on {rec.worker_id}"
+        )
+
+
 class Host:
     """Loads, tracks and unloads this worker's instance; the service's handlers call it."""
 
@@ -143,31 +164,12 @@ class Host:
                     f"worker {self.worker_id} already hosts instance {cur.instance_id} "
                     f"({cur.model}, {cur.status})"
                 )
-            await self._check_reservation(req)
+            await check_reservation(self.state, self.worker_id, req)
             hosted = Hosted(req.instance_id, req.model, "loading", time.perf_counter())
             self.hosted = hosted
             hosted.task = asyncio.create_task(self._load(hosted, req))
             hosted.task.add_done_callback(partial(self._load_ended, hosted))
         return LoadReply(instance_id=req.instance_id, worker_id=self.worker_id)
-
-    async def _check_reservation(self, req: LoadRequest) -> None:
-        try:
-            worker = await self.state.get_worker(self.worker_id)
-            rec = await self.state.get_instance(req.instance_id)
-        except (RedisError, OSError) as exc:
-            raise UnavailableError(f"cannot read cluster state: {exc!r}") from None
-        held = worker.instance_id if worker is not None else "(unregistered)"
-        if held != req.instance_id:
-            raise ConflictError(
-                f"worker {self.worker_id} is reserved for {held or 'nothing'!r}, "
-                f"not for {req.instance_id!r}"
-            )
-        if rec is None:
-            raise NotFoundError(f"instance {req.instance_id} has no record in the cluster state")
-        if rec.worker_id != self.worker_id or rec.model != req.model:
-            raise ConflictError(
-                f"instance {req.instance_id} is recorded as {rec.model!r} on {rec.worker_id}"
-            )
 
     async def _load(self, hosted: Hosted, req: LoadRequest) -> None:
         """Bring the instance up and announce it; any failure or cancellation begins its

@@ -18,20 +18,32 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Protocol
 
 from libs.cluster import ClusterState
 from libs.protocol.errors import BusError, NotFoundError
 from libs.protocol.messages import LoadRequest, UnloadRequest
 
-from .hosting import Host
+from .hosting import Hosted
 
 log = logging.getLogger(__name__)
+
+
+class HostsOne(Protocol):
+    """What the check needs of a worker's host (`hosting.Host`, or a stand-in's)."""
+
+    @property
+    def hosted(self) -> Hosted | None: ...
+
+    async def load(self, req: LoadRequest, /) -> object: ...
+
+    async def unload(self, req: UnloadRequest, /) -> object: ...
 
 
 class ReservationCheck:
     """Acts on a lasting disagreement between the hosted instance and the reservation."""
 
-    def __init__(self, *, state: ClusterState, host: Host, worker_id: str) -> None:
+    def __init__(self, *, state: ClusterState, host: HostsOne, worker_id: str) -> None:
         self.state = state
         self.host = host
         self.worker_id = worker_id
