@@ -46,13 +46,17 @@ class Coordination(RedisRecords):
         old = await self.redis.set(self.keys.store_epoch, fresh, nx=True, get=True)
         return fresh if old is None else text(old)
 
-    async def beat(self, kind: str, instance_id: str, info: bytes, ttl_ms: int) -> None:
-        """A service's heartbeat: its liveness key (``info``, for ``ttl_ms``), and its id in
-        its kind's set (`live_services` finds it there), in one round trip."""
+    async def beat(self, kind: str, instance_id: str, info: bytes, ttl_ms: int) -> str:
+        """A service's heartbeat: its liveness key (``info``, for ``ttl_ms``), its id in its
+        kind's set (`live_services` finds it there), and the store's epoch (`store_epoch`),
+        in one round trip. Returns the epoch."""
+        fresh = uuid.uuid4().hex
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(self.keys.alive(kind, instance_id), info, px=ttl_ms)
             pipe.sadd(self.keys.services(kind), instance_id)
-            await pipe.execute()
+            pipe.set(self.keys.store_epoch, fresh, nx=True, get=True)
+            _, _, old = await pipe.execute()
+        return fresh if old is None else text(old)
 
     async def forget_service(self, kind: str, instance_id: str) -> None:
         """A service that stops: its liveness key and its place in its kind's set go."""

@@ -169,18 +169,17 @@ class Service:
         while True:
             try:
                 info = encode_json(await self.info(InfoRequest()))
-                await state.beat(self.kind, self.instance_id, info, ttl_ms)
-                await self._check_store(state)
+                epoch = await state.beat(self.kind, self.instance_id, info, ttl_ms)
+                await self._check_store(epoch)
                 await self.on_beat()
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat failed: %r", exc)
             await asyncio.sleep(self.settings.heartbeat_interval)
 
-    async def _check_store(self, state: ClusterState) -> None:
-        """Re-publish what this service owns once the store's epoch changed (it lost its data),
-        or once it failed over to a replica (writes not yet replicated are lost, and the
-        epoch, a replicated key, cannot tell)."""
-        epoch = await state.store_epoch()
+    async def _check_store(self, epoch: str) -> None:
+        """Re-publish what this service owns once the store's ``epoch`` (as the heartbeat
+        read it) changed (it lost its data), or once it failed over to a replica (writes not
+        yet replicated are lost, and the epoch, a replicated key, cannot tell)."""
         primary = primary_address(self.redis)
         reason: Literal["reset", "failover"]
         if epoch != self._store_epoch:
