@@ -14,8 +14,10 @@ INSTALL_INPUTS := pyproject.toml $(wildcard setup.py) \
 PYTEST_ARGS ?=
 # e.g. make bench-throughput THROUGHPUT_ARGS=--quick
 THROUGHPUT_ARGS ?=
+# e.g. make bench-scale SCALE_ARGS="--workers 300 --rates 25,50,100,200" (or --quick)
+SCALE_ARGS ?=
 
-.PHONY: install test check lint format typecheck pytest chaos soak up bench bench-loader bench-serving bench-trace bench-migration bench-throughput bench-ha multihost clean help
+.PHONY: install test check lint format typecheck pytest chaos soak up bench bench-loader bench-serving bench-trace bench-migration bench-throughput bench-ha bench-scale bench-sim multihost clean help
 
 help:
 	@echo "make up           install if needed, then run the whole system (Ctrl-C stops it)"
@@ -29,6 +31,8 @@ help:
 	@echo "make bench-migration  live-migration pause vs context length, vs a KV-cache transfer"
 	@echo "make bench-throughput tokens/s, TTFT, ITL vs concurrency: sllm vs transformers serve"
 	@echo "make bench-ha      streamed load through a NATS server loss and a Valkey failover (--ha)"
+	@echo "make bench-scale   the real control plane with 100-1,000 hollow workers, rising request rates"
+	@echo "make bench-sim     cluster simulator on the real policies: sllm vs Ray Serve / KServe"
 	@echo "make format       reformat the code"
 
 # A second run skips the install unless pyproject.toml, setup.py or the native sources changed.
@@ -99,3 +103,13 @@ clean:
 bench-ha: install
 	$(BIN)/python -m pip install --disable-pip-version-check -q "$(TORCH)" -e ".[test,bench]"
 	$(BIN)/python -m benchmarks.bench_ha $(HA_ARGS)
+
+bench-scale: install
+	$(BIN)/python -m benchmarks.bench_scale $(SCALE_ARGS)
+
+# The discrete-event simulator on the real policies (default: the 4 x 4 GPU testbed preset).
+# e.g. make bench-sim SIM_ARGS="--preset 1000x8 --workload gamma --rates 100"
+SIM_ARGS ?=
+bench-sim: install
+	$(BIN)/python -m pip install --disable-pip-version-check -q "$(TORCH)" -e ".[test,bench]"
+	$(BIN)/python -m benchmarks.simulator $(SIM_ARGS)
