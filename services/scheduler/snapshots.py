@@ -8,13 +8,15 @@ snapshot serves the placements of a short while, and stays true enough for them:
 * a reservation is atomic in the store, so a worker that another scheduler took, or that is
   no longer free, fails it and the next best worker is tried; when none is left in the
   snapshot, the placement asks for a fresh one (`fresh`) before it says "no free worker";
+* a placement reads its own model's copies fresh (`Placer.with_fresh_locality`): the one fact
+  of the snapshot that decides it most is never old;
 * news (an instance stopped, a load reported, a copy made or evicted: events, hints only)
-  marks the snapshot stale: the next placement starts a new read in the background and
-  decides on the one it has, which the read replaces when done; a read follows the last no
-  sooner than `HINT_SPACING` times that one took, so the reads take at most about
-  1/`HINT_SPACING` of the scheduler's time, however much news;
-* a snapshot older than ``max_age_s`` is not used: the placement waits for a new one (the
-  reliable path, for a change no event told of; an idle scheduler reads nothing).
+  marks the snapshot stale, and a snapshot older than ``max_age_s`` is due anyway (the
+  reliable path, for a change no event told of): the next placement starts a new read in
+  the background and decides on the one it has, which the read replaces when done. A hinted
+  read follows the last no sooner than `HINT_SPACING` times that one took, so the reads take
+  at most about 1/`HINT_SPACING` of the scheduler's time, however much news; an idle
+  scheduler reads nothing. No placement waits for a read but the very first.
 
 ``max_age_s`` 0 reads one for every placement.
 """
@@ -99,14 +101,13 @@ class Snapshots:
         self.reads = 0  # snapshots read so far (for the scale benchmark's figures)
 
     async def get(self) -> Cluster:
-        """The cached snapshot, refreshed in the background when news made it stale; a new
-        one (waited for) when it is too old."""
+        """The cached snapshot; a new one is read in the background when news made it stale
+        or it is older than ``max_age_s``. Only the first placement waits for a read."""
         if self._cluster is None or self.max_age_s <= 0:
             return await self.fresh()
         age = self.clock() - self._read_at
-        if age >= self.max_age_s:
-            return await self.fresh()
-        if self._stale and age >= HINT_SPACING * self._read_s and self._reading is None:
+        due = age >= self.max_age_s or (self._stale and age >= HINT_SPACING * self._read_s)
+        if due and self._reading is None:
             self._start_read()
         return self._cluster
 

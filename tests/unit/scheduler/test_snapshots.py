@@ -32,16 +32,19 @@ def snapshots(store: Store, max_age_s: float = 1.0) -> Snapshots:
     return Snapshots(store.read, max_age_s=max_age_s, clock=store.clock)
 
 
-async def test_one_snapshot_serves_until_it_is_too_old() -> None:
+async def test_one_snapshot_serves_until_it_is_too_old_then_one_is_read_meanwhile() -> None:
     store = Store()
     snaps = snapshots(store)
-    await snaps.get()
+    first = await snaps.get()
     store.now = 0.9
     await snaps.get()
     assert store.reads == 1
     store.now = 1.01
-    await snaps.get()
+    store.free["w0"] = False
+    assert await snaps.get() is first  # no placement waits for the read
+    await asyncio.sleep(0)
     assert store.reads == 2
+    assert (await snaps.get()).free_workers == 1
 
 
 async def test_news_rereads_in_the_background_but_not_sooner_than_the_spacing() -> None:
@@ -129,5 +132,5 @@ def test_a_models_fresh_locality_replaces_the_snapshots() -> None:
         ({"m": 5}, {"x": 2, "m": 5}),
         ({}, {"m": 5}),
     ]
-    assert [(n.dram, n.ssd) for n in cluster.nodes][0] == ({"m": 5, "x": 1}, {})
+    assert (cluster.nodes[0].dram, cluster.nodes[0].ssd) == ({"m": 5, "x": 1}, {})
     assert cluster.with_locality("x", dram={"n0": 1}, ssd={"n1": 2}) is cluster  # as it was
