@@ -21,10 +21,14 @@ class DemandBook:
 
     def __init__(self) -> None:
         self._reports: dict[str, tuple[float, DemandReport]] = {}
+        # `totals` as of the reports now held (None: to be summed again). A scaling step asks
+        # for every model's: summing all reports each time was quadratic in the models.
+        self._totals: dict[str, Demand] | None = None
 
     def apply(self, report: DemandReport, now: float) -> set[str]:
         """Take a router's report; returns the models whose totals changed."""
         before = self.totals()
+        self._totals = None
         if report.models:
             self._reports[report.router_id] = (now, report)
         else:
@@ -37,6 +41,7 @@ class DemandBook:
         if not lapsed:
             return set()
         before = self.totals()
+        self._totals = None
         for r in lapsed:
             del self._reports[r]
         return _changed(before, self.totals())
@@ -46,6 +51,8 @@ class DemandBook:
 
     def totals(self) -> dict[str, Demand]:
         """Per model: the sum over routers; ``waiting_since`` is the oldest router's."""
+        if self._totals is not None:
+            return self._totals
         out: dict[str, Demand] = {}
         for at, rep in self._reports.values():
             for model, d in rep.models.items():
@@ -55,6 +62,7 @@ class DemandBook:
                     mine = at - d.oldest_wait_s
                     since = mine if since is None else min(since, mine)
                 out[model] = Demand(cur.requests + d.requests, cur.queued + d.queued, since)
+        self._totals = out
         return out
 
     def get(self, model: str) -> Demand:
