@@ -111,6 +111,10 @@ class BusyWorkerStarts:
         # The placements below keep the decision's snapshot: a worker taken while the busy
         # ones answered fails its (atomic) reservation, and the next best is tried.
         replies = await self._running(busy)
+        # What a migration would move is weighed by where its models load fast: their copies
+        # as they are now, like the cold model's (the snapshot may be a moment old).
+        for moved in sorted({r.model for _, r in replies if r.model and r.model != spec.name}):
+            cluster = await self.placer.with_fresh_locality(moved, cluster)
         options = weigh(
             spec.name,
             replies,
