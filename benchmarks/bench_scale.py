@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-tokens", default="8,32", help="range of max_tokens, min,max")
     p.add_argument("--settle-s", type=float, default=10.0, help="wait after deploying")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="100 workers, rates 10,25, 20 s each")
+    p.add_argument("--quick", action="store_true", help="100 workers, rates 10,25, 10 s each")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--hollow-arg", action="append", default=[], help="passed to hollow.py")
     p.add_argument(
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     if args.quick:
-        args.workers, args.rates, args.step_s, args.settle_s = 100, "10,25", 20.0, 5.0
+        args.workers, args.rates, args.step_s, args.settle_s = 100, "10,25", 10.0, 3.0
     args.rate_list = [float(x) for x in args.rates.split(",") if x.strip()]
     lo, hi = (int(x) for x in args.max_tokens.split(","))
     args.token_range = (lo, hi)

@@ -144,7 +144,7 @@ async def test_hollow_node_serves_a_placement_generation_and_unload(
 
 @pytest.mark.slow
 def test_bench_scale_quick_runs_and_saves_its_table(tmp_path: Path) -> None:
-    """`python -m benchmarks.bench_scale --quick`: ~1 minute, 104 hollow workers, 2 rates."""
+    """`python -m benchmarks.bench_scale --quick`: ~40 s, 104 hollow workers, 2 rates."""
     from benchmarks import bench_scale
 
     assert bench_scale.main(["--quick", "--out", str(tmp_path)]) == 0
