@@ -17,7 +17,7 @@ THROUGHPUT_ARGS ?=
 # e.g. make bench-scale SCALE_ARGS="--workers 300 --rates 25,50,100,200" (or --quick)
 SCALE_ARGS ?=
 
-.PHONY: install test check lint format typecheck pytest chaos soak up bench bench-loader bench-serving bench-trace bench-migration bench-throughput bench-ha bench-scale bench-sim multihost clean help
+.PHONY: install browser test check lint format typecheck pytest chaos soak up bench bench-loader bench-serving bench-trace bench-migration bench-throughput bench-ha bench-scale bench-sim multihost clean help
 
 help:
 	@echo "make up           install if needed, then run the whole system (Ctrl-C stops it)"
@@ -50,8 +50,18 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+pytest: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The status page's browser test (tests/e2e/test_status_page.py) drives the system Chromium:
+# installed here when missing, as root with apt-get; where it cannot be, that test skips.
+browser:
+	@if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver (the status page test)"; \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends chromium chromium-driver >/dev/null; } \
+			|| echo "chromium not installed: the status page test will skip"; \
+	fi
 
 check: lint typecheck pytest
 

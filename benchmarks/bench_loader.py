@@ -7,8 +7,8 @@ One synthetic Llama-shaped bf16 checkpoint (made once, cached under ``--dir``), 
 loaded to ready CPU tensors with every byte touched, each measurement in a fresh subprocess
 (``benchmarks.loader.runner``), except sllm's worker steady state, which is one process loading
 several checkpoints with one pool. Prints ONE Markdown table plus the target checks, and saves the
-table (``.md``) and every sample (``.json``) under ``<dir>/results/``. This process never imports
-torch; see ``benchmarks/README.md``.
+table (``.md``) and every sample (``.json``) under ``<dir>/results/``, and draws the figure
+(``--plot``, a PNG). This process never imports torch; see ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import plotting
 from benchmarks.loader import checkpoint as ck
 from benchmarks.loader.common import (
     DEFAULT_DIR,
@@ -486,6 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pass verify= to sllm (default: the library's default)",
     )
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per subprocess")
+    ap.add_argument(
+        "--plot",
+        type=Path,
+        default=plotting.RESULTS / "loader.png",
+        help="the figure (PNG; default benchmarks/results/loader.png)",
+    )
     return ap
 
 
@@ -535,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(plan, started, can_drop)
     print(text)
     save(plan, text, started)
+    draw(plan, started)
     if args.clean:
         shutil.rmtree(args.dir / spec.ident, ignore_errors=True)
     return 0 if all(r.ok for r in plan.rows) else 1
@@ -578,6 +586,25 @@ def save(plan: Plan, text: str, started: dt.datetime) -> None:
     }
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=str))
     log(f"saved {out / stem}.md and .json")
+
+
+def draw(plan: Plan, started: dt.datetime) -> None:
+    if not plotting.available():
+        log(plotting.MISSING)
+        return
+    from benchmarks.loader.plot import plot
+
+    cpu = plan.info.get("cpu", {})
+    shared = (
+        f"; others took {100 * cpu['others_s'] / cpu['available_s']:.0f}% of the CPU"
+        if cpu.get("available_s")
+        else ""
+    )
+    title = (
+        f"Checkpoint loading, {plan.spec.nbytes / GB:.2f} GB bf16, load + touch of every byte: "
+        f"{started:%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs, {plan.args.reps} rep(s){shared}"
+    )
+    log(f"plot: {plot(plan.rows, plan.args.plot, title)}")
 
 
 if __name__ == "__main__":

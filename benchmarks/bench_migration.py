@@ -9,7 +9,8 @@ Starts ``sllm up`` with 2 nodes x 1 CPU worker, deploys one demo model, stages i
 nodes' DRAM tiers, and per trial streams a greedy completion whose prompt has the given number
 of tokens; after a few tokens it asks the scheduler to migrate the generation to the other
 worker (`sched.migrate`, freeing the source), while the client timestamps every token.
-Prints ONE Markdown report and saves it with every trial as JSON under ``<dir>/results/``.
+Prints ONE Markdown report and saves it with every trial as JSON under ``<dir>/results/``; the
+figure (pause against context length) goes to ``--plot``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import plotting
 from benchmarks.migration.trial import Trial, bus_bandwidth, measure
 from benchmarks.serving.cluster import BusClient, UpCluster
 from benchmarks.serving.common import REPO_ROOT, log, save_results
@@ -43,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--after", type=int, default=8, help="tokens streamed before migrating")
     p.add_argument("--max-tokens", type=int, default=480, help="max_tokens of each generation")
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="cache and results directory")
+    p.add_argument(
+        "--plot", type=Path, default=plotting.RESULTS / "migration.png", help="the figure (PNG)"
+    )
     args = p.parse_args(argv)
     args.contexts = [int(x) for x in args.contexts.split(",") if x.strip()]
     if not args.contexts or args.reps < 1 or args.after < 1 or args.max_tokens <= args.after:
@@ -186,7 +191,33 @@ def main(argv: list[str] | None = None) -> int:
             "failures": failures,
         },
     )
+    _draw(args, when, trials, bandwidth)
     return 1 if failures else 0
+
+
+def _draw(
+    args: argparse.Namespace, when: dt.datetime, trials: list[Trial], bandwidth: float
+) -> None:
+    if not trials:
+        return
+    if not plotting.available():
+        log(plotting.MISSING)
+        return
+    from benchmarks.migration.plot import plot
+
+    title = (
+        f"Live migration, {args.size} demo model, 2 CPU workers: {when:%Y-%m-%d %H:%M}, "
+        f"{os.cpu_count()} CPUs, median of {args.reps} trial(s) per length"
+    )
+    path = plot(
+        trials,
+        args.plot,
+        kv_bytes_per_token=kv_bytes_per_token(args.size)[0],
+        after_tokens=args.after,
+        bandwidth_bps=bandwidth,
+        title=title,
+    )
+    log(f"plot: {path}")
 
 
 def _report(

@@ -26,6 +26,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from benchmarks import plotting
 from benchmarks.serving.baseline import baseline_sample
 from benchmarks.serving.cases import Case, Ctx, cold_case
 from benchmarks.serving.client import Api, LeanClient
@@ -59,6 +60,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="torch threads of the workers, the in-process step and the baseline (0: default)",
     )
     p.add_argument("--keep", action="store_true", help="keep the run's state directory")
+    p.add_argument(
+        "--prefetch-replicas",
+        type=int,
+        default=0,
+        help="the scheduler's SLLM_PREFETCH_REPLICAS (copies made on deploy; system default 1)",
+    )
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="PNG of TTFT by case (default: benchmarks/results/serving-<size>.png)",
+    )
     args = p.parse_args(argv)
     args.only = {c.strip() for c in args.only.split(",") if c.strip()}
     unknown = args.only - set(CASE_NAMES)
@@ -97,7 +110,8 @@ def _header(args: argparse.Namespace, model: ModelFiles, when: dt.datetime) -> l
         f"torch {metadata.version('torch')}, transformers {metadata.version('transformers')}.",
         f"System: `sllm up` with {args.nodes} nodes × 1 CPU worker; staged tiers are on "
         f"{_chosen(args)}; every cold start is a fresh deployment (then deleted, its copies "
-        f"evicted). Requests: `/v1/completions`, prompt {args.prompt!r}, greedy, "
+        f"evicted); copies made on deploy (SLLM_PREFETCH_REPLICAS): {args.prefetch_replicas}. "
+        f"Requests: `/v1/completions`, prompt {args.prompt!r}, greedy, "
         f"max_tokens={args.max_tokens}, streamed; TTFT = client side, from sending the request "
         f"to the first SSE event carrying a choice.",
     ]
@@ -188,6 +202,20 @@ def _check_alive(cluster: UpCluster) -> None:
         raise RuntimeError(f"sllm up exited:\n{cluster.log_tail()}")
 
 
+def _plot(args: argparse.Namespace, samples: list[Sample], when: dt.datetime) -> None:
+    if not plotting.available():
+        log(plotting.MISSING)
+        return
+    from benchmarks.serving.plot import plot
+
+    path = args.plot or plotting.RESULTS / f"serving-{args.size}.png"
+    title = (
+        f"Time to first token, {args.size} demo model, {os.cpu_count()} CPUs, "
+        f"{when:%Y-%m-%d %H:%M}\nsllm by tier vs a fresh from_pretrained process"
+    )
+    log(f"plot: {plot(samples, path, title)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     when = dt.datetime.now()
@@ -204,6 +232,14 @@ def main(argv: list[str] | None = None) -> int:
         "SLLM_LOAD_TIMEOUT": "900",
         "SLLM_STREAM_IDLE_TIMEOUT": "600",
         "SLLM_TORCH_THREADS": str(args.torch_threads),
+        # The registry case deploys the Hugging Face directory itself: storage (and the
+        # router's check of the URI) must allow fetching from the benchmark's models folder.
+        "SLLM_REGISTRY_ALLOW": str(root / "models"),
+        # No copy on deploy (the scheduler's default prefetches into one node's DRAM tier): the
+        # "nodes" here share one disk and two cores, so a prefetch of the registry case ran a
+        # second conversion of the same directory beside the one the request waited for,
+        # doubling its time (measured 2026-12-05). Each case stages what it measures itself.
+        "SLLM_PREFETCH_REPLICAS": str(args.prefetch_replicas),
     }
     if args.torch_threads > 0:
         import torch
@@ -253,7 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     stem.with_suffix(".md").write_text(text + "\n")
     payload = {
-        "args": {**vars(args), "only": sorted(args.only), "dir": str(args.dir)},
+        "args": {
+            **vars(args),
+            "only": sorted(args.only),
+            "dir": str(args.dir),
+            "plot": str(args.plot or ""),
+        },
         "samples": [dataclasses.asdict(s) for s in samples],
         "overhead": dataclasses.asdict(overhead) if overhead else None,
         "failures": failures,
@@ -262,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     stem.with_suffix(".json").write_text(json.dumps(jsonable(payload), indent=1) + "\n")
     log(f"saved {stem}.md and .json")
+    _plot(args, samples, when)
     return 1 if failures else 0
 
 

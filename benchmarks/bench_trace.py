@@ -9,7 +9,8 @@ Writes ``--models`` demo models (``medium``: 90 M params, 0.36 GB each; cached u
 ``--dir``), converts them to sllm checkpoints (the registry), generates one trace (per-model
 gamma arrivals, Zipf popularity), and replays it open-loop against a fresh ``sllm up`` per
 placement policy. Prints ONE Markdown report (mean and p99 TTFT, cold starts, DRAM hit rate)
-and saves it with every request's outcome as JSON under ``<dir>/results/``.
+and saves it with every request's outcome as JSON under ``<dir>/results/``; the TTFT CDF per
+policy goes to ``--plot``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import plotting
 from benchmarks.serving.common import REPO_ROOT, log, save_results
 from benchmarks.serving.models import prepare_model
 from benchmarks.trace.report import summarise, table
@@ -54,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated")
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="cache and results directory")
+    p.add_argument(
+        "--plot", type=Path, default=plotting.RESULTS / "trace.png", help="the figure (PNG)"
+    )
     args = p.parse_args(argv)
     args.policies = [x.strip() for x in args.policies.split(",") if x.strip()]
     if args.nodes < 1 or args.models < 1 or not args.policies or args.reps < 1:
@@ -130,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         "SLLM_START_TIMEOUT": "600",
         "SLLM_QUEUE_SIZE": "4096",
         "SLLM_STREAM_IDLE_TIMEOUT": "600",
+        # `sllm up` lets storage fetch only its own models folder and the model it serves;
+        # the registry here is this benchmark's folder of checkpoints (and the warm-up model).
+        "SLLM_REGISTRY_ALLOW": str(root),
     }
     runs: list[PolicyRun] = []
     for rep in range(1, args.reps + 1):
@@ -186,6 +194,17 @@ def main(argv: list[str] | None = None) -> int:
             ],
         },
     )
+    if plotting.available():
+        from benchmarks.trace.plot import plot
+
+        title = (
+            f"{len(trace)} requests to {args.models} models in {args.duration:.0f}s (CV "
+            f"{args.cv:g}), {args.nodes} CPU workers: {when:%Y-%m-%d %H:%M}, {os.cpu_count()} "
+            f"CPUs, {args.reps} replay(s) pooled"
+        )
+        log(f"plot: {plot(pooled, args.plot, title)}")
+    else:
+        log(plotting.MISSING)
     return 0 if all(s.failed == 0 for s in summaries) else 1
 
 

@@ -271,6 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("settings", help="print every SLLM_* setting as a Markdown table")
     p.set_defaults(func=_cmd_settings)
+
+    # The REST API commands (against a router: --url, SLLM_URL, SLLM_API_KEY).
+    from . import chat, deployments_cmd
+
+    deployments_cmd.add_commands(sub)
+    chat.add_command(sub)
+
+    from . import status  # `sllm status`: the router's GET /v1/cluster as tables
+
+    status.add_command(sub)
     return parser
 
 

@@ -161,7 +161,8 @@ async def _deploy(nats_url: str, settings: UpSettings, name: str, uri: str) -> N
     )
     try:
         spec = DeploymentSpec(name=name, checkpoint_uri=uri)
-        await bus.request(SCHED_DEPLOY, DeployRequest(spec=spec), timeout=30)
+        # A storage service checks the checkpoint first (a tokenizer to load: seconds).
+        await bus.request(SCHED_DEPLOY, DeployRequest(spec=spec), timeout=120)
     finally:
         await bus.close()
 
@@ -236,10 +237,13 @@ def up(settings: UpSettings) -> int:
             "PYTHONUNBUFFERED": "1",
         }
         # Storage fetches only from allowed sources: this run's models folder and the model
-        # it serves, besides whatever the user allowed.
+        # it serves, besides whatever the user allowed; with no list of the user's, the
+        # Hugging Face Hub too (hf://: `sllm deploy m Qwen/Qwen2-0.5B` works out of the box).
         allowed = [str(data_dir / "models"), str(model.resolve())]
         if os.environ.get("SLLM_REGISTRY_ALLOW"):
             allowed.append(os.environ["SLLM_REGISTRY_ALLOW"])
+        else:
+            allowed.append("hf://")
         base_env["SLLM_REGISTRY_ALLOW"] = ",".join(allowed)
         for spec in the_plan.children:
             # Each service connects as its role, within its permissions.

@@ -11,7 +11,9 @@ Entries are directories (file roots: a ``file://`` URI must name a path inside o
 ``http(s)://host[:port]/prefix`` URL prefixes (the URI's scheme, host and port must be equal,
 its path must start with the prefix's segments). An HTTP source never reaches a loopback,
 link-local, multicast, reserved or cloud metadata address unless its entry names that address
-(an IP literal) or ``localhost``. The reason `AllowList.check` gives is built from the URI
+(an IP literal) or ``localhost``. Hugging Face Hub repositories (``hf://org/name[@revision]``,
+`libs.common.hub_ids`) pass only under an ``hf://`` (every repository), ``hf://org/`` or
+``hf://org/name`` entry. The reason `AllowList.check` gives is built from the URI
 alone, so it may be shown to a client; the storage service keeps what the node found (where a
 symlink leads, what a name resolves to) for its log.
 """
@@ -27,10 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from .hub_ids import BadHubId, HubSource, hub_allowed, parse_hub_entry, parse_hub_uri
+
 DEFAULT_REGISTRY_ALLOW = (".sllm/models",)
 REGISTRY_ALLOW_HELP = (
     "comma-separated registry sources a checkpoint_uri may name: directories (relative: from "
-    "the working directory) and http(s)://host[:port]/prefix URL prefixes; see README"
+    "the working directory), http(s)://host[:port]/prefix URL prefixes and Hugging Face Hub "
+    "repositories (hf:// for all, hf://org/, hf://org/name); see README"
 )
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -95,12 +100,13 @@ class HttpSource:
         return f"{self.scheme}://{host}{port}{self.path}"
 
 
-Source = FileSource | HttpSource
+Source = FileSource | HttpSource | HubSource
 
 
 def parse_source(uri: str) -> Source:
-    """Split a checkpoint URI; `SourceRefused` unless it is a well-formed ``file://`` or
-    ``http(s)://`` URI in its one canonical spelling (no ``..``, credentials, query...)."""
+    """Split a checkpoint URI; `SourceRefused` unless it is a well-formed ``file://``,
+    ``http(s)://`` or ``hf://`` URI in its one canonical spelling (no ``..``, credentials,
+    query...)."""
     if any(ord(c) < 0x21 or c in "\\\x7f" for c in uri):
         raise SourceRefused("the URI has spaces, control characters or backslashes")
     try:
@@ -116,9 +122,14 @@ def parse_source(uri: str) -> Source:
         return FileSource(uri, _file_path(parts.path))
     if scheme in _DEFAULT_PORTS:
         return _http(uri, scheme, parts.netloc, parts.path)
+    if scheme == "hf":
+        try:
+            return parse_hub_uri(uri)
+        except BadHubId as exc:
+            raise SourceRefused(exc.reason) from None
     raise SourceRefused(
-        f"unsupported scheme {parts.scheme or '(none)'!r}; use file:///abs/dir or "
-        "http(s)://host/dir/"
+        f"unsupported scheme {parts.scheme or '(none)'!r}; use file:///abs/dir, "
+        "http(s)://host/dir/ or hf://org/name"
     )
 
 
@@ -237,10 +248,11 @@ def system_resolver(host: str, port: int) -> list[str]:
 
 @dataclass(frozen=True)
 class AllowList:
-    """The parsed ``SLLM_REGISTRY_ALLOW``: file roots and URL prefixes."""
+    """The parsed ``SLLM_REGISTRY_ALLOW``: file roots, URL prefixes and Hub repositories."""
 
     roots: tuple[Path, ...]
     prefixes: tuple[HttpSource, ...]
+    hubs: tuple[str, ...] = ()  # lower-case repository prefixes; "": every repository
 
     @classmethod
     def parse(cls, entries: Iterable[str], cwd: Path | None = None) -> AllowList:
@@ -248,26 +260,39 @@ class AllowList:
         base = cwd or Path.cwd()
         roots: list[Path] = []
         prefixes: list[HttpSource] = []
+        hubs: list[str] = []
         for entry in entries:
             try:
+                if entry.lower().startswith("hf://"):
+                    hubs.append(parse_hub_entry(entry))
+                    continue
                 if "://" in entry:
                     src = parse_source(entry)
                     if isinstance(src, HttpSource):
                         prefixes.append(src)
                         continue
+                    if not isinstance(src, FileSource):
+                        raise SourceRefused("a Hub entry starts with hf:// (lower case)")
                     path = src.path
                 else:
                     path = Path(entry).expanduser()
                     _check_segments(path.parts)
-            except SourceRefused as exc:
+            except (SourceRefused, BadHubId) as exc:
                 raise ValueError(f"registry allow-list entry {entry!r}: {exc.reason}") from None
             roots.append(Path(os.path.normpath(base / path)))
-        return cls(tuple(roots), tuple(prefixes))
+        return cls(tuple(roots), tuple(prefixes), tuple(hubs))
 
     def check(self, uri: str) -> Source:
         """The parsed URI if the allow-list lets it through; `SourceRefused` otherwise.
         Looks at nothing but the URI (no file system, no DNS)."""
         src = parse_source(uri)
+        if isinstance(src, HubSource):
+            if not hub_allowed(self.hubs, src):
+                raise SourceRefused(
+                    f"the Hugging Face repository {src.repo_id} is not allowed "
+                    "(SLLM_REGISTRY_ALLOW: hf://, hf://org/ or hf://org/name)"
+                )
+            return src
         if isinstance(src, FileSource):
             path = src.path
             if any(path.is_relative_to(never) for never in _NEVER):

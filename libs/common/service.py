@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -36,6 +36,9 @@ from .redis_client import connect_redis, primary_address
 from .settings import CommonSettings
 from .supervise import Restart, Supervisor
 from .tls import nats_tls
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,9 @@ class Service:
         self._primary: tuple[str, int] | None = None
         # Every background loop and one-shot task of the service: stop cancels them all.
         self.tasks = Supervisor(self.kind)
+        # Where this service's Prometheus /metrics answers (host:port; "": nowhere), in its
+        # heartbeat for the router's /metrics/targets (`metrics_server`).
+        self.metrics_addr = ""
 
     @property
     def bus(self) -> Bus:
@@ -97,7 +103,13 @@ class Service:
             node_id=self.node_id,
             version=VERSION,
             started_at=self.started_at,
+            metrics_addr=self.metrics_addr,
         )
+
+    def metrics_registry(self) -> CollectorRegistry | None:
+        """Hook: the Prometheus registry of this service, served on ``SLLM_METRICS_ADDR``
+        (None: the service has no metrics port)."""
+        return None
 
     async def on_start(self) -> None:
         """Hook: runs after the connections exist and before the routes are served."""
@@ -133,6 +145,7 @@ class Service:
             self._store_epoch = await ClusterState(self._redis, self.keys).store_epoch()
         except (RedisError, OSError) as exc:
             raise UnavailableError(f"cannot read the cluster state: {exc!r}") from None
+        await self._serve_metrics()
         await self.on_start()
         await self._bus.serve(self.kind, [_state_errors(r) for r in self.routes()], version=VERSION)
         self.tasks.loop("heartbeat", self._heartbeat, restart=HEARTBEAT_RESTART)
@@ -162,6 +175,20 @@ class Service:
                 )
         await self._stack.aclose()
         log.info("%s %s stopped (%s)", self.kind, self.instance_id, reason or "requested")
+
+    async def _serve_metrics(self) -> None:
+        registry = self.metrics_registry()
+        if registry is None or not self.settings.metrics_addr:
+            return
+        from .metrics_server import MetricsServer
+
+        addr = self.settings.metrics_addr
+        server = MetricsServer(registry, keys=self.settings.metrics_keys)
+        try:
+            self.metrics_addr = await server.start(addr)
+        except OSError as exc:  # a port still held by a process before this one: retried
+            raise UnavailableError(f"cannot serve metrics on {addr}: {exc}") from None
+        self._stack.push_async_callback(server.close)
 
     async def _heartbeat(self) -> None:
         ttl_ms = int(self.settings.heartbeat_ttl * 1000)

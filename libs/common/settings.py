@@ -83,6 +83,16 @@ class CommonSettings:
     request_timeout: float = setting(5.0, "seconds a bus request waits for its reply")
     heartbeat_interval: float = setting(1.0, "seconds between liveness heartbeats in Redis")
     heartbeat_ttl: float = setting(5.0, "seconds after which a silent service counts as dead")
+    metrics_addr: str = setting(
+        "127.0.0.1:0",
+        "host:port of the service's Prometheus /metrics (port 0: any free one; the router "
+        "lists them at /metrics/targets; empty: none); the router's is on its own port",
+    )
+    metrics_keys: tuple[str, ...] = setting(
+        (),
+        "comma-separated keys that may read the router's /metrics and /metrics/targets "
+        "(admin keys may too) and every service's metrics port; empty: open",
+    )
 
     @classmethod
     def from_env(cls: type[S], env: Mapping[str, str] | None = None, **overrides: Any) -> S:
@@ -115,6 +125,13 @@ class CommonSettings:
         for files in (self.nats_tls, self.redis_tls):
             for problem in files.problems():
                 raise SettingsError(problem)
+        if self.metrics_addr:
+            from .metrics_server import parse_addr
+
+            try:
+                parse_addr(self.metrics_addr)
+            except ValueError as exc:
+                raise SettingsError(f"SLLM_METRICS_ADDR: {exc}") from None
 
     @property
     def nats_tls(self) -> TlsFiles:

@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+import os
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from .dtypes import dtype_name
+from .errors import ConversionError
 
-__all__ = ["Entry", "FileRangeSource", "Sink", "Source", "TensorSource", "tensor_entries"]
-
-_BLOCK = 16 << 20  # copy granularity: bounds memory use and paces progress reports
-
-Sink = Callable[[memoryview], None]
+__all__ = ["Entry", "FileRangeSource", "Source", "TensorSource", "tensor_entries"]
 
 
 class Source(Protocol):
-    """Something that can stream a tensor's raw bytes."""
+    """Something that can hand out any range of a tensor's raw bytes (threads may ask at once)."""
 
-    def write_to(self, sink: Sink) -> None: ...
+    def read_into(self, pos: int, out: memoryview) -> None:
+        """Fill ``out`` with the bytes at ``[pos, pos + len(out))``; each range is asked once."""
+        ...
 
 
 class TensorSource:
@@ -30,15 +32,24 @@ class TensorSource:
 
     def __init__(self, tensor: torch.Tensor) -> None:
         self.tensor = tensor
+        self._lock = threading.Lock()
+        self._flat: np.ndarray | None = None
+        self._served = 0
 
-    def write_to(self, sink: Sink) -> None:
-        t = self.tensor.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        flat = t.contiguous().reshape(-1).view(torch.uint8)
-        data = flat.numpy().data
-        for start in range(0, len(data), _BLOCK):
-            sink(data[start : start + _BLOCK])
+    def read_into(self, pos: int, out: memoryview) -> None:
+        with self._lock:
+            flat = self._flat
+            if flat is None:
+                t = self.tensor.detach()
+                if t.device.type != "cpu":
+                    t = t.cpu()
+                flat = self._flat = t.contiguous().reshape(-1).view(torch.uint8).numpy()
+            self._served += len(out)
+            if self._served >= flat.size:
+                self._flat = None  # all asked for: a CPU copy of a GPU tensor is freed now
+        if pos + len(out) > flat.size:
+            raise ValueError(f"range [{pos}, {pos + len(out)}) is past the tensor's bytes")
+        np.frombuffer(out, dtype=np.uint8)[:] = flat[pos : pos + len(out)]
 
 
 class FileRangeSource:
@@ -47,18 +58,24 @@ class FileRangeSource:
     def __init__(self, path: Path, offset: int, nbytes: int) -> None:
         self.path, self.offset, self.nbytes = path, offset, nbytes
 
-    def write_to(self, sink: Sink) -> None:
-        buf = bytearray(min(_BLOCK, self.nbytes))
-        view = memoryview(buf)
-        with open(self.path, "rb", buffering=0) as f:
-            f.seek(self.offset)
-            left = self.nbytes
-            while left:
-                n = f.readinto(view[: min(len(buf), left)])
-                if not n:
-                    raise EOFError(f"{self.path} ends inside a tensor")
-                sink(view[:n])
-                left -= n
+    def read_into(self, pos: int, out: memoryview) -> None:
+        if pos + len(out) > self.nbytes:
+            raise ValueError(f"range [{pos}, {pos + len(out)}) is past the tensor's bytes")
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            done = 0
+            while done < len(out):
+                n = os.preadv(fd, [out[done:]], self.offset + pos + done)
+                if n == 0:
+                    # The file shrank after its header was checked: never a silent short copy.
+                    raise ConversionError(
+                        "the file ends inside a tensor",
+                        path=self.path,
+                        offset=self.offset + pos + done,
+                    )
+                done += n
+        finally:
+            os.close(fd)
 
 
 @dataclass

@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-import xxhash
 
 from . import _native
 from .hooks import ProgressFn
@@ -21,10 +20,10 @@ from .index import (
     INDEX_FILE,
     CheckpointIndex,
     FileInfo,
-    PartitionInfo,
     TensorInfo,
 )
-from .sources import Entry, Sink, tensor_entries
+from .partition_writer import DEFAULT_WRITE_THREADS, PartitionPlan, Placed, write_partitions
+from .sources import Entry, tensor_entries
 
 __all__ = ["save_checkpoint", "write_checkpoint"]
 
@@ -94,51 +93,6 @@ def _model_files(model: torch.nn.Module) -> dict[str, Path | bytes]:
     return out
 
 
-class _PartitionWriter:
-    """Writes one partition file, hashing fixed-size chunks of the stream as it goes."""
-
-    def __init__(self, path: Path, chunk_size: int) -> None:
-        self.f = open(path, "xb", buffering=0)  # noqa: SIM115 - closed in finish()
-        self.chunk_size = chunk_size
-        self.pos = 0
-        self.filled = 0
-        self.hasher = xxhash.xxh3_64()
-        self.hashes: list[int] = []
-
-    def write(self, data: memoryview) -> None:
-        self._hash(data)
-        while data:
-            n = self.f.write(data)
-            data = data[n:]
-
-    def _hash(self, data: memoryview) -> None:
-        self.pos += len(data)
-        while data:
-            take = min(len(data), self.chunk_size - self.filled)
-            self.hasher.update(data[:take])
-            self.filled += take
-            data = data[take:]
-            if self.filled == self.chunk_size:
-                self.hashes.append(self.hasher.intdigest())
-                self.hasher.reset()
-                self.filled = 0
-
-    def pad_to(self, offset: int) -> None:
-        if offset > self.pos:
-            self.write(memoryview(bytes(offset - self.pos)))
-
-    def finish(self) -> tuple[int, list[int]]:
-        self.pad_to(_align(self.pos))
-        if self.filled:
-            self.hashes.append(self.hasher.intdigest())
-        os.fsync(self.f.fileno())
-        self.f.close()
-        return self.pos, self.hashes
-
-    def abort(self) -> None:
-        self.f.close()
-
-
 def _align(n: int) -> int:
     return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
@@ -169,8 +123,10 @@ def write_checkpoint(
     progress: ProgressFn | None = None,
     metadata: Mapping[str, str] | None = None,
     overwrite: bool = False,
+    threads: int = DEFAULT_WRITE_THREADS,
 ) -> Path:
-    """Write ``entries`` (and model ``files``: name -> path or content) atomically to ``path``."""
+    """Write ``entries`` (and model ``files``: name -> path or content) atomically to ``path``,
+    partitions by ``threads`` threads in one pass (see `write_partitions`)."""
     if chunk_size <= 0 or chunk_size % ALIGNMENT or chunk_size > 1 << 30:
         raise ValueError(f"chunk_size must be a positive multiple of {ALIGNMENT} up to 1 GiB")
     if partition_size <= 0:
@@ -196,7 +152,7 @@ def write_checkpoint(
     try:
         os.chmod(tmp, 0o755)
         index = _write_all(
-            entries, tmp, files, partition_size, chunk_size, progress, metadata or {}
+            entries, tmp, files, partition_size, chunk_size, progress, metadata or {}, threads
         )
         _write_json(tmp / INDEX_FILE, index.to_json())
         _fsync_path(tmp)
@@ -215,46 +171,24 @@ def _write_all(
     chunk_size: int,
     progress: ProgressFn | None,
     metadata: Mapping[str, str],
+    threads: int,
 ) -> CheckpointIndex:
     placement = _layout(entries, partition_size)
     total = sum(e.nbytes for e in entries if e.alias_of is None)
-    done = 0
-
-    def sink_for(w: _PartitionWriter) -> Sink:
-        def sink(data: memoryview) -> None:
-            nonlocal done
-            w.write(data)
-            done += len(data)
-            if progress is not None:
-                progress(done, total)
-
-        return sink
-
-    partitions: list[PartitionInfo] = []
-    writer: _PartitionWriter | None = None
-    current = -1
-    try:
-        for e, (part, offset) in zip(entries, placement, strict=True):
-            if part is None or e.source is None:
-                continue
-            if part != current:
-                if writer is not None:
-                    partitions.append(_finish(writer, current))
-                current, writer = part, _PartitionWriter(root / _partition_name(part), chunk_size)
-            assert writer is not None
-            writer.pad_to(offset)
-            before = writer.pos
-            e.source.write_to(sink_for(writer))
-            if writer.pos - before != e.nbytes:
-                raise ValueError(
-                    f"{e.name}: source gave {writer.pos - before} bytes, expected {e.nbytes}"
-                )
-        if writer is not None:
-            partitions.append(_finish(writer, current))
-            writer = None
-    finally:
-        if writer is not None:
-            writer.abort()
+    placed: list[list[Placed]] = []
+    for e, (part, offset) in zip(entries, placement, strict=True):
+        if part is None or e.source is None:
+            continue
+        if part == len(placed):
+            placed.append([])
+        placed[part].append(Placed(offset, e))
+    plans = [
+        PartitionPlan(_partition_name(n), _align(p[-1].offset + p[-1].entry.nbytes), tuple(p))
+        for n, p in enumerate(placed)
+    ]
+    partitions = write_partitions(
+        plans, root, chunk_size, threads=threads, progress=progress, total=total
+    )
     if progress is not None:
         progress(total, total)
 
@@ -279,11 +213,6 @@ def _write_all(
 
 def _partition_name(number: int) -> str:
     return f"part-{number:05d}.bin"
-
-
-def _finish(writer: _PartitionWriter, number: int) -> PartitionInfo:
-    size, hashes = writer.finish()
-    return PartitionInfo(file=_partition_name(number), size=size, chunks=tuple(hashes))
 
 
 def _copy_file(name: str, src: Path | bytes, root: Path) -> FileInfo:

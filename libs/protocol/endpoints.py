@@ -21,17 +21,22 @@ from .messages import (
     DeployRequest,
     EnsureReply,
     EnsureRequest,
+    EstimateReply,
+    EstimateRequest,
     EvictReply,
     EvictRequest,
     GenerateReply,
     GenerateRequest,
     InfoRequest,
+    InspectReply,
+    InspectRequest,
     LoadReply,
     LoadRequest,
     MigrateInstanceReply,
     MigrateInstanceRequest,
     MigrateReply,
     MigrateRequest,
+    PatchDeploymentRequest,
     PlaceReply,
     PlaceRequest,
     QuarantineReply,
@@ -55,6 +60,10 @@ SERVICE_INFO = Endpoint(
 SCHED_PLACE = Endpoint("place", "sched.place", PlaceRequest, PlaceReply, resend_on_drop=True)
 SCHED_DEPLOY = Endpoint("deploy", "sched.deploy", DeployRequest, DeployReply)
 SCHED_UNDEPLOY = Endpoint("undeploy", "sched.undeploy", UndeployRequest, UndeployReply)
+SCHED_ESTIMATE = Endpoint(
+    "estimate", "sched.estimate", EstimateRequest, EstimateReply, resend_on_drop=True
+)
+SCHED_PATCH = Endpoint("patch", "sched.patch", PatchDeploymentRequest, DeployReply)
 
 WORKER_LOAD = Endpoint("load", "worker.{worker_id}.load", LoadRequest, LoadReply)
 WORKER_UNLOAD = Endpoint("unload", "worker.{worker_id}.unload", UnloadRequest, UnloadReply)
@@ -70,6 +79,8 @@ WORKER_GENERATE = StreamEndpoint(
 STORAGE_ENSURE = Endpoint(
     "ensure", "storage.{node_id}.ensure", EnsureRequest, EnsureReply, resend_on_drop=True
 )
+# Any node's storage service (one queue group): checks a deployment's checkpoint at deploy time.
+STORAGE_INSPECT = Endpoint("inspect", "storage.inspect", InspectRequest, InspectReply)
 STORAGE_EVICT = Endpoint("evict", "storage.{node_id}.evict", EvictRequest, EvictReply)
 # A worker whose load found the copy an ensure gave it damaged reports it (see `_bring_up`).
 STORAGE_QUARANTINE = Endpoint(

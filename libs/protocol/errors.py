@@ -24,6 +24,8 @@ class ErrorCode(StrEnum):
     LOAD_FAILED = "load_failed"  # a checkpoint could not be loaded
     STORAGE_FULL = "storage_full"  # a storage tier has no room
     CORRUPT = "corrupt"  # data failed verification
+    INVALID_CHECKPOINT = "invalid_checkpoint"  # a deployment's checkpoint cannot be served
+    DEPLOYMENT_FAILED = "deployment_failed"  # the model's deployment failed its preparation
     BAD_REPLY = "bad_reply"  # the caller could not decode what came back
     INTERNAL = "internal"  # a bug: the handler raised something unexpected
 
@@ -86,6 +88,19 @@ class CorruptError(BusError):
     code = ErrorCode.CORRUPT
 
 
+class InvalidCheckpointError(BusError):
+    """A deployment's checkpoint is not something the cluster can serve (missing, unreadable,
+    not a model transformers can build, no working tokenizer)."""
+
+    code = ErrorCode.INVALID_CHECKPOINT
+
+
+class DeploymentFailedError(BusError):
+    """A request for a model whose deployment failed: the deployment's reason, at once."""
+
+    code = ErrorCode.DEPLOYMENT_FAILED
+
+
 class BadReplyError(BusError):
     code = ErrorCode.BAD_REPLY
 
@@ -108,6 +123,8 @@ _BY_CODE: dict[ErrorCode, type[BusError]] = {
         LoadFailedError,
         StorageFullError,
         CorruptError,
+        InvalidCheckpointError,
+        DeploymentFailedError,
         BadReplyError,
         InternalError,
     )

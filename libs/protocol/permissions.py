@@ -14,12 +14,15 @@ from typing import Any, Literal
 
 from .endpoints import (
     SCHED_DEPLOY,
+    SCHED_ESTIMATE,
     SCHED_MIGRATE,
+    SCHED_PATCH,
     SCHED_PLACE,
     SCHED_UNDEPLOY,
     SERVICE_INFO,
     STORAGE_ENSURE,
     STORAGE_EVICT,
+    STORAGE_INSPECT,
     STORAGE_QUARANTINE,
     WORKER_ADOPT,
     WORKER_ADOPT_ABORT,
@@ -69,7 +72,14 @@ def permissions(role: Role, root: str) -> Permissions:
     own: dict[Role, Permissions] = {
         "router": Permissions(
             publish=(
-                *p(SCHED_PLACE, SCHED_DEPLOY, SCHED_UNDEPLOY, WORKER_GENERATE),
+                *p(
+                    SCHED_PLACE,
+                    SCHED_ESTIMATE,
+                    SCHED_DEPLOY,
+                    SCHED_PATCH,
+                    SCHED_UNDEPLOY,
+                    WORKER_GENERATE,
+                ),
                 sub.demand,
             ),
             subscribe=(sub.all_events,),
@@ -82,9 +92,17 @@ def permissions(role: Role, root: str) -> Permissions:
                 WORKER_RUNNING,
                 STORAGE_ENSURE,
                 STORAGE_EVICT,
+                STORAGE_INSPECT,
             ),
             subscribe=(
-                *p(SCHED_PLACE, SCHED_DEPLOY, SCHED_UNDEPLOY, SCHED_MIGRATE),
+                *p(
+                    SCHED_PLACE,
+                    SCHED_ESTIMATE,
+                    SCHED_DEPLOY,
+                    SCHED_PATCH,
+                    SCHED_UNDEPLOY,
+                    SCHED_MIGRATE,
+                ),
                 sub.demand,
                 sub.all_events,
             ),
@@ -111,7 +129,8 @@ def permissions(role: Role, root: str) -> Permissions:
             ),
         ),
         "storage": Permissions(
-            publish=(), subscribe=p(STORAGE_ENSURE, STORAGE_EVICT, STORAGE_QUARANTINE)
+            publish=(),
+            subscribe=p(STORAGE_ENSURE, STORAGE_EVICT, STORAGE_INSPECT, STORAGE_QUARANTINE),
         ),
     }
     mine = own[role]

@@ -68,6 +68,8 @@ class StreamOptions(RequestPart):
     IGNORED = STREAM_OPTIONS_IGNORED
 
     include_usage: bool = False
+    # sllm's own: cold-start progress as SSE comments while the answer waits (`progress`).
+    include_progress: bool = False
 
 
 def _check_max_tokens(name: str, value: int | None) -> int | None:
@@ -175,6 +177,10 @@ class _Sampling(RequestPart):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def include_progress(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_progress)
 
     def _logprobs(self) -> tuple[bool, int]:
         """Whether the answer reports logprobs, and how many alternatives per token."""

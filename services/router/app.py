@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
@@ -20,13 +22,15 @@ from starlette.types import Scope
 
 from libs.cluster import ClusterState
 from libs.common import task_dump
+from libs.common.metrics_server import advertised, discover
 from libs.common.service import Service, ServiceKind
-from libs.protocol.errors import BusError
+from libs.protocol.errors import BusError, UnavailableError
 from libs.protocol.events import (
     DeploymentEvent,
     InstanceFailedEvent,
     InstanceReadyEvent,
     InstanceStoppedEvent,
+    LoadPhaseEvent,
     MigrationCommittedEvent,
 )
 
@@ -34,6 +38,7 @@ from .auth import ApiKeys
 from .backend import Backend
 from .body_limit import BodyLimit
 from .cluster import ClusterView
+from .cluster_view import ClusterReader
 from .cold_queue import ColdQueue
 from .demand import DemandTracker
 from .deployments import DeploymentsApi
@@ -42,11 +47,22 @@ from .hotpath import HotPath
 from .liveness import LivenessWatch
 from .metrics import RouterMetrics
 from .openapi_doc import HealthStatus, ReadyStatus, error_answers, honest_openapi
-from .routes import guarded, v1_routes
+from .recent_events import EventFollower
+from .routes import STATIC_DIR, cluster_routes, guarded, v1_routes
 from .serving import OpenAIServing
 from .settings import RouterSettings
 
 log = logging.getLogger(__name__)
+
+
+class MetricsTargets(BaseModel):
+    """A target group of Prometheus' HTTP service discovery: one service's metrics address,
+    labelled with its kind (``service``), ``instance`` id and ``node``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    targets: list[str]
+    labels: dict[str, str]
 
 
 class RouterService(Service):
@@ -59,16 +75,26 @@ class RouterService(Service):
             settings.api_keys, admin=settings.admin_keys, metrics=settings.metrics_keys
         )
         self.metrics = RouterMetrics()
+        # Its /metrics is on its own port (`create_fastapi`); `Service` serves none for it.
+        self.metrics_addr = advertised(settings.host, settings.port)
         self._serving: OpenAIServing | None = None
         self._deployments: DeploymentsApi | None = None
         self._starts: ColdQueue | None = None
         self._demand: DemandTracker | None = None
+        self.events = EventFollower()  # recent events, load phases, tokens/s (the status page)
+        self._cluster: ClusterReader | None = None
 
     @property
     def serving(self) -> OpenAIServing:
         if self._serving is None:
             raise RuntimeError("the router is not started")
         return self._serving
+
+    @property
+    def cluster(self) -> ClusterReader:
+        if self._cluster is None:
+            raise RuntimeError("the router is not started")
+        return self._cluster
 
     @property
     def deployments(self) -> DeploymentsApi:
@@ -98,6 +124,15 @@ class RouterService(Service):
         self._serving = OpenAIServing(backend)
         self.tasks.loop("liveness", LivenessWatch(backend).run)  # silent instances
         self._deployments = DeploymentsApi(backend, s.allow_list())
+        self._cluster = ClusterReader(
+            view.state,
+            self.events,
+            self.instance_id,
+            in_flight=view.inflight,
+            held=demand.requests,
+            waiting=self._starts.waiting,
+        )
+        await self.events.follow(self.bus)
 
         # The events below are hints that may speed things up: losing one never misroutes a
         # stream. A migrated stream announces its new producer in-band (the reader follows
@@ -141,6 +176,12 @@ class RouterService(Service):
         await bus.subscribe(
             subjects.event("migration.committed"), MigrationCommittedEvent, on_migrated, json=True
         )
+        starts = self._starts
+
+        async def on_phase(ev: LoadPhaseEvent) -> None:  # cold-start progress (monitoring)
+            starts.on_phase(ev)
+
+        await bus.subscribe(subjects.event("load.phase"), LoadPhaseEvent, on_phase, json=True)
 
     async def on_stop(self) -> None:
         if self._starts is not None:
@@ -249,7 +290,24 @@ def create_fastapi(svc: RouterService) -> FastAPI:
             log.warning("estimate errors not read for /metrics: %r", exc)
         return Response(svc.metrics.render(), media_type=svc.metrics.content_type)
 
+    @app.get(
+        "/metrics/targets",
+        dependencies=metrics_keys,
+        response_model=list[MetricsTargets],
+        responses=error_answers(*metrics_keyed, 503),
+    )
+    async def metrics_targets() -> JSONResponse:
+        """Every live service's metrics address, for Prometheus' `http_sd_configs`."""
+        try:
+            groups = await discover(ClusterState(svc.redis, svc.keys))
+        except (RedisError, OSError) as exc:
+            raise UnavailableError(f"cluster state unreachable: {exc!r}") from None
+        return JSONResponse(groups)
+
     app.include_router(v1_routes(svc))
+    app.include_router(cluster_routes(svc))
+    # check_dir=False: a package without its page still serves the API (the page 404s).
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return app
 
 

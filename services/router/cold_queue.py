@@ -28,10 +28,12 @@ from libs.protocol.errors import (
     OverloadedError,
     UnavailableError,
 )
+from libs.protocol.events import LoadPhaseEvent
 from libs.protocol.messages import PlaceRequest
 
 from .cluster import ClusterView
 from .metrics import RouterMetrics
+from .progress import Placed, Progress, progress_of
 from .queue import WaitQueue
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ class _ModelStart:
     loading_since: float | None = None  # since when the queue has waited for a loading instance
     instance_id: str = ""  # the instance being waited for
     last_error: BusError | None = None
+    placed: Placed | None = None  # the instance being waited for, as placed (progress)
+    fetched: bool = False  # its load has its checkpoint copy (a "load.phase" ensure event)
 
 
 class ColdQueue:
@@ -123,6 +127,19 @@ class ColdQueue:
             if self.queue.leave(model, ticket):
                 self._gauge(model)
         return load_s, ticket
+
+    def progress(self, model: str, waiting_since: float) -> Progress:
+        """Where the cold start a request of ``model`` waits for stands (`progress`)."""
+        start = self._models.get(model)
+        placed = start.placed if start is not None else None
+        fetched = start.fetched if start is not None else False
+        return progress_of(placed, fetched, waiting_since, time.monotonic())
+
+    def on_phase(self, ev: LoadPhaseEvent) -> None:
+        """A phase of an instance's load ended: after "ensure" its checkpoint is on the node."""
+        start = self._models.get(ev.model)
+        if start is not None and start.instance_id == ev.instance_id and ev.phase == "ensure":
+            start.fetched = True
 
     def _timed_out(self, model: str, start: _ModelStart) -> BusError:
         why = f"; last placement error: {start.last_error.message}" if start.last_error else ""
@@ -186,6 +203,13 @@ class ColdQueue:
             self.metrics.placement.observe(time.perf_counter() - asked)
             if reply.status == "loading" and reply.instance_id != start.instance_id:
                 start.instance_id = reply.instance_id
+                start.placed = Placed(
+                    reply.instance_id,
+                    reply.source_tier,
+                    reply.estimated_startup_s,
+                    at=time.monotonic(),
+                )
+                start.fetched = False
                 self.metrics.cold_starts.labels(model).inc()
                 if start.loading_since is None:
                     start.loading_since = time.monotonic()
@@ -248,6 +272,7 @@ class ColdQueue:
         start.loading_since = None
         start.instance_id = ""
         start.last_error = None
+        start.placed = None
         self._gauge(model)
 
     def _fail(self, model: str, exc: BusError) -> None:

@@ -3,34 +3,73 @@ answers (a deployment with its instances, the list, the deletion)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from libs.protocol.messages import DeploymentSpec
+from libs.protocol.messages import DeploymentSpec, DeploymentStatus
 from libs.protocol.state import InstanceRecord
 
 # DeploymentSpec's integer fields (strict: an int, never a string or a bool).
 _INTEGERS = frozenset(n for n, f in DeploymentSpec.model_fields.items() if f.annotation is int)
+_SPEC = DeploymentSpec.model_fields
 
 
-class DeploymentIn(DeploymentSpec):
-    """The body of ``POST /v1/deployments``: a `DeploymentSpec` whose integers may also be
-    written with a zero fraction (``8.0``), as JSON Schema's ``integer`` allows. ``created_at``
-    is ignored: the scheduler keeps a deployment's first."""
+def _integers(data: object) -> object:
+    """JSON Schema's ``integer`` allows ``8.0``: such a value becomes the int it is."""
+    if not isinstance(data, dict):
+        return data
+    return {
+        k: int(v) if k in _INTEGERS and isinstance(v, float) and v.is_integer() else v
+        for k, v in data.items()
+    }
+
+
+class DeploymentIn(BaseModel):
+    """The body of ``POST /v1/deployments``: a `DeploymentSpec`'s own fields (not the status
+    the cluster sets: a client that sends it is told so), whose integers may also be written
+    with a zero fraction (``8.0``), as JSON Schema's ``integer`` allows. ``created_at`` is
+    ignored: the scheduler keeps a deployment's first."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: Annotated[str, _SPEC["name"]]
+    checkpoint_uri: Annotated[str, _SPEC["checkpoint_uri"]]
+    min_instances: Annotated[int, _SPEC["min_instances"]]
+    max_instances: Annotated[int, _SPEC["max_instances"]]
+    keep_alive_s: Annotated[float, _SPEC["keep_alive_s"]]
+    target_concurrency: Annotated[int, _SPEC["target_concurrency"]]
+    created_at: Annotated[float, _SPEC["created_at"]]
 
     @model_validator(mode="before")
     @classmethod
     def _json_integers(cls, data: object) -> object:
-        if not isinstance(data, dict):
-            return data
-        return {
-            k: int(v) if k in _INTEGERS and isinstance(v, float) and v.is_integer() else v
-            for k, v in data.items()
-        }
+        return _integers(data)
 
     def spec(self) -> DeploymentSpec:
         return DeploymentSpec.model_validate(self.model_dump())
+
+
+class DeploymentPatchIn(BaseModel):
+    """The body of ``PATCH /v1/deployments/{name}``: the autoscaling knobs to change. The
+    checkpoint cannot change (that is a new deployment: delete it and deploy again)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    min_instances: int | None = Field(default=None, ge=0, le=1024)
+    max_instances: int | None = Field(default=None, ge=1, le=1024)
+    keep_alive_s: float | None = Field(default=None, ge=0.0, le=30 * 86400.0)
+    target_concurrency: int | None = Field(default=None, ge=1, le=4096)
+    checkpoint_uri: str | None = Field(
+        default=None,
+        description="Refused (422) unless it equals the deployment's: the checkpoint of a "
+        "deployment cannot change.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_integers(cls, data: object) -> object:
+        return _integers(data)
 
 
 class _Response(BaseModel):
@@ -62,6 +101,11 @@ class DeploymentOut(_Response):
     keep_alive_s: float
     target_concurrency: int
     created_at: float
+    status: DeploymentStatus = Field(
+        description="preparing: its checkpoint is being copied near the workers; ready: it "
+        "serves; failed: it never will (see error), and requests for it are refused (424)."
+    )
+    error: str = ""
     instances: list[InstanceOut] = Field(default_factory=list)
 
 

@@ -7,14 +7,27 @@ scheduler stores anything (the storage service checks again when it fetches).
 
 from __future__ import annotations
 
+from libs.common.hub_ids import normalise_checkpoint_uri
 from libs.common.registry_allow import AllowList, SourceRefused
-from libs.protocol.endpoints import SCHED_DEPLOY, SCHED_UNDEPLOY
-from libs.protocol.errors import BadRequestError, NotFoundError
-from libs.protocol.messages import DeploymentSpec, DeployRequest, UndeployRequest
+from libs.protocol.endpoints import SCHED_DEPLOY, SCHED_PATCH, SCHED_UNDEPLOY
+from libs.protocol.errors import BadRequestError, InvalidCheckpointError, NotFoundError
+from libs.protocol.messages import (
+    KNOBS,
+    DeploymentSpec,
+    DeployRequest,
+    PatchDeploymentRequest,
+    UndeployRequest,
+)
 
 from .backend import Backend
 from .cluster import read
-from .deployment_schema import DeploymentDeleted, DeploymentList, DeploymentOut, InstanceOut
+from .deployment_schema import (
+    DeploymentDeleted,
+    DeploymentList,
+    DeploymentOut,
+    DeploymentPatchIn,
+    InstanceOut,
+)
 
 
 def _not_found(name: str) -> NotFoundError:
@@ -31,8 +44,13 @@ class DeploymentsApi:
         records = await read("instances", lambda: state.instances(spec.name))
         return DeploymentOut(**spec.model_dump(), instances=[InstanceOut.of(r) for r in records])
 
-    async def put(self, spec: DeploymentSpec) -> tuple[DeploymentOut, bool]:
-        """Create or update; True when it was created."""
+    async def create(self, spec: DeploymentSpec) -> DeploymentOut:
+        """Create a deployment: a storage service checks its checkpoint first (422 naming what
+        is wrong); a name that exists is a 409 (change it with `patch`). A plain Hugging Face
+        id (``org/name``) is stored as ``hf://org/name``."""
+        spec = spec.model_copy(
+            update={"checkpoint_uri": normalise_checkpoint_uri(spec.checkpoint_uri)}
+        )
         if spec.min_instances > spec.max_instances:
             raise BadRequestError(
                 f"min_instances ({spec.min_instances}) exceeds max_instances "
@@ -48,11 +66,34 @@ class DeploymentsApi:
         b = self.backend
         reply = await b.bus.request(
             SCHED_DEPLOY,
-            DeployRequest(spec=spec.model_copy(update={"created_at": 0.0})),
-            timeout=b.settings.place_timeout,
+            DeployRequest(spec=spec.model_copy(update={"created_at": 0.0}), mode="create"),
+            # The checkpoint is checked first: a tokenizer to load, a hub to ask.
+            timeout=max(b.settings.place_timeout, 90.0),
         )
         b.view.forget_deployment(spec.name)
-        return await self._out(reply.spec), reply.created
+        return await self._out(reply.spec)
+
+    async def patch(self, name: str, body: DeploymentPatchIn) -> DeploymentOut:
+        """Change a deployment's autoscaling knobs, without redeploying it."""
+        b = self.backend
+        if body.checkpoint_uri is not None:
+            spec = await read("deployments", lambda: b.view.state.get_deployment(name))
+            if spec is None:
+                raise _not_found(name)
+            if spec.checkpoint_uri != normalise_checkpoint_uri(body.checkpoint_uri):
+                raise InvalidCheckpointError(
+                    "checkpoint_uri: a deployment's checkpoint cannot change; delete the "
+                    "deployment and deploy it again, or deploy it under a new name",
+                    detail={"param": "checkpoint_uri"},
+                )
+        knobs = {k: getattr(body, k) for k in KNOBS if getattr(body, k) is not None}
+        reply = await b.bus.request(
+            SCHED_PATCH,
+            PatchDeploymentRequest(name=name, **knobs),
+            timeout=b.settings.place_timeout,
+        )
+        b.view.forget_deployment(name)
+        return await self._out(reply.spec)
 
     async def list(self) -> DeploymentList:
         state = self.backend.view.state

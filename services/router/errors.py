@@ -17,6 +17,9 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.BAD_REQUEST: 400,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.CONFLICT: 409,
+    ErrorCode.INVALID_CHECKPOINT: 422,
+    # The request is fine; the deployment it needs failed (its reason is the message).
+    ErrorCode.DEPLOYMENT_FAILED: 424,
     ErrorCode.OVERLOADED: 429,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.LOAD_FAILED: 503,
@@ -85,10 +88,11 @@ def from_bus(exc: BusError, *, retry_after: int) -> ApiError:
         seconds = hint if isinstance(hint, int) and hint > 0 else retry_after
         headers["Retry-After"] = str(seconds)
     param = exc.detail.get("param")
+    code = exc.detail.get("code")  # a finer code than the bus's (``deployment_exists``)
     return ApiError(
         status=status,
         message=exc.message,
-        code=exc.code.value,
+        code=code if isinstance(code, str) else exc.code.value,
         param=param if isinstance(param, str) else None,
         headers=headers,
     )

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from libs.protocol import StreamReader
-from libs.protocol.errors import BusError, InternalError, NotFoundError, UnavailableError
+from libs.protocol.errors import (
+    BusError,
+    DeploymentFailedError,
+    InternalError,
+    NotFoundError,
+    UnavailableError,
+)
 from libs.protocol.events import RequestCompletedEvent
 from libs.protocol.messages import GenerateReply, GenerateRequest, TokenChunk, Usage
 from libs.protocol.state import InstanceRecord
@@ -100,6 +106,11 @@ class Generation:
                 detail={"param": "model"},
             )
         self.deployed = True
+        if spec.status == "failed":
+            raise DeploymentFailedError(
+                f"the deployment of {self.model!r} failed: {spec.error}",
+                detail={"param": "model"},
+            )
         if self.request.keep_alive_s is None:
             # The worker keeps the instance loaded this long after the request; the request's
             # own `keep_alive` (Ollama style) was set by the caller when it gave one.

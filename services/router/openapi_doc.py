@@ -64,6 +64,8 @@ WHY: dict[int, str] = {
     404: "No such model or deployment.",
     408: "The request body took too long to arrive.",
     409: "The change conflicts with the cluster's state.",
+    422: "The deployment's checkpoint cannot be served: the message says why.",
+    424: "The model's deployment failed (its preparation): the message gives its reason.",
     413: "The request body is larger than the router's limit (SLLM_MAX_BODY_BYTES).",
     429: "Too many requests wait for this model: retry after `Retry-After` seconds.",
     500: "An internal error (a bug: the router logs it).",
@@ -93,7 +95,7 @@ AUTHENTICATE = {
 ANY_ROUTE = (408, 413, 500)
 KEYED = (401, 403)  # where a key is asked for (`auth.ApiKeys`)
 # A request to a service of the cluster: bus error codes (`errors.STATUS_BY_CODE`).
-BUS_CALL = (400, 404, 409, 429, 503, 504)
+BUS_CALL = (400, 404, 409, 422, 424, 429, 503, 504)
 STATE_READ = (503,)  # a Redis read (`cluster.read`)
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request, Security
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 from starlette.responses import Response
@@ -14,11 +15,18 @@ from starlette.responses import Response
 from .api_schema import (
     ChatCompletionRequest,
     CompletionRequest,
-    ModelCard,
     ModelList,
 )
 from .auth import ApiKeys, Role
-from .deployment_schema import DeploymentDeleted, DeploymentIn, DeploymentList, DeploymentOut
+from .cluster_schema import ClusterOut
+from .deployment_schema import (
+    DeploymentDeleted,
+    DeploymentIn,
+    DeploymentList,
+    DeploymentOut,
+    DeploymentPatchIn,
+)
+from .model_info import ModelDetail, model_detail
 from .openapi_doc import BUS_CALL, KEYED, STATE_READ, error_answers
 from .responses import ChatCompletion, Completion
 
@@ -104,22 +112,24 @@ def v1_routes(svc: RouterService) -> APIRouter:
         return await svc.serving.models()
 
     @api.get("/models/{model:path}", responses=error_answers(*keyed, 404, *STATE_READ))
-    async def get_model(model: str) -> ModelCard:
-        spec = await svc.deployments.get(model)
-        return ModelCard(id=spec.name, created=int(spec.created_at))
+    async def get_model(model: str) -> ModelDetail:
+        return await model_detail(svc.serving.backend, model)
 
     @admin.post(
         "/deployments",
         status_code=201,
         response_model=DeploymentOut,
-        responses={
-            200: {"model": DeploymentOut, "description": "An existing deployment, updated."},
-            **error_answers(*admin_keyed, *BUS_CALL),
-        },
+        responses=error_answers(*admin_keyed, *BUS_CALL),
     )
-    async def put_deployment(body: DeploymentIn) -> JSONResponse:
-        out, created = await svc.deployments.put(body.spec())
-        return JSONResponse(out.model_dump(), status_code=201 if created else 200)
+    async def create_deployment(body: DeploymentIn) -> DeploymentOut:
+        return await svc.deployments.create(body.spec())
+
+    @admin.patch(
+        "/deployments/{name:path}",
+        responses=error_answers(*admin_keyed, *BUS_CALL),
+    )
+    async def patch_deployment(name: str, body: DeploymentPatchIn) -> DeploymentOut:
+        return await svc.deployments.patch(name, body)
 
     @admin.get("/deployments", responses=error_answers(*admin_keyed, *STATE_READ))
     async def list_deployments() -> DeploymentList:
@@ -136,4 +146,30 @@ def v1_routes(svc: RouterService) -> APIRouter:
     both = APIRouter()
     both.include_router(api)
     both.include_router(admin)
+    return both
+
+
+STATIC_DIR = Path(__file__).with_name("static")
+
+
+def cluster_routes(svc: RouterService) -> APIRouter:
+    """``GET /v1/cluster`` (admin: it names every node, worker and model) and the status page
+    that polls it (``/`` and ``/ui``, open: the page holds no data and asks for the key)."""
+    administration, admin_keyed = guarded(svc.api_keys, "admin")
+    admin = APIRouter(prefix="/v1", dependencies=administration)
+
+    @admin.get("/cluster", responses=error_answers(*admin_keyed, *STATE_READ))
+    async def cluster() -> ClusterOut:
+        return await svc.cluster.snapshot()
+
+    page = APIRouter(include_in_schema=False)
+
+    @page.get("/", response_model=None)
+    @page.get("/ui", response_model=None)
+    async def status_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    both = APIRouter()
+    both.include_router(admin)
+    both.include_router(page)
     return both

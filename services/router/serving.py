@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -24,6 +26,8 @@ from .choices import fan_out, merge_whole, merged_events, total_usage
 from .cluster import read
 from .errors import to_api_error, validation_message
 from .generation import Generation
+from .progress import FIRST_PROGRESS_S, PROGRESS_EVERY_S, settled
+from .progress import comment as progress_comment
 from .responses import AnswerFormat, ChatFormat, CompletionFormat, ToolCallFormat
 from .sse import DONE, ClientDisconnected, EventStreamResponse, event, run_until_disconnect
 
@@ -58,7 +62,9 @@ class OpenAIServing:
                 return ChatFormat(*args, index=index)
             return ToolCallFormat(*args, plan, index=index)
 
-        return await self._serve_n(req, fmt, body.n or 1, bool(body.stream), receive)
+        return await self._serve_n(
+            req, fmt, body.n or 1, bool(body.stream), receive, progress=body.include_progress
+        )
 
     async def completion(self, body: CompletionRequest, receive: Receive) -> Response:
         request_id = f"cmpl-{uuid.uuid4().hex}"
@@ -77,7 +83,9 @@ class OpenAIServing:
             args = (request_id, body.model, body.include_usage, req.params)
             return CompletionFormat(*args, index=index)
 
-        return await self._serve_n(req, fmt, body.n or 1, bool(body.stream), receive)
+        return await self._serve_n(
+            req, fmt, body.n or 1, bool(body.stream), receive, progress=body.include_progress
+        )
 
     def _request(
         self,
@@ -125,10 +133,12 @@ class OpenAIServing:
         n: int,
         stream: bool,
         receive: Receive,
+        *,
+        progress: bool = False,
     ) -> Response:
         """Serve one choice, or ``n`` (see `choices`)."""
         if n == 1:
-            return await self._serve(req, fmt(0), stream, receive)
+            return await self._serve(req, fmt(0), stream, receive, progress)
         gens = [Generation(self.backend, r) for r in fan_out(req, n)]
         fmts = [fmt(i) for i in range(n)]
 
@@ -137,8 +147,16 @@ class OpenAIServing:
 
         try:
             if stream:
-                await run_until_disconnect(receive, asyncio.gather(*(g.start() for g in gens)))
+                starting = asyncio.gather(*(g.start() for g in gens))
+                pending = await self._start(receive, starting, progress)
                 events = self._events_n(gens, fmts)
+                if pending is not None:
+
+                    def fail_all(exc: BaseException) -> None:
+                        for g in gens:
+                            g.fail(exc)
+
+                    events = self._progress(req.model, pending, events, fail_all)
                 return EventStreamResponse(events, lambda _: finish_all())
             results = await run_until_disconnect(
                 receive, asyncio.gather(*(self._whole_text(g) for g in gens))
@@ -173,13 +191,21 @@ class OpenAIServing:
         yield DONE
 
     async def _serve(
-        self, req: GenerateRequest, fmt: AnswerFormat, stream: bool, receive: Receive
+        self,
+        req: GenerateRequest,
+        fmt: AnswerFormat,
+        stream: bool,
+        receive: Receive,
+        progress: bool = False,
     ) -> Response:
         gen = Generation(self.backend, req)
         try:
             if stream:
-                await run_until_disconnect(receive, gen.start())
-                return EventStreamResponse(self._events(gen, fmt), lambda _: gen.finish())
+                pending = await self._start(receive, gen.start(), progress)
+                events = self._events(gen, fmt)
+                if pending is not None:
+                    events = self._progress(req.model, pending, events, gen.fail)
+                return EventStreamResponse(events, lambda _: gen.finish())
             # One disconnect watch for the whole answer (not one to start, one to collect).
             text, logprobs = await run_until_disconnect(receive, self._whole_text(gen))
         except ClientDisconnected:
@@ -195,6 +221,56 @@ class OpenAIServing:
             fmt.whole(text, logprobs, _openai_reason(gen), gen.final_usage()),
             background=BackgroundTask(gen.finish),
         )
+
+    async def _start(
+        self, receive: Receive, starting: Awaitable[Any], progress: bool
+    ) -> asyncio.Future[Any] | None:
+        """Await the start of an answer. With ``progress``, only for `FIRST_PROGRESS_S`: a start
+        still under way then (a cold start) comes back, for the answer to stream progress while
+        it runs; one that ended already answers as without progress (an error: its status)."""
+        if not progress:
+            await run_until_disconnect(receive, starting)
+            return None
+        task = asyncio.ensure_future(starting)
+        try:
+            await run_until_disconnect(receive, asyncio.wait({task}, timeout=FIRST_PROGRESS_S))
+        except BaseException:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+        if task.done():
+            task.result()
+            return None
+        return task
+
+    async def _progress(
+        self,
+        model: str,
+        starting: asyncio.Future[Any],
+        events: AsyncIterator[bytes],
+        fail: Callable[[BaseException], None],
+    ) -> AsyncIterator[bytes]:
+        """Progress comments until ``starting`` ends, then ``events`` (or its error as an
+        error event)."""
+        since = time.monotonic()
+        last = None
+        try:
+            while not starting.done():
+                last = settled(last, self.backend.starts.progress(model, since))
+                yield progress_comment(last)
+                await asyncio.wait({starting}, timeout=PROGRESS_EVERY_S)
+            exc = starting.exception()
+        finally:
+            if not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+        if exc is not None:
+            fail(exc)
+            yield event(to_api_error(exc, retry_after=self.backend.settings.retry_after).body())
+            yield DONE
+            return
+        async for data in events:
+            yield data
 
     async def _whole_text(self, gen: Generation) -> tuple[str, list[TokenLogprob]]:
         """Start ``gen`` and gather its text, and its tokens' logprobs, to the end."""

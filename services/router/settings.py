@@ -37,9 +37,6 @@ class RouterSettings(CommonSettings):
         "comma-separated admin API keys for /v1/deployments (they also work as inference "
         "keys); empty: admin routes are open only while SLLM_API_KEYS is empty too, else 403",
     )
-    metrics_keys: tuple[str, ...] = setting(
-        (), "comma-separated keys that may read /metrics (admin keys may too); empty: open"
-    )
     max_body_bytes: int = setting(
         DEFAULT_MAX_BODY_BYTES, "largest request body on any route, in bytes; larger: 413"
     )

@@ -8,12 +8,20 @@ import logging
 import time
 from typing import ClassVar
 
+from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from libs.cluster import ClusterState
 from libs.common.service import Service, ServiceKind
 from libs.protocol import BusError, Route, route
-from libs.protocol.endpoints import SCHED_DEPLOY, SCHED_MIGRATE, SCHED_PLACE, SCHED_UNDEPLOY
+from libs.protocol.endpoints import (
+    SCHED_DEPLOY,
+    SCHED_ESTIMATE,
+    SCHED_MIGRATE,
+    SCHED_PATCH,
+    SCHED_PLACE,
+    SCHED_UNDEPLOY,
+)
 from libs.protocol.errors import NotFoundError
 from libs.protocol.events import (
     DeploymentEvent,
@@ -25,9 +33,6 @@ from libs.protocol.events import (
     ServiceStartedEvent,
 )
 from libs.protocol.messages import (
-    DeploymentSpec,
-    DeployReply,
-    DeployRequest,
     MigrateInstanceReply,
     MigrateInstanceRequest,
     UndeployReply,
@@ -36,13 +41,15 @@ from libs.protocol.messages import (
 
 from .coldpolicy import Bounds
 from .coldstart import BusyWorkerStarts, ColdStartConfig
+from .deployer import DeployConfig, Deployer
 from .deployment_book import DeploymentBook
+from .estimator import Estimator
 from .loads import LoadFeedback
+from .metrics import SchedulerMetrics
 from .migration import Orchestrator
 from .place_handler import PlaceHandler
 from .placement import SourceTier
 from .placer import Placer
-from .prefetch import prefetch
 from .repairs import Reconciler
 from .scaling import ScaleLoop
 from .settings import SchedulerSettings
@@ -63,12 +70,18 @@ class SchedulerService(Service):
         }
         self._model_locks: dict[str, asyncio.Lock] = {}
         self.book = DeploymentBook()
+        self.metrics = SchedulerMetrics()
+
+    def metrics_registry(self) -> CollectorRegistry:
+        return self.metrics.registry
 
     def routes(self) -> list[Route]:
         return [
             *super().routes(),
             route(SCHED_PLACE, self.places.place),
-            route(SCHED_DEPLOY, self.deploy),
+            route(SCHED_DEPLOY, lambda req: self.deployer.deploy(req)),
+            route(SCHED_PATCH, lambda req: self.deployer.patch(req)),
+            route(SCHED_ESTIMATE, lambda req: self.estimator.estimate(req)),
             route(SCHED_UNDEPLOY, self.undeploy),
             route(SCHED_MIGRATE, self.migrate_instance),
         ]
@@ -79,9 +92,11 @@ class SchedulerService(Service):
 
     async def on_start(self) -> None:
         self.state = ClusterState(self.redis, self.keys)
-        self.reconciler = Reconciler(self.bus, self.state)
+        self.reconciler = Reconciler(self.bus, self.state, metrics=self.metrics)
         self.book.refresh(await self.state.deployments(), same_store=True)
-        self.feedback = LoadFeedback(self.bus, self.state, window=self.sched.calibration_window)
+        self.feedback = LoadFeedback(
+            self.bus, self.state, window=self.sched.calibration_window, metrics=self.metrics
+        )
         await self.bus.subscribe(
             self.bus.subjects.event("load.report"),
             LoadReportEvent,
@@ -112,6 +127,7 @@ class SchedulerService(Service):
             forget=self.placer.forget,
             unload_timeout=max(self.settings.request_timeout, 30.0),
             starting=lambda: self.cold.starting(),
+            metrics=self.metrics,
         )
         self.migrations = Orchestrator(
             bus=self.bus,
@@ -133,6 +149,7 @@ class SchedulerService(Service):
             placer=self.placer,
             migrations=self.migrations,
             on_done=self.scaler.wake,
+            metrics=self.metrics,
         )
         self.places = PlaceHandler(
             state=self.state,
@@ -140,6 +157,19 @@ class SchedulerService(Service):
             cold=self.cold,
             scaler=self.scaler,
             locks=self._model_locks,
+            metrics=self.metrics,
+        )
+        self.estimator = Estimator(self.state, self.placer)
+        self.deployer = Deployer(
+            self.bus,
+            self.state,
+            self.book,
+            DeployConfig(
+                prefetch_replicas=s.prefetch_replicas,
+                prefetch_timeout=s.prefetch_timeout,
+                inspect_timeout=max(self.settings.request_timeout, 60.0),
+            ),
+            wake_scaler=self.scaler.wake,
         )
         await self.scaler.subscribe()
         self._stack.push_async_callback(self.scaler.close)
@@ -165,32 +195,6 @@ class SchedulerService(Service):
 
     # --- deployments ------------------------------------------------------------------------
 
-    async def deploy(self, req: DeployRequest) -> DeployReply:
-        existing = await self.state.get_deployment(req.spec.name)
-        spec = req.spec.model_copy(
-            update={"created_at": existing.created_at if existing else time.time()}
-        )
-        created = await self.state.put_deployment(spec)
-        self.book.put(spec)
-        await self.bus.emit(
-            DeploymentEvent(name=spec.name, action="created" if created else "updated")
-        )
-        if existing is None or existing.checkpoint_uri != spec.checkpoint_uri:
-            self.bus.spawn(self._prefetch(spec))
-        if spec.min_instances:
-            self.bus.spawn(self._ensure_min_instances(spec))
-        return DeployReply(spec=spec, created=created)
-
-    async def _prefetch(self, spec: DeploymentSpec) -> None:
-        s = self.sched
-        await prefetch(
-            self.bus, self.state, spec, replicas=s.prefetch_replicas, timeout=s.prefetch_timeout
-        )
-
-    async def _ensure_min_instances(self, spec: DeploymentSpec) -> None:
-        """The scaling loop keeps every deployment at ``min_instances`` or more."""
-        self.scaler.wake()
-
     async def undeploy(self, req: UndeployRequest) -> UndeployReply:
         self.book.delete(req.name)
         if not await self.state.delete_deployment(req.name):
@@ -211,6 +215,7 @@ class SchedulerService(Service):
             await asyncio.sleep(self.sched.housekeeping_interval)
             try:
                 await self._read_deployments()
+                await self.deployer.resume_stuck(self.book.specs(), time.monotonic())
                 await self.sweep()
             except (RedisError, OSError, BusError) as exc:
                 log.warning("housekeeping round failed: %r", exc)

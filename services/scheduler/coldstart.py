@@ -31,6 +31,7 @@ from libs.protocol.messages import (
 )
 
 from .coldpolicy import Bounds, contenders, weigh
+from .metrics import SchedulerMetrics
 from .migration import Orchestrator
 from .migration_policy import Option
 from .placement import Estimate, SourceTier
@@ -69,8 +70,10 @@ class BusyWorkerStarts:
         placer: Placer,
         migrations: Orchestrator,
         on_done: Callable[[], None] = lambda: None,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self.bus = bus
+        self.metrics = metrics or SchedulerMetrics()
         self.config = config
         self.placer = placer
         self.migrations = migrations
@@ -148,6 +151,7 @@ class BusyWorkerStarts:
             return await self.placer.place_new(
                 spec, request_id, choice.worker_id, cluster=cluster, ranked=ranked
             )
+        self.metrics.decided("migration" if choice.kind == "migrate" else "busy_wait")
         instance = next(r.instance_id for e, r in replies if e.worker_id == choice.worker_id)
         task = self.bus.spawn(self._carry_out(spec, request_id, choice, instance))
         self._pending[spec.name] = task

@@ -24,6 +24,7 @@ from .calibration import (
     relative_error,
     sample_of_load,
 )
+from .metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,18 @@ Calibration = tuple[dict[str, list[LoadSample]], float]  # per tier: samples; fi
 
 
 class LoadFeedback:
-    def __init__(self, bus: Bus, state: ClusterState, *, window: int) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        state: ClusterState,
+        *,
+        window: int,
+        metrics: SchedulerMetrics | None = None,
+    ) -> None:
         self.bus = bus
         self.state = state
         self.window = window
+        self.metrics = metrics or SchedulerMetrics()
 
     async def placed(
         self, instance_id: str, model: str, node_id: str, tier: str, seconds: float
@@ -63,6 +72,7 @@ class LoadFeedback:
             await self.state.add_load_sample(ev.node_id, ev.source_tier, sample, keep=self.window)
         actual = max(0.0, ev.seconds - ev.one_off_s)
         error = relative_error(est.seconds, actual)
+        self.metrics.load_reported(ev.source_tier, error)
         await self.state.add_estimate_error(error, keep=ERROR_WINDOW)
         await self.bus.emit(
             EstimateEvent(

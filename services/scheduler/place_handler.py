@@ -14,6 +14,7 @@ from libs.protocol.state import InstanceRecord
 
 from .autoscaler import remaining_load_s
 from .coldstart import BusyWorkerStarts
+from .metrics import SchedulerMetrics
 from .place_policy import Loading, PlaceView, StartBeside, UseInstance, WaitTurn, decide
 from .placer import Placer
 from .scaling import ScaleLoop
@@ -34,14 +35,20 @@ class PlaceHandler:
         cold: BusyWorkerStarts,
         scaler: ScaleLoop,
         locks: dict[str, asyncio.Lock],
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self.state = state
+        self.metrics = metrics or SchedulerMetrics()
         self.placer = placer
         self.cold = cold
         self.scaler = scaler
         self.locks = locks  # per model, shared with the scaling loop
 
     async def place(self, req: PlaceRequest) -> PlaceReply:
+        with self.metrics.placement.time():  # answered or refused
+            return await self._place(req)
+
+    async def _place(self, req: PlaceRequest) -> PlaceReply:
         spec = await self.state.get_deployment(req.model)
         if spec is None:
             raise NotFoundError(f"no deployment named {req.model!r}", detail={"model": req.model})
@@ -68,20 +75,27 @@ class PlaceHandler:
             decision = decide(view)
             if isinstance(decision, UseInstance):
                 rec = next(i for i in live if i.instance_id == decision.instance_id)
+                self.metrics.decided("warm" if rec.status == "ready" else "loading")
                 return _existing(rec, decision.remaining_s)
             if isinstance(decision, StartBeside):
+                self.metrics.decided("scale_out")
                 return await self.placer.place_new(
                     spec, req.request_id, cluster=cluster, ranked=ranked
                 )
             if isinstance(decision, WaitTurn):
+                self.metrics.decided("wait_turn")
                 self.scaler.wake()
                 raise UnavailableError(
                     f"no free worker for {req.model!r}: models that waited longer go first",
                     detail={"model": req.model, "waiting_models": decision.waiting_models},
                 )
+            joins = self.cold.pending(req.model) is not None
             started = await self.cold.start(spec, req.request_id, cluster, ranked)
         if isinstance(started, PlaceReply):
+            self.metrics.decided("cold")
             return started
+        if joins:  # (a new wait or migration counted itself)
+            self.metrics.decided("pending")
         return await self.cold.outcome(req.model, started, JOIN_COLD_START_S)
 
     async def autoscale_start(self, spec: DeploymentSpec, reason: str) -> PlaceReply:

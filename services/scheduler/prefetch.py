@@ -108,38 +108,53 @@ async def node_states(state: ClusterState, model: str) -> tuple[list[NodeState],
     return out, checkpoint_bytes(model, views, 0)
 
 
+@dataclass(frozen=True)
+class Prefetched:
+    """What a prefetch did: the nodes asked, those that hold a copy now (in DRAM, or on SSD
+    where DRAM had no room), and the errors of the others."""
+
+    targets: tuple[str, ...] = ()
+    copied: tuple[str, ...] = ()
+    dram: tuple[str, ...] = ()
+    errors: tuple[BusError, ...] = ()
+
+
 async def prefetch(
     bus: Bus, state: ClusterState, spec: DeploymentSpec, *, replicas: int, timeout: float
-) -> list[str]:
-    """Copy ``spec``'s checkpoint into the DRAM tier of the chosen nodes; returns the nodes
-    that hold it there afterwards. Failures are logged, never raised."""
+) -> Prefetched:
+    """Copy ``spec``'s checkpoint into the DRAM tier of the chosen nodes. Failures are logged
+    and returned, never raised."""
     if replicas <= 0:
-        return []
+        return Prefetched()
     try:
         nodes, nbytes = await node_states(state, spec.name)
     except Exception as exc:  # a prefetch must never fail the deploy that spawned it
         log.warning("prefetch of %s skipped: cannot read the cluster state: %r", spec.name, exc)
-        return []
+        return Prefetched()
     # An unknown size (the model is nowhere yet) must not rule out any node.
     targets = prefetch_targets(spec.name, nbytes, nodes, replicas)
     if not targets:
-        return []
+        return Prefetched()
     await bus.emit(PrefetchEvent(model=spec.name, node_ids=targets, replicas=replicas))
     req = EnsureRequest(model=spec.name, checkpoint_uri=spec.checkpoint_uri, tier="dram")
     storage = Peers(bus, state.redis, state.keys, "storage")
 
-    async def one(node_id: str) -> str | None:
+    async def one(node_id: str) -> str | BusError:
         try:
             reply = await storage.request(
                 STORAGE_ENSURE, req, timeout=timeout, node_id=node_id, attempts=PREFETCH_ATTEMPTS
             )
         except BusError as exc:
             log.warning("prefetch of %s to %s failed: %s", spec.name, node_id, exc)
-            return None
+            return exc
         if reply.tier != "dram":
             log.info("prefetch of %s to %s: no room in DRAM (kept on SSD)", spec.name, node_id)
-            return None
-        return node_id
+        return reply.tier
 
     done = await asyncio.gather(*(one(n) for n in targets))
-    return [n for n in done if n is not None]
+    return Prefetched(
+        targets=tuple(targets),
+        copied=tuple(n for n, r in zip(targets, done, strict=True) if isinstance(r, str)),
+        dram=tuple(n for n, r in zip(targets, done, strict=True) if r == "dram"),
+        errors=tuple(r for r in done if isinstance(r, BusError)),
+    )

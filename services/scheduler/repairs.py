@@ -12,6 +12,7 @@ from libs.cluster import ClusterState
 from libs.protocol import Bus
 from libs.protocol.events import InstanceStoppedEvent, RecordRepairedEvent
 
+from .metrics import SchedulerMetrics
 from .reconcile import Grace, Problem, Repair, Suspects, reconcile, still_wrong
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,17 @@ STOP_REASONS: dict[Problem, str] = {
 class Reconciler:
     """One reconciliation pass at a time; remembers suspects from one pass to the next."""
 
-    def __init__(self, bus: Bus, state: ClusterState, grace: Grace | None = None) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        state: ClusterState,
+        grace: Grace | None = None,
+        metrics: SchedulerMetrics | None = None,
+    ) -> None:
         self.bus = bus
         self.state = state
         self.grace = grace or Grace()
+        self.metrics = metrics or SchedulerMetrics()
         self._suspects: Suspects = {}
 
     async def run(self) -> list[Repair]:
@@ -42,6 +50,7 @@ class Reconciler:
         # not hold yet, which the record's grace covers (the other order has no such cover).
         workers = await self.state.workers()
         instances = await self.state.all_instances()
+        self.metrics.cluster(workers, instances)
         decided = reconcile(
             workers, instances, now=time.time(), suspects=self._suspects, grace=self.grace
         )

@@ -47,6 +47,7 @@ from .autoscaler import (
     plan,
 )
 from .demand import ActivityBook, DemandBook
+from .metrics import SchedulerMetrics
 from .snapshots import Cluster
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,10 @@ class ScaleLoop:
         unload_timeout: float,
         starting: Starting = set,
         lease_ttl_s: float = LEASE_TTL_S,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self.bus = bus
+        self.metrics = metrics or SchedulerMetrics()
         self.lease_ttl_s = lease_ttl_s
         self.leader = False
         self.state = state
@@ -338,6 +341,7 @@ class ScaleLoop:
                     log.info("autoscaler could not start %s: %s", start.model, exc)
                     continue
             self.estimates.setdefault(reply.instance_id, (time.time(), reply.estimated_startup_s))
+            self.metrics.scale("up")
             await self.bus.emit(
                 ScaledEvent(
                     model=start.model,
@@ -378,6 +382,7 @@ class ScaleLoop:
         else:
             if reply.unloaded:
                 self.activity.forget(stop.instance_id)
+                self.metrics.scale("down")
                 why = stop.reason if not stop.for_model else f"{stop.reason} for {stop.for_model}"
                 await self.bus.emit(
                     ScaledEvent(

@@ -17,25 +17,35 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from libs.cluster import ClusterState
 from libs.common.service import Service, ServiceKind
 from libs.protocol import Route, route
-from libs.protocol.endpoints import STORAGE_ENSURE, STORAGE_EVICT, STORAGE_QUARANTINE
+from libs.protocol.endpoints import (
+    STORAGE_ENSURE,
+    STORAGE_EVICT,
+    STORAGE_INSPECT,
+    STORAGE_QUARANTINE,
+)
 from libs.protocol.errors import BusTimeoutError, UnavailableError
 from libs.protocol.messages import (
     EnsureReply,
     EnsureRequest,
     EvictReply,
     EvictRequest,
+    InspectReply,
+    InspectRequest,
     QuarantineReply,
     QuarantineRequest,
 )
 from libs.protocol.state import NodeRecord
 
 from .concurrency import BlockingPool
+from .inspect import inspect_source
 from .lru import TierCatalog, TierEntry
+from .metrics import StorageMetrics
 from .probe import probe_read_bandwidth
 from .publisher import NodePublisher
 from .scan import Found, scan_tier
@@ -60,12 +70,18 @@ class StorageService(Service):
         self.ssd = TierCatalog("ssd", settings.ssd_dir.absolute(), settings.ssd_capacity_bytes)
         self.dram = TierCatalog("dram", settings.dram_dir.absolute(), settings.dram_capacity_bytes)
         self.pool = BlockingPool(settings.storage_io_threads, "storage-io")
+        self.metrics = StorageMetrics()
+        self.metrics.watch((self.ssd, self.dram))
+
+    def metrics_registry(self) -> CollectorRegistry:
+        return self.metrics.registry
 
     def routes(self) -> list[Route]:
         return [
             *super().routes(),
             route(STORAGE_ENSURE, self.ensure, node_id=self.node_id),
             route(STORAGE_EVICT, self.evict, node_id=self.node_id),
+            route(STORAGE_INSPECT, self.inspect),
             route(STORAGE_QUARANTINE, self.quarantine, node_id=self.node_id),
         ]
 
@@ -78,6 +94,7 @@ class StorageService(Service):
         try:
             async with asyncio.timeout(limit):
                 entry, tier, source_tier = await self.tiers.ensure(req.model, source, req.tier)
+                self.metrics.served(source_tier)
         except TimeoutError:
             raise BusTimeoutError(f"ensure {req.model}: not done within {limit:g}s") from None
         return EnsureReply(
@@ -88,6 +105,18 @@ class StorageService(Service):
             bytes=entry.bytes,
             seconds=time.monotonic() - t0,
         )
+
+    async def inspect(self, req: InspectRequest) -> InspectReply:
+        """Check a deployment's checkpoint before it is stored (`inspect.inspect_source`)."""
+        source = parse_registry_uri(req.checkpoint_uri, self.allow)
+        limit = self.storage_settings.ensure_timeout
+        try:
+            async with asyncio.timeout(limit):
+                return await self.pool.run(
+                    lambda cancel: inspect_source(source, timeout=min(limit, 30.0))
+                )
+        except TimeoutError:
+            raise BusTimeoutError(f"checking {req.checkpoint_uri}: over {limit:g}s") from None
 
     async def evict(self, req: EvictRequest) -> EvictReply:
         limit = self.storage_settings.ensure_timeout
@@ -121,7 +150,13 @@ class StorageService(Service):
         )
         self.state = state
         self.tiers = TierManager(
-            self.ssd, self.dram, self.publisher, self.pool, s.fetch_timeout, in_use=self._in_use
+            self.ssd,
+            self.dram,
+            self.publisher,
+            self.pool,
+            s.fetch_timeout,
+            in_use=self._in_use,
+            metrics=self.metrics,
         )
         for catalog in (self.ssd, self.dram):
             root = catalog.root

@@ -1,5 +1,6 @@
 """Fetching a checkpoint from the registry (``file://`` sllm or Hugging Face directory,
-``http(s)://`` sllm directory) or from another tier. Blocking: callers run these in threads.
+``http(s)://`` sllm directory, ``hf://`` Hugging Face Hub repository: `hub`) or from another
+tier. Blocking: callers run these in threads.
 
 A registry source passed the allow-list by its URI already (`parse_registry_uri`); here the
 node checks what only it can see: where symlinks lead and what a host name resolves to. Errors
@@ -12,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from libs.common.registry_allow import SourceRefused
 from libs.protocol.errors import (
@@ -34,9 +35,12 @@ from .registry_http import MAX_REGISTRY_INDEX_BYTES
 from .transfer import Meter, copy_exact, open_direct, storage_full, verify_exact, write_bytes
 from .uri import RegistrySource
 
+if TYPE_CHECKING:
+    from .hub import HubListing
+
 log = logging.getLogger(__name__)
 
-SourceKind = Literal["sllm-file", "hf-file", "sllm-http"]
+SourceKind = Literal["sllm-file", "hf-file", "sllm-http", "hf-hub"]
 _HF_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
 
 
@@ -50,11 +54,16 @@ class FetchPlan:
     index_raw: bytes = b""
     files: CheckpointFiles | None = None
     addresses: tuple[str, ...] = ()  # an HTTP source's checked addresses: fetch uses these
+    hub: HubListing | None = None  # a Hub source's commit and files: fetch takes these
 
 
 def prepare(source: RegistrySource, timeout: float) -> FetchPlan:
     """Look at the source without copying data: `NotFoundError` if it does not exist,
     `BadRequestError` if the node refuses it or it is not a checkpoint we can use."""
+    if source.kind == "hub":
+        from . import hub  # huggingface_hub: imported by nodes that fetch from the Hub only
+
+        return hub.prepare_hub(source, timeout)
     if source.kind == "http":
         addresses = registry_http.resolve(source)
         raw = registry_http.read_index(source, addresses, INDEX_FILE, timeout)
@@ -123,6 +132,11 @@ def fetch(plan: FetchPlan, dst: Path, meter: Meter, timeout: float) -> Checkpoin
     """Materialise the source as a verified sllm checkpoint in the new directory ``dst``."""
     if plan.kind == "hf-file":
         return _convert(plan, dst, meter)
+    if plan.kind == "hf-hub":
+        from . import hub
+
+        # Downloaded into the Hub cache, then converted like a local directory.
+        return hub.fetch_hub(plan, dst, meter, timeout, convert=_convert)
     assert plan.files is not None
     dst.mkdir()
     if plan.kind == "sllm-file":
@@ -181,10 +195,38 @@ def _copy_local(
         )
 
 
-def verify_checkpoint(directory: Path, files: CheckpointFiles, meter: Meter) -> None:
-    """Read every partition of ``directory`` back and check it against the index's hashes."""
+def verify_checkpoint(
+    directory: Path, files: CheckpointFiles, meter: Meter, *, direct: bool = True
+) -> None:
+    """Read every partition of ``directory`` back and check it against the index's hashes.
+
+    ``direct``: read the disk (O_DIRECT where the file system has it). Without it the files are
+    hashed where they are, usually the page cache right after they were written: a check that
+    nothing changed them since their hashes were taken, at memory speed, and the pages stay
+    for the load that follows."""
+    import mmap
+
+    import xxhash
+
     for p in files.partitions:
         path = directory / p.file
+        if not direct:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size != p.size:
+                    raise CorruptError(f"{path}: size differs from the index")
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m, memoryview(m) as v:
+                    for i, want in enumerate(p.chunks):
+                        meter.check()
+                        chunk = v[i * files.chunk_size : (i + 1) * files.chunk_size]
+                        actual = xxhash.xxh3_64_intdigest(chunk)
+                        chunk.release()
+                        if actual != want:
+                            raise CorruptError(
+                                f"{path}: chunk {i} at byte {i * files.chunk_size}: XXH3-64 "
+                                f"{actual:016x}, index says {want:016x}"
+                            )
+                        meter.add(min(files.chunk_size, p.size - i * files.chunk_size))
+            continue
         fd, _ = open_direct(path)
         with open(fd, "rb", buffering=0) as f:
             if os.fstat(fd).st_size != p.size:
@@ -206,6 +248,9 @@ def _convert(plan: FetchPlan, dst: Path, meter: Meter) -> CheckpointFiles:
             meter.progress(done, total)
 
     try:
+        # One pass at the disk's speed: every source byte is read once, and each chunk's hash
+        # in the index is taken from the very buffer that is written (libs/loader
+        # partition_writer.py); a source shorter than its header says is a ConversionError.
         convert_hf(plan.source.path, dst, progress=progress)
     except LoaderError as exc:
         full = storage_full(exc, "ssd", dst)
@@ -218,7 +263,10 @@ def _convert(plan: FetchPlan, dst: Path, meter: Meter) -> CheckpointFiles:
             raise
         raise full from exc
     files = parse_index(read_index_bytes(dst))
-    verify_checkpoint(dst, files, Meter(total=files.total_bytes, cancel=meter.cancel))
+    # No second read of the disk (that took 1.4 s of the 1b model's 9.7 s): the pages just
+    # written are hashed where they are, which catches a file changed after the writer hashed
+    # it, at memory speed (~0.3 s for 2.5 GB), and the worker's load verifies every chunk again.
+    verify_checkpoint(dst, files, Meter(total=files.total_bytes, cancel=meter.cancel), direct=False)
     meter.done = files.total_bytes
     return files
 

@@ -20,6 +20,7 @@ from libs.protocol.messages import QuarantineRequest, Tier
 from .checkpoint import INDEX_FILE, Marker, parse_index, read_index_bytes
 from .concurrency import BlockingPool, KeyedLocks
 from .lru import TierCatalog, TierEntry, refusal_reason
+from .metrics import StorageMetrics
 from .names import MARKER_FILE, checkpoint_dirname
 from .publisher import NodePublisher
 from .quarantine import confirm_damage
@@ -47,7 +48,9 @@ class TierManager:
         pool: BlockingPool,
         fetch_timeout: float,
         in_use: InUse = _nothing_in_use,
+        metrics: StorageMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or StorageMetrics()
         self.ssd = ssd
         self.dram = dram
         self.publisher = publisher
@@ -238,6 +241,7 @@ class TierManager:
         log.info("%s: fetched %d bytes from %s in %.2fs", model, nbytes, source.uri, seconds)
         await self.publisher.locality(self.ssd, model)
         await self.publisher.transfer_measured("registry", nbytes, seconds)
+        self.metrics.copied("ssd", "registry", nbytes, seconds)
         await self.publisher.fetched(model, "ssd", "registry", nbytes, seconds)
         return entry
 
@@ -296,6 +300,7 @@ class TierManager:
         self.ssd.touch(model)
         await self.publisher.locality(self.dram, model)
         await self.publisher.transfer_measured("ssd", nbytes, read_s)
+        self.metrics.copied("dram", "ssd", nbytes, seconds)
         await self.publisher.fetched(model, "dram", "ssd", nbytes, seconds)
         return entry
 
@@ -364,6 +369,7 @@ class TierManager:
                 await asyncio.shield(task)
 
     async def _finish_eviction(self, entry: TierEntry, catalog: TierCatalog, reason: str) -> None:
+        self.metrics.removed(catalog.name, reason, entry.bytes)
         try:
             await self._retired(entry.path)
         finally:

@@ -9,6 +9,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, ClassVar
 
+from prometheus_client import CollectorRegistry
+
 from libs.cluster import ClusterState
 from libs.common.service import Service, ServiceKind
 from libs.protocol import Route, route
@@ -40,6 +42,7 @@ from libs.protocol.state import InstanceRecord, WorkerRecord
 from .adoption import Adoptions
 from .detok import IncrementalDetokenizer
 from .hosting import Host, prepare
+from .metrics import WorkerMetrics
 from .migration import Migrations, Running
 from .reservation import ReservationCheck
 from .settings import WorkerSettings
@@ -72,6 +75,10 @@ class WorkerService(Service):
         self._migrations: Migrations | None = None
         self.epoch = 0  # which registration of this worker (the cluster state's count)
         self._reservation: ReservationCheck | None = None
+        self.metrics = WorkerMetrics()
+
+    def metrics_registry(self) -> CollectorRegistry:
+        return self.metrics.registry
 
     @property
     def host(self) -> Host:
@@ -122,7 +129,9 @@ class WorkerService(Service):
             worker_id=self.instance_id,
             node_id=self.node_id,
             prepared=prepared,
+            metrics=self.metrics,
         )
+        self.metrics.watch(self._host)
         self._migrations = Migrations(
             bus=self.bus,
             worker_id=self.instance_id,
@@ -311,7 +320,9 @@ class WorkerService(Service):
             prior_tokens=prior,
             token_timeout=self.worker_settings.token_timeout,
             token_text=rt.token_text,
+            metrics=self.metrics,
         )
+        self.metrics.request(len(prompt_ids))
         return ack, stream
 
 

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -51,6 +52,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Told of every forward step, on the engine thread: (sequences fed, tokens produced, whether it
+# fed any prompt, seconds it took). The worker's metrics (`WorkerMetrics.stepped`).
+OnStep = Callable[[int, int, bool, float], None]
 
 
 class Handle:
@@ -104,6 +109,7 @@ class Engine:
         max_queue: jobs that may wait for KV budget; more are refused (`OverloadedError`).
             0: no queue, a job is refused when ``max_batch`` jobs are held already.
         step_delay: seconds to sleep after each step (simulates a slower device, in tests).
+        on_step: told of every step (`OnStep`; keep it cheap: it runs between steps).
     """
 
     def __init__(
@@ -115,8 +121,10 @@ class Engine:
         max_queue: int = 1024,
         name: str = "sllm-engine",
         step_delay: float = 0.0,
+        on_step: OnStep | None = None,
     ) -> None:
         self.limits = limits
+        self._on_step = on_step
         self.max_queue = max_queue
         self._step_delay = step_delay
         self._model: Any = model
@@ -292,8 +300,12 @@ class Engine:
                     seqs.admit()
                     with self._cv:
                         self._waiting = len(self._submitted) + seqs.queued
+                    began = time.perf_counter()
                     stepped = seqs.step()
+                    took = time.perf_counter() - began
                     self._flush()
+                    if stepped and self._on_step is not None:
+                        self._on_step(seqs.last_batch, seqs.last_generated, seqs.last_prefill, took)
                     if self._step_delay > 0 and stepped:
                         time.sleep(self._step_delay)
                     elif not stepped:

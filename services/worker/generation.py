@@ -17,6 +17,7 @@ from libs.protocol.messages import FinishReason, TokenChunk, TokenLogprob, TopLo
 
 from .detok import IncrementalDetokenizer
 from .engine import Failed, Handle, Held, Output, Paused, Token
+from .metrics import WorkerMetrics
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class GenerationStream:
         prior_tokens: tokens generated elsewhere; they count as completion tokens.
         token_timeout: seconds to wait for the next token before failing.
         token_text: a token's own text, for logprobs (None: ids only).
+        metrics: observes the time to the first token and to the last (None: not measured).
     """
 
     def __init__(
@@ -64,8 +66,11 @@ class GenerationStream:
         prior_tokens: int,
         token_timeout: float,
         token_text: Callable[[int], str] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._handle = handle
+        self._metrics = metrics
+        self._began = time.perf_counter()  # the engine's clock (`Token.at`)
         self._token_text = token_text
         self._detok = detok
         self._prompt_tokens = prompt_tokens
@@ -223,6 +228,8 @@ class GenerationStream:
             if item.prefill_s is not None:
                 prefill_s, self._first_at = item.prefill_s, item.at
                 self.prefill_s = item.prefill_s
+                if self._metrics is not None:
+                    self._metrics.first_token(item.at - self._began)
             elif self._first_at is None:  # a job released after a migration: no prefill
                 self._first_at = item.at
             if item.finish == "stop":  # eos: its id is reported, its text is not
@@ -252,6 +259,8 @@ class GenerationStream:
         if self._detok.stopped:
             finish = "stop"
         await self.aclose()
+        if self._metrics is not None:
+            self._metrics.finished(last_at - self._began)
         return TokenChunk(
             token_ids=ids,
             text="".join(text),

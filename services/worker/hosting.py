@@ -37,6 +37,7 @@ from libs.protocol.messages import (
 
 from . import keepalive
 from .load_news import LoadNews
+from .metrics import WorkerMetrics
 from .settings import WorkerSettings
 from .teardown import (
     DRAIN_S,
@@ -121,10 +122,12 @@ class Host:
         worker_id: str,
         node_id: str,
         prepared: asyncio.Future[HostPool | None],
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.bus = bus
         self.state = state
         self.settings = settings
+        self.metrics = metrics or WorkerMetrics()
         self.worker_id = worker_id
         self.node_id = node_id
         self.hosted: Hosted | None = None
@@ -202,6 +205,7 @@ class Host:
             )
             if rec is None:
                 raise LoadFailedError("the instance record was deleted during the load")
+            self.metrics.loaded(source_tier, load_s)
             await self._news.ready(hosted, source_tier, load_s)
             _honour_lost_cancellation()
             if source_tier != "dram":
@@ -291,6 +295,7 @@ class Host:
                 # the storage service writes them once and never truncates them.
                 prefault=reply.tier != "dram",
                 step_delay=self.settings.decode_delay,
+                on_step=self.metrics.stepped,
             )
             runtime, report = await run_cancellable(fn, token.cancel, _dispose_loaded)
             hosted.runtime = runtime

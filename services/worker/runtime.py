@@ -20,7 +20,7 @@ from libs.protocol.messages import GenerateRequest, GrammarSpec
 
 from .batch_policy import Limits
 from .chat_template import render_chat
-from .engine import Engine
+from .engine import Engine, OnStep
 from .validate import context_length, eos_ids, kv_budget_tokens, kv_bytes_per_token
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ class Runtime:
         engine: EngineSettings,
         name: str,
         step_delay: float = 0.0,
+        on_step: OnStep | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -108,6 +109,7 @@ class Runtime:
             max_queue=engine.max_queue,
             name=name,
             step_delay=step_delay,
+            on_step=on_step,
         )
         self.engine.start()
 
@@ -169,6 +171,7 @@ def load_runtime(
     verify: bool = True,
     prefault: bool = True,
     step_delay: float = 0.0,
+    on_step: OnStep | None = None,
 ) -> tuple[Runtime, LoadReport]:
     """Load the checkpoint at ``path`` (blocking: run it in a thread) and start its engine."""
     stats = LoadStats()
@@ -199,7 +202,9 @@ def load_runtime(
         build_s=max(loaded - t0 - stats.seconds, 0.0),
         tokenizer_s=done - loaded,
     )
-    runtime = Runtime(model, tokenizer, engine=engine, name=name, step_delay=step_delay)
+    runtime = Runtime(
+        model, tokenizer, engine=engine, name=name, step_delay=step_delay, on_step=on_step
+    )
     return runtime, report
 
 

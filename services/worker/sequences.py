@@ -75,6 +75,10 @@ class Sequences:
         self.reserved = 0  # KV tokens reserved by admitted jobs
         self.computed = 0  # prompt and decode tokens fed through the model
         self.copied = 0  # prompt tokens copied from another sequence's KV
+        # The last step, for the metrics: sequences it fed, tokens it produced, and whether
+        # it fed any prompt (a prefill step) or only decoding sequences.
+        self.last_batch = self.last_generated = 0
+        self.last_prefill = False
         self._outbox: list[tuple[Handle, Output]] = []
 
     def warm_up(self) -> None:
@@ -276,6 +280,8 @@ class Sequences:
         if not part:
             return False
         feeds = [Feed(_kv(s), s.feed[:n], n == len(s.feed) and not s.hold) for s, n in part]
+        self.last_batch, self.last_generated = len(part), 0
+        self.last_prefill = any(s.first or s.hold for s, _ in part)
         try:
             logits = self._forward(feeds)
         except Exception as exc:
@@ -303,6 +309,7 @@ class Sequences:
             return True
         for seq, c in zip(rows, chosen, strict=True):
             self._emit(seq, c)
+        self.last_generated = len(rows)
         return True
 
     def _copy_prefixes(self) -> None:

@@ -86,26 +86,22 @@ def test_a_hostile_checkpoint_uri_is_400_even_for_an_admin(cluster: UpCluster, u
     assert resp.json()["error"]["param"] == "checkpoint_uri"
 
 
-def test_a_symlink_out_of_the_registry_fails_the_load_without_saying_where(
+def test_a_symlink_out_of_the_registry_is_refused_at_deploy_without_saying_where(
     cluster: UpCluster, tmp_path: Path
 ) -> None:
     (tmp_path / "sneaky").symlink_to("/etc")  # lexically inside the allowed directory
     spec = {"name": "sneaky", "checkpoint_uri": (tmp_path / "sneaky").as_uri()}
-    created = httpx.post(
-        cluster.base_url + "/v1/deployments", json=spec, headers=_auth(ADMIN), timeout=30
-    )
-    assert created.status_code == 201, created.text
     resp = httpx.post(
-        cluster.base_url + "/v1/completions",
-        json={"model": "sneaky", "prompt": "x", "max_tokens": 1},
-        headers=_auth(INFER),
-        timeout=240,
+        cluster.base_url + "/v1/deployments", json=spec, headers=_auth(ADMIN), timeout=60
     )
-    assert resp.status_code == 503, resp.text
-    message = resp.json()["error"]["message"]
-    assert "refused by the registry allow-list" in message
-    assert "/etc" not in message.replace(spec["checkpoint_uri"], "")
-    httpx.delete(cluster.base_url + "/v1/deployments/sneaky", headers=_auth(ADMIN), timeout=60)
+    # The storage service checks the checkpoint when it is deployed: refused there and then.
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert (error["param"], error["code"]) == ("checkpoint_uri", "invalid_checkpoint")
+    assert "refused by the registry allow-list" in error["message"]
+    assert "/etc" not in error["message"].replace(spec["checkpoint_uri"], "")
+    listed = httpx.get(cluster.base_url + "/v1/deployments/sneaky", headers=_auth(ADMIN))
+    assert listed.status_code == 404  # nothing stored
 
 
 def test_a_400_mb_body_is_413_and_the_router_process_stays_flat(cluster: UpCluster) -> None:

@@ -16,7 +16,13 @@ import uvicorn
 
 from libs.cluster import ClusterState
 from libs.protocol import Bus, Keys, Stream, route
-from libs.protocol.endpoints import SCHED_DEPLOY, SCHED_PLACE, SCHED_UNDEPLOY, WORKER_GENERATE
+from libs.protocol.endpoints import (
+    SCHED_DEPLOY,
+    SCHED_PATCH,
+    SCHED_PLACE,
+    SCHED_UNDEPLOY,
+    WORKER_GENERATE,
+)
 from libs.protocol.errors import (
     BusError,
     InternalError,
@@ -38,6 +44,7 @@ from libs.protocol.messages import (
     FinishReason,
     GenerateReply,
     GenerateRequest,
+    PatchDeploymentRequest,
     PlaceReply,
     PlaceRequest,
     TokenChunk,
@@ -48,6 +55,8 @@ from libs.protocol.messages import (
 from libs.protocol.state import InstanceRecord
 from services.router.app import RouterService, create_app
 from services.router.settings import RouterSettings
+from services.scheduler.deployer import DeployConfig, Deployer
+from services.scheduler.deployment_book import DeploymentBook
 
 MODEL = "demo/tiny"
 # What the stand-in worker "generates": one chunk per piece.
@@ -129,6 +138,7 @@ class StubScheduler:
     dead_workers: set[str] = field(default_factory=set)  # as the real one: skip their instances
     places: list[PlaceRequest] = field(default_factory=list)
     _next: int = 0
+    _deployer: Deployer | None = None
 
     async def serve(self) -> StubScheduler:
         await self.bus.serve(
@@ -136,21 +146,25 @@ class StubScheduler:
             [
                 route(SCHED_PLACE, self.place),
                 route(SCHED_DEPLOY, self.deploy),
+                route(SCHED_PATCH, self.patch),
                 route(SCHED_UNDEPLOY, self.undeploy),
             ],
         )
         return self
 
+    @property
+    def deployer(self) -> Deployer:
+        """The real scheduler's deploy logic (no storage to check with, nothing to prefetch)."""
+        if self._deployer is None:
+            config = DeployConfig(prefetch_replicas=0, prefetch_timeout=10.0, inspect_timeout=5.0)
+            self._deployer = Deployer(self.bus, self.state, DeploymentBook(), config, lambda: None)
+        return self._deployer
+
     async def deploy(self, req: DeployRequest) -> DeployReply:
-        existing = await self.state.get_deployment(req.spec.name)
-        spec = req.spec.model_copy(
-            update={"created_at": existing.created_at if existing else time.time()}
-        )
-        created = await self.state.put_deployment(spec)
-        await self.bus.emit(
-            DeploymentEvent(name=spec.name, action="created" if created else "updated")
-        )
-        return DeployReply(spec=spec, created=created)
+        return await self.deployer.deploy(req)
+
+    async def patch(self, req: PatchDeploymentRequest) -> DeployReply:
+        return await self.deployer.patch(req)
 
     async def undeploy(self, req: UndeployRequest) -> UndeployReply:
         if not await self.state.delete_deployment(req.name):

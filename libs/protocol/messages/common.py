@@ -25,6 +25,9 @@ class ServiceInfoReply(Message):
     node_id: str = ""
     version: str
     started_at: float
+    # Where its Prometheus /metrics answers (host:port; "": none): the router's
+    # /metrics/targets lists these for Prometheus' HTTP service discovery.
+    metrics_addr: str = ""
 
 
 class InfoRequest(Message):

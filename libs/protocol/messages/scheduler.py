@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from ..schema import Message
 from .common import InstanceStatus, Tier
+
+DeploymentStatus = Literal["preparing", "ready", "failed"]
+DeployMode = Literal["create", "upsert"]
+# The knobs a PATCH may change (not the checkpoint: that is a new deployment).
+KNOBS = ("min_instances", "max_instances", "keep_alive_s", "target_concurrency")
 
 
 class DeploymentSpec(Message):
@@ -18,10 +25,30 @@ class DeploymentSpec(Message):
     keep_alive_s: float = Field(default=300.0, ge=0.0, le=30 * 86400.0)
     target_concurrency: int = Field(default=8, ge=1, le=4096)
     created_at: float = 0.0
+    # Set by the scheduler, never by a client: "preparing" while the deploy-time copy is made,
+    # "ready" once the model can start, "failed" (with ``error``) when it never will.
+    status: DeploymentStatus = "ready"
+    error: str = Field(default="", max_length=2048)
 
 
 class DeployRequest(Message):
+    """Deploy ``spec``. "create" refuses a name that exists (`ConflictError`); "upsert"
+    replaces it (`sllm up`). ``check``: have a storage service check the checkpoint first
+    (scheme, existence, a model transformers can build, a tokenizer that encodes)."""
+
     spec: DeploymentSpec
+    mode: DeployMode = "upsert"
+    check: bool = True
+
+
+class PatchDeploymentRequest(Message):
+    """Change some of a deployment's autoscaling knobs (None: unchanged)."""
+
+    name: str = Field(min_length=1, max_length=128)
+    min_instances: int | None = Field(default=None, ge=0, le=1024)
+    max_instances: int | None = Field(default=None, ge=1, le=1024)
+    keep_alive_s: float | None = Field(default=None, ge=0.0, le=30 * 86400.0)
+    target_concurrency: int | None = Field(default=None, ge=1, le=4096)
 
 
 class DeployReply(Message):
@@ -52,6 +79,22 @@ class PlaceReply(Message):
     status: InstanceStatus
     source_tier: Tier
     estimated_startup_s: float = Field(ge=0)
+
+
+class EstimateRequest(Message):
+    """How would a request for ``model`` be served now? (Nothing is placed.)"""
+
+    model: str = Field(min_length=1, max_length=128)
+
+
+class EstimateReply(Message):
+    model: str
+    ready: int = Field(ge=0)  # instances serving now
+    loading: int = Field(ge=0)  # instances loading now
+    # The best free worker's cold start, by the calibrated estimate (None: no free worker).
+    node_id: str = ""
+    source_tier: Tier | None = None
+    estimated_startup_s: float | None = Field(default=None, ge=0)
 
 
 class ModelDemand(Message):

@@ -65,3 +65,20 @@ class QuarantineReply(Message):
     tier: Literal["dram", "ssd"]
     quarantined: bool  # False: not this node's current copy, or the copy checked intact
     detail: str = ""
+
+
+class InspectRequest(Message):
+    """Check that ``checkpoint_uri`` can be served, without copying its weights: the scheme is
+    allowed, the source exists and is readable, and it is an sllm checkpoint or a Hugging Face
+    model directory whose architecture transformers can build and whose tokenizer encodes."""
+
+    checkpoint_uri: str = Field(min_length=1, max_length=4096)
+
+
+class InspectReply(Message):
+    kind: str  # "sllm-file", "hf-file", "sllm-http", "hf-hub"
+    bytes: int = Field(ge=0)  # the weights' size, as far as known without a fetch
+    architecture: str = ""  # config.json's architectures[0] (or its model_type)
+    # What could not be checked without fetching (an HTTP checkpoint's tokenizer): the
+    # deployment's preparation checks it.
+    deferred: list[str] = Field(default_factory=list)
