@@ -55,7 +55,8 @@ def figure(samples: Sequence[Sample], title: str = "") -> Figure:
         )
     for i, (c, m) in enumerate(zip(cases, meds, strict=True)):
         ratio = "" if c.startswith("baseline") or math.isnan(base) else f"\n{base / m:.1f}×"
-        ax.text(i, m, f"{m:.2f} s{ratio}", ha="center", va="bottom", fontsize=8)
+        ax.text(i, m + highs[i], f"{m:.2f} s{ratio}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, 1.15 * max((m + h for m, h in zip(meds, highs, strict=True)), default=1.0))
     ax.set_xticks(x, [LABEL[c] for c in cases], fontsize=8)
     ax.set_ylabel("time to first token, s (median; whiskers: min–max)")
     ax.legend(fontsize=8, loc="upper left")

@@ -34,6 +34,25 @@ from libs.protocol.schema import decode_json
 if TYPE_CHECKING:
     from libs.cluster import ClusterState
 
+# A request's latency (time to first token, end to end): milliseconds to minutes.
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+
 log = logging.getLogger(__name__)
 
 # What a request may take to arrive, and how large its head may be: a scraper sends a few

@@ -16,25 +16,10 @@ from prometheus_client import (
     generate_latest,
 )
 
+from libs.common.metrics_server import LATENCY_BUCKETS
+
 # A placement is a few milliseconds of the scheduler's, unless it waits for a busy worker.
 PLACEMENT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-LATENCY_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-)
 
 # Quantiles of the scheduler's absolute relative estimate error that /metrics shows.
 ERROR_QUANTILES = (0.5, 0.9)
