@@ -20,7 +20,7 @@ CASES: dict[str, tuple[str, str]] = {
     "ssd": ("sllm, cold: SSD tier", "checkpoint staged on the node's SSD tier only"),
     "registry": (
         "sllm, cold: registry",
-        "nothing staged: fetch + HF→sllm conversion + promote + load",
+        "nothing staged: the worker loads the HF directory (its sllm copy is made after)",
     ),
     "baseline-cold": (
         "baseline (fresh process)",

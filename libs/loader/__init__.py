@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .convert import convert_hf
     from .index import CheckpointIndex, TensorInfo, read_index
     from .load import DeviceSpec, load_checkpoint
-    from .model import load_model
+    from .model import load_model, load_model_safetensors
     from .pool import HostPool
     from .writer import save_checkpoint
 
@@ -47,6 +47,7 @@ _LAZY = {
     "DeviceSpec": "load",
     "load_checkpoint": "load",
     "load_model": "model",
+    "load_model_safetensors": "model",
     "HostPool": "pool",
     "save_checkpoint": "writer",
 }
@@ -96,6 +97,7 @@ __all__ = [
     "convert_hf",
     "load_checkpoint",
     "load_model",
+    "load_model_safetensors",
     "read_index",
     "save_checkpoint",
 ]

@@ -16,8 +16,9 @@ from torch import nn
 from .errors import IncompatibleCheckpoint
 from .index import read_index
 from .load import load_checkpoint
+from .readahead import read_ahead
 
-__all__ = ["load_model"]
+__all__ = ["load_model", "load_model_safetensors"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,58 @@ def load_model(
     ) is not None:
         model.generation_config = GenerationConfig.from_pretrained(root)
     return model
+
+
+def load_model_safetensors(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[Any, int]:
+    """Build a Hugging Face model directory's transformers model from its ``*.safetensors``
+    files as they are (mapped, not copied, on a CPU), the way `load_model` builds an sllm
+    checkpoint's: the skeleton on the meta device, then the tensors assigned. For serving a
+    model straight from its source while its sllm copy is still being written. Returns the
+    model and the bytes of weights read.
+
+    Raises:
+        IncompatibleCheckpoint: the directory holds no safetensors, or tensors that do not fit.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, GenerationConfig
+
+    root = Path(path)
+    files = sorted(root.glob("*.safetensors"))
+    if not files:
+        raise IncompatibleCheckpoint("no *.safetensors weights", path=str(root))
+    config = AutoConfig.from_pretrained(root)
+    target = torch.device(device)
+    built: dict[str, Any] = {}
+
+    def build() -> None:
+        try:
+            built["model"] = _skeleton(config, _config_dtype(config))
+        except BaseException as e:  # re-raised in the caller's thread
+            built["error"] = e
+
+    # The model is constructed while the files are read (into the page cache, in parallel:
+    # `read_ahead`), and the tensors map what was read.
+    builder = threading.Thread(target=build, name="sllm-load-model-build", daemon=True)
+    builder.start()
+    try:
+        read_ahead(files)
+        tensors: dict[str, torch.Tensor] = {}
+        for f in files:
+            tensors.update(load_file(f, device=str(target)))
+    finally:
+        builder.join()
+    if "error" in built:
+        raise built["error"]
+    model = built["model"]
+    _assign(model, tensors, target, None, str(root))
+    model.eval()
+    if (root / "generation_config.json").is_file() and getattr(
+        model, "generation_config", None
+    ) is not None:
+        model.generation_config = GenerationConfig.from_pretrained(root)
+    return model, sum(f.stat().st_size for f in files)
 
 
 def _config_dtype(config: Any) -> torch.dtype | None:

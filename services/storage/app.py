@@ -50,6 +50,7 @@ from .probe import probe_read_bandwidth
 from .publisher import NodePublisher
 from .scan import Found, scan_tier
 from .settings import StorageSettings
+from .source_first import loadable_source
 from .tiers import TierManager
 from .uri import parse_registry_uri
 
@@ -91,6 +92,21 @@ class StorageService(Service):
         source = parse_registry_uri(req.checkpoint_uri, self.allow)
         t0 = time.monotonic()
         limit = self.storage_settings.ensure_timeout
+        if req.source_ok and req.tier == "ssd":
+            nbytes = await loadable_source(self.tiers, self.pool, req.model, source, limit)
+            # Load the source now; the copy comes with the worker's promotion after its load.
+            if nbytes is not None:
+                assert source.path is not None
+                self.metrics.served("registry")
+                return EnsureReply(
+                    model=req.model,
+                    path=str(source.path),
+                    tier="ssd",
+                    source_tier="registry",
+                    bytes=nbytes,
+                    seconds=time.monotonic() - t0,
+                    hf_source=True,
+                )
         try:
             async with asyncio.timeout(limit):
                 entry, tier, source_tier = await self.tiers.ensure(req.model, source, req.tier)

@@ -73,8 +73,9 @@ class NodeStorage:
 
     async def ensure(self, model: str, checkpoint_uri: str) -> EnsureReply:
         """The fastest copy on this node (asking for SSD returns the DRAM copy if there is one:
-        loading straight from SSD beats copying into DRAM first)."""
-        req = EnsureRequest(model=model, checkpoint_uri=checkpoint_uri, tier="ssd")
+        loading straight from SSD beats copying into DRAM first), or, before any copy exists,
+        the registry's Hugging Face directory itself (`EnsureReply.hf_source`)."""
+        req = EnsureRequest(model=model, checkpoint_uri=checkpoint_uri, tier="ssd", source_ok=True)
         return await self._request(STORAGE_ENSURE, req)
 
     async def promote(self, model: str, checkpoint_uri: str) -> None:

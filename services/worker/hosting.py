@@ -261,10 +261,10 @@ class Host:
 
         async def ensured(reply: EnsureReply, seconds: float) -> None:
             log.info(
-                "instance %s of %s: %s copy in %.2fs (from %s); loading it",
+                "instance %s of %s: %s in %.2fs (from %s); loading it",
                 hosted.instance_id,
                 hosted.model,
-                reply.tier,
+                "the source directory" if reply.hf_source else f"{reply.tier} copy",
                 seconds,
                 reply.source_tier,
             )
@@ -296,6 +296,7 @@ class Host:
                 prefault=reply.tier != "dram",
                 step_delay=self.settings.decode_delay,
                 on_step=self.metrics.stepped,
+                hf_source=reply.hf_source,  # the registry's directory: its copy comes later
             )
             runtime, report = await run_cancellable(fn, token.cancel, _dispose_loaded)
             hosted.runtime = runtime

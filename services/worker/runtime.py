@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import AutoTokenizer
 
-from libs.loader import CancelToken, HostPool, LoadStats, PoolExhausted, load_model
+from libs.loader import (
+    CancelToken,
+    HostPool,
+    LoadStats,
+    PoolExhausted,
+    load_model,
+    load_model_safetensors,
+)
 from libs.protocol.errors import BadRequestError, BusError
 from libs.protocol.messages import GenerateRequest, GrammarSpec
 
@@ -172,26 +179,18 @@ def load_runtime(
     prefault: bool = True,
     step_delay: float = 0.0,
     on_step: OnStep | None = None,
+    hf_source: bool = False,
 ) -> tuple[Runtime, LoadReport]:
-    """Load the checkpoint at ``path`` (blocking: run it in a thread) and start its engine."""
+    """Load the checkpoint at ``path`` (blocking: run it in a thread) and start its engine.
+    ``hf_source``: ``path`` is a Hugging Face model directory (the registry source itself,
+    served while its sllm copy is written), loaded from its safetensors."""
     stats = LoadStats()
     t0 = time.perf_counter()
-    try:
-        model = load_model(
-            path,
-            device=device,
-            pool=pool,
-            stats=stats,
-            cancel=cancel,
-            verify=verify,
-            prefault=prefault,
-        )
-    except PoolExhausted:
-        # A checkpoint larger than the pool still loads, just without the pre-touched memory.
-        log.warning("host pool too small for %s; loading without it", path)
-        model = load_model(
-            path, device=device, stats=stats, cancel=cancel, verify=verify, prefault=prefault
-        )
+    if hf_source:
+        model, nbytes = load_model_safetensors(path, device)
+        stats = LoadStats(bytes=nbytes, seconds=time.perf_counter() - t0, tier="registry")
+    else:
+        model = _load_sllm(path, device, pool, stats, cancel, verify, prefault)
     loaded = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(os.fspath(path))
     done = time.perf_counter()
@@ -206,6 +205,33 @@ def load_runtime(
         model, tokenizer, engine=engine, name=name, step_delay=step_delay, on_step=on_step
     )
     return runtime, report
+
+
+def _load_sllm(
+    path: str | os.PathLike[str],
+    device: str,
+    pool: HostPool | None,
+    stats: LoadStats,
+    cancel: CancelToken,
+    verify: bool,
+    prefault: bool,
+) -> Any:
+    try:
+        return load_model(
+            path,
+            device=device,
+            pool=pool,
+            stats=stats,
+            cancel=cancel,
+            verify=verify,
+            prefault=prefault,
+        )
+    except PoolExhausted:
+        # A checkpoint larger than the pool still loads, just without the pre-touched memory.
+        log.warning("host pool too small for %s; loading without it", path)
+        return load_model(
+            path, device=device, stats=stats, cancel=cancel, verify=verify, prefault=prefault
+        )
 
 
 def prepare(torch_threads: int, host_pool_gb: float) -> HostPool | None:

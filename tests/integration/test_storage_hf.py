@@ -117,6 +117,32 @@ async def test_hf_directory_is_converted_verified_promoted_and_published(
     assert any(e["kind"] == "storage.progress" and e["tier"] == "ssd" for e in events)
 
 
+async def test_a_first_load_is_given_the_source_and_the_copy_serves_the_loads_after_it(
+    storage: StorageService, bus: Bus, hf_model: Path, tmp_path: Path
+) -> None:
+    """A worker about to load (``source_ok``) gets the Hugging Face directory itself while no
+    tier holds a copy; the copy is made by the next ensure that asks for a tier (the worker's
+    promotion after its load), and serves the loads after it."""
+    model = "demo/first"
+    uri = hf_model.as_uri()
+
+    async def ensure(source_ok: bool) -> EnsureReply:
+        req = EnsureRequest(model=model, checkpoint_uri=uri, tier="ssd", source_ok=source_ok)
+        return await request_when_up(bus, STORAGE_ENSURE, req, timeout=60, node_id=NODE)
+
+    first = await ensure(True)
+    assert first.hf_source
+    assert (Path(first.path), first.source_tier) == (hf_model, "registry")
+    assert first.bytes == sum(f.stat().st_size for f in hf_model.iterdir() if f.is_file())
+    # As the worker's promotion after its load: an ensure that asks for a tier copies.
+    copy = await ensure(False)
+    assert not copy.hf_source
+    assert Path(copy.path).parent == tmp_path / "ssd"
+    # Once a copy exists, a first load of another worker reads the copy, not the source.
+    again = await ensure(True)
+    assert (again.hf_source, again.path, again.source_tier) == (False, copy.path, "ssd")
+
+
 # --- conversion and verification of several partitions (blocking, no servers needed) ------------------------------
 
 

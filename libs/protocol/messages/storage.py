@@ -21,6 +21,10 @@ class EnsureRequest(Message):
     model: str = Field(min_length=1, max_length=128)
     checkpoint_uri: str = Field(min_length=1, max_length=4096)
     tier: Literal["dram", "ssd"] = "ssd"
+    # A worker about to load may be answered with the registry source itself when no tier
+    # holds a copy yet and the source is a Hugging Face directory it can load as it is: the
+    # copy is then made meanwhile, not waited for (`EnsureReply.hf_source`).
+    source_ok: bool = False
 
 
 class EnsureReply(Message):
@@ -28,6 +32,9 @@ class EnsureReply(Message):
     path: str
     tier: Literal["dram", "ssd"]
     source_tier: Tier  # where the bytes came from: "registry", "ssd" or "dram" (already there)
+    # ``path`` is the registry's Hugging Face directory, not a tier copy (`source_ok`): load
+    # its safetensors; ``tier`` then says where the directory lies (a local disk).
+    hf_source: bool = False
     bytes: int = Field(ge=0)
     seconds: float = Field(ge=0)
 

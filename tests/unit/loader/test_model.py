@@ -190,3 +190,38 @@ def test_convert_rejects_bad_sources(tmp_path: Path) -> None:
     with pytest.raises(ConversionError, match="header length"):
         convert_hf(tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_hugging_face_directory_loads_as_it_is_equal_to_from_pretrained(hf_dir: Path) -> None:
+    """The path that serves a model from its source while its sllm copy is made."""
+    from libs.loader import load_model_safetensors
+
+    ref = hf().AutoModelForCausalLM.from_pretrained(hf_dir)
+    model, nbytes = load_model_safetensors(hf_dir)
+    assert nbytes == sum(f.stat().st_size for f in hf_dir.glob("*.safetensors"))
+    assert not model.training
+    assert model.config.tie_word_embeddings == (
+        model.lm_head.weight is model.model.embed_tokens.weight
+    )
+    assert_same_model(ref, model)
+
+
+def test_a_directory_without_safetensors_is_refused(tmp_path: Path) -> None:
+    from libs.loader import load_model_safetensors
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(IncompatibleCheckpoint, match="no \\*.safetensors"):
+        load_model_safetensors(tmp_path)
+
+
+def test_read_ahead_reads_every_byte_of_every_file(tmp_path: Path) -> None:
+    from libs.loader import readahead
+
+    sizes = [0, 1, readahead.BLOCK + 5, 3 * readahead.BUFFER + 7]
+    paths = []
+    for i, n in enumerate(sizes):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(os.urandom(n))
+        paths.append(p)
+    assert readahead.read_ahead(paths, threads=3) == sum(sizes)
+    assert readahead.read_ahead([]) == 0
