@@ -133,7 +133,7 @@ async def test_a_first_load_is_given_the_source_and_the_copy_serves_the_loads_af
     first = await ensure(True)
     assert first.hf_source
     assert (Path(first.path), first.source_tier) == (hf_model, "registry")
-    assert first.bytes == sum(f.stat().st_size for f in hf_model.iterdir() if f.is_file())
+    assert first.bytes == _visible_bytes(hf_model)
     # As the worker's promotion after its load: an ensure that asks for a tier copies.
     copy = await ensure(False)
     assert not copy.hf_source

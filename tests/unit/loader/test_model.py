@@ -210,7 +210,7 @@ def test_a_directory_without_safetensors_is_refused(tmp_path: Path) -> None:
     from libs.loader import load_model_safetensors
 
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(IncompatibleCheckpoint, match="no \\*.safetensors"):
+    with pytest.raises(IncompatibleCheckpoint, match=r"no \*\.safetensors"):
         load_model_safetensors(tmp_path)
 
 
