@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -55,6 +55,8 @@ COMEBACK_S = 45.0
 FIND_POLL_S = 0.2
 # Requests one call may make: the first and the retries after a death or restart.
 ATTEMPTS = 3
+# How long `cancel_all` waits before cancelling a task again that has not ended.
+RECANCEL_S = 0.5
 
 Sign = Literal["same", "other", "absent", "unknown"]
 Verdict = Literal["alive", "restarted", "absent", "unknown"]
@@ -214,6 +216,7 @@ class Peers:
     async def until_gone(self, life: Life) -> str:
         """Returns why ``life`` ended, once it did (checks every ``interval``)."""
         absence = Absence(self.grace)
+        me = asyncio.current_task()
         while True:
             await asyncio.sleep(self.interval)
             try:
@@ -221,6 +224,11 @@ class Peers:
             except Exception:  # a check that cannot be made proves nothing
                 log.exception("checking %s %s failed", self.kind, life.instance_id)
                 continue
+            if me is not None and me.cancelling():
+                # Python 3.11's wait_for (inside nats-py's request) returns a reply that lands
+                # together with a cancellation and drops the cancellation: honour it here, or
+                # this loop outlives the `follow` that cancelled it, which then waits for ever.
+                raise asyncio.CancelledError()
             why = absence.gone(verdict, time.monotonic())
             if why is not None:
                 return why
@@ -244,9 +252,7 @@ class Peers:
                 )
             return task.result()
         finally:
-            for t in (task, watch):
-                t.cancel()
-            await asyncio.wait({task, watch})
+            await cancel_all(task, watch)
 
     async def watch(self, call: Awaitable[T], *, node_id: str = "", peer_id: str = "") -> T:
         """Await ``call`` (a wait on the service, not a request to it: a poll of the state it
@@ -304,6 +310,17 @@ class Peers:
         except TimeoutError:
             raise BusTimeoutError(f"{endpoint.name}: no answer within {timeout:g}s") from None
         raise AssertionError("unreachable")  # the loop returns or raises
+
+
+async def cancel_all(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel ``tasks`` and wait until they ended, cancelling again any that is still running
+    after `RECANCEL_S`: a cancellation can be lost (Python 3.11's wait_for returns a result
+    that lands with it), and a wait for a task that lost its cancellation never ends."""
+    pending = set(tasks)
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
 
 
 def _info(raw: bytes | str | None) -> ServiceInfoReply | None:

@@ -56,3 +56,56 @@ def test_absence_must_last_the_grace_a_restart_counts_at_once() -> None:
     assert b.gone("absent", 11.5) is None
     assert b.gone("absent", 11.9) is not None
     assert Absence(grace=1.0).gone("restarted", 0.0) is not None
+
+
+async def test_following_ends_even_when_the_watch_loses_its_cancellation() -> None:
+    """As in CI: the call ends while the watch is mid-check, and the check's reply lands with
+    the cancellation, which Python 3.11's wait_for then drops. `follow` must still return."""
+    import asyncio
+
+    from libs.common.follow import Peers
+
+    peers = Peers(None, None, None, "storage", interval=0.01)  # type: ignore[arg-type]
+    checks = 0
+
+    async def check(life: Life) -> str:
+        nonlocal checks
+        checks += 1
+        try:
+            await asyncio.sleep(0.3)
+        except asyncio.CancelledError:
+            return "alive"  # the reply that landed with the cancellation, as wait_for does
+        return "alive"
+
+    peers.check = check  # type: ignore[method-assign,assignment]
+
+    async def call() -> str:
+        await asyncio.sleep(0.05)  # ends while the watch is inside a check
+        return "reply"
+
+    assert await asyncio.wait_for(peers.follow(call(), LIFE), 5) == "reply"
+    assert checks >= 1
+
+
+async def test_cancel_all_cancels_again_a_task_that_swallowed_its_cancellation() -> None:
+    import asyncio
+
+    from libs.common.follow import cancel_all
+
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed > 1:
+                    raise
+
+    task = asyncio.ensure_future(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_all(task), 5)
+    assert task.cancelled()
+    assert swallowed == 2
