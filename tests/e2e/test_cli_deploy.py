@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -173,3 +174,43 @@ def test_readme_quick_start_cli_commands_work(cluster: UpCluster) -> None:
         )
         assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
         assert done.stdout.strip(), command
+
+
+# --- metrics discovery, on the same cluster ---------------------------------------------------
+
+
+def _get_url(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.status, resp.read()
+
+
+def test_metrics_discovery_lists_every_service_of_sllm_up_and_each_answers(
+    cluster: UpCluster,
+) -> None:
+    """`sllm up`'s metrics as Prometheus finds them: the router's HTTP service discovery
+    (``/metrics/targets``) lists the router, the scheduler, each storage service and each
+    worker, every process on a port of its own, and each target answers its ``/metrics``.
+    (Here, not in a module of its own: it needs this module's cluster, 1 node x 2 workers, and
+    each `sllm up` costs CI some 20 s.)"""
+    want = {"router", "scheduler", "storage", "worker"}
+    deadline = time.monotonic() + 30
+    while True:
+        status, body = _get_url(cluster.base_url + "/metrics/targets")
+        assert status == 200
+        groups: list[dict[str, Any]] = json.loads(body)
+        kinds = [g["labels"]["service"] for g in groups]
+        if want <= set(kinds) and kinds.count("worker") == 2:
+            break
+        assert time.monotonic() < deadline, groups
+        time.sleep(0.5)
+    targets = [t for g in groups for t in g["targets"]]
+    assert len(targets) == len(set(targets))  # a port each, no collision
+    assert f"127.0.0.1:{cluster.port}" in targets  # the router's own /metrics
+    for group in groups:
+        kind = group["labels"]["service"]
+        if kind in ("worker", "storage"):
+            assert group["labels"]["node"] == "node-0"
+        (target,) = group["targets"]
+        status, text = _get_url(f"http://{target}/metrics")
+        assert status == 200
+        assert f"sllm_{kind}_".encode() in text, kind
