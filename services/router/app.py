@@ -30,7 +30,6 @@ from libs.protocol.events import (
     InstanceFailedEvent,
     InstanceReadyEvent,
     InstanceStoppedEvent,
-    LoadPhaseEvent,
     MigrationCommittedEvent,
 )
 
@@ -132,6 +131,7 @@ class RouterService(Service):
             held=demand.requests,
             waiting=self._starts.waiting,
         )
+        self.events.on_phase = self._starts.on_phase  # cold-start progress (monitoring)
         await self.events.follow(self.bus)
 
         # The events below are hints that may speed things up: losing one never misroutes a
@@ -176,12 +176,6 @@ class RouterService(Service):
         await bus.subscribe(
             subjects.event("migration.committed"), MigrationCommittedEvent, on_migrated, json=True
         )
-        starts = self._starts
-
-        async def on_phase(ev: LoadPhaseEvent) -> None:  # cold-start progress (monitoring)
-            starts.on_phase(ev)
-
-        await bus.subscribe(subjects.event("load.phase"), LoadPhaseEvent, on_phase, json=True)
 
     async def on_stop(self) -> None:
         if self._starts is not None:

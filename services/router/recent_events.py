@@ -9,7 +9,7 @@ never a request misrouted. `follow` subscribes the three to the bus.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from libs.protocol import Bus
 from libs.protocol.events import (
@@ -207,17 +207,21 @@ class Throughput:
 
 
 class EventFollower:
-    """The ring, the load phases and the throughput, fed from one set of subscriptions."""
+    """The ring, the load phases and the throughput, fed from one set of subscriptions; load
+    phases also go to ``on_phase`` (the cold queue's progress)."""
 
     def __init__(self) -> None:
         self.recent = RecentEvents()
         self.phases = LoadPhases()
         self.throughput = Throughput()
+        self.on_phase: Callable[[LoadPhaseEvent], None] | None = None
 
     def add(self, event: Event) -> None:
         self.recent.add(event)
         self.phases.add(event)
         self.throughput.add(event)
+        if self.on_phase is not None and isinstance(event, LoadPhaseEvent):
+            self.on_phase(event)
 
     def kinds(self) -> Iterable[str]:
         ring = (event_kind(cls) for cls in RING_TYPES)

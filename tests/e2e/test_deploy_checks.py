@@ -200,6 +200,12 @@ def test_a_cold_start_streams_its_progress_when_asked_and_sdk_clients_are_unaffe
         resp = httpx.post(cluster.base_url + "/v1/deployments", json=body, timeout=120)
         assert resp.status_code == 201, resp.text
         _wait_status(cluster, name, "ready")
+    # The one worker holds progress-b (its keep-alive: 1 s) when progress-a is asked for: a
+    # cold start that waits, whatever ran before (a tiny model alone loads in under 0.25 s).
+    with openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="x", max_retries=0) as c:
+        c.chat.completions.create(
+            model="progress-b", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
     progress, text = _progress_lines(cluster, "progress-a")
     assert text
     assert progress, "a cold start sent no progress"
