@@ -13,6 +13,7 @@ import torch
 from .dtypes import DTYPES
 from .errors import ConversionError
 from .hooks import ProgressFn
+from .pooling import POOLING_FILE, sentence_pooling_file
 from .sources import Entry, FileRangeSource, tensor_entries
 from .writer import DEFAULT_CHUNK_SIZE, DEFAULT_PARTITION_SIZE, write_checkpoint
 
@@ -83,17 +84,25 @@ def convert_hf(
     src = Path(src_dir)
     if not src.is_dir():
         raise ConversionError("source is not a directory", path=src)
-    shards = _shards(src, "model.safetensors.index.json", "model*.safetensors")
+    # A PEFT adapter directory holds ``adapter_model.*`` instead of ``model*``.
+    shards = _shards(src, "model.safetensors.index.json", "model*.safetensors") or _shards(
+        src, "", "adapter_model.safetensors"
+    )
     if shards:
         entries = _safetensors_entries(shards)
         kind = "safetensors"
     else:
-        bins = _shards(src, "pytorch_model.bin.index.json", "pytorch_model*.bin")
+        bins = _shards(src, "pytorch_model.bin.index.json", "pytorch_model*.bin") or _shards(
+            src, "", "adapter_model.bin"
+        )
         if not bins:
             raise ConversionError("no *.safetensors or *.bin weights found", path=src)
         entries = _bin_entries(bins)
         kind = "bin"
     files: dict[str, Path | bytes] = {f.name: f for f in sorted(src.iterdir()) if _is_model_file(f)}
+    pooling = sentence_pooling_file(src)
+    if pooling is not None:  # in a subdirectory: carried under a plain name (FORMAT.md)
+        files[POOLING_FILE] = pooling
     return write_checkpoint(
         entries,
         dst_dir,
@@ -118,7 +127,7 @@ def _is_model_file(f: Path) -> bool:
 
 def _shards(src: Path, index_name: str, pattern: str) -> list[Path]:
     index = src / index_name
-    if index.is_file():
+    if index_name and index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
             names = sorted(set(weight_map.values()))
