@@ -37,9 +37,9 @@ from services.worker.hosting import (
     IDLE_NEWS_DELAY_S,
     UNLOADED_DURING_LOAD,
     Hosted,
-    check_reservation,
 )
 from services.worker.load_news import LoadNews
+from services.worker.reservation import check_reservation
 from services.worker.teardown import RETIRE_ATTEMPTS, RETIRE_BACKOFF_S, TEARDOWN_WAIT_S
 
 from .sim import NodeSpec

@@ -14,6 +14,7 @@ from .dtypes import DTYPES
 from .errors import ConversionError
 from .hooks import ProgressFn
 from .pooling import POOLING_FILE, sentence_pooling_file
+from .shapes import read_safetensors_header
 from .sources import Entry, FileRangeSource, tensor_entries
 from .writer import DEFAULT_CHUNK_SIZE, DEFAULT_PARTITION_SIZE, write_checkpoint
 
@@ -39,7 +40,6 @@ _ST_DTYPES = {
     "F8_E5M2": "float8_e5m2",
     "F8_E8M0": "float8_e8m0fnu",
 }
-_MAX_HEADER = 100 << 20
 _WEIGHT_SUFFIXES = (
     ".safetensors",
     ".bin",
@@ -145,24 +145,7 @@ def _safetensors_entries(shards: list[Path]) -> list[Entry]:
     entries: list[Entry] = []
     for shard in shards:
         size = shard.stat().st_size
-        with open(shard, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ConversionError("not a safetensors file", path=shard, offset=0)
-            n = int.from_bytes(head, "little")
-            if n > _MAX_HEADER or 8 + n > size:
-                raise ConversionError(
-                    f"safetensors header length {n} is invalid", path=shard, offset=0
-                )
-            try:
-                header = json.loads(f.read(n))
-            except ValueError as e:
-                raise ConversionError(
-                    f"safetensors header is not JSON: {e}", path=shard, offset=8
-                ) from None
-        if not isinstance(header, dict):
-            raise ConversionError("safetensors header is not an object", path=shard, offset=8)
-        base = 8 + n
+        header, base = read_safetensors_header(shard)
         found = []
         for name, info in header.items():
             if name == "__metadata__":

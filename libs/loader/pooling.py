@@ -19,6 +19,11 @@ __all__ = ["POOLING_FILE", "Pooling", "PoolingError", "read_pooling", "sentence_
 
 POOLING_FILE = "pooling_config.json"
 MODULES_FILE = "modules.json"
+# sentence-transformers' settings of its Transformer module: ``max_seq_length``.
+SBERT_CONFIG_FILE = "sentence_bert_config.json"
+# The modules whose meaning is implemented here; any other (a Dense projection...) would
+# change the vectors, so a model that lists one is refused rather than served wrong.
+_KNOWN_MODULES = ("Transformer", "Pooling", "Normalize")
 _MAX_BYTES = 1 << 20
 
 PoolingMode = Literal["mean", "cls", "max", "last"]
@@ -41,6 +46,9 @@ class Pooling:
     mode: PoolingMode = "mean"
     normalize: bool = True
     source: str = "default"  # where it came from: "sentence-transformers" or "default"
+    # The longest input in tokens (sentence-transformers' max_seq_length, which it truncates
+    # to; here a longer input is refused). None: the model's context.
+    max_tokens: int | None = None
 
 
 def _modules(root: Path) -> list[dict[str, object]] | None:
@@ -86,20 +94,41 @@ def read_pooling(root: str | Path) -> Pooling:
     modules = _modules(base)
     carried = base / POOLING_FILE
     settings_file = carried if carried.is_file() else sentence_pooling_file(base)
+    max_tokens = _max_seq_length(base)
     if modules is None and settings_file is None:
-        return Pooling()
+        return Pooling(max_tokens=max_tokens)
+    for m in modules or ():
+        kind = str(m.get("type", ""))
+        if not kind.endswith(_KNOWN_MODULES):
+            raise PoolingError(f"the sentence-transformers module {kind!r} is not supported")
+    # A carried pooling config means the source listed a Normalize module only if it did.
     normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules or ())
     if settings_file is None:
-        return Pooling("mean", normalize, "sentence-transformers")
+        return Pooling("mean", normalize, "sentence-transformers", max_tokens)
     doc = _json(settings_file)
     if not isinstance(doc, dict):
         raise PoolingError("the pooling settings are not an object")
     for flag in _UNSUPPORTED:
         if doc.get(flag):
             raise PoolingError(f"pooling {flag} is not supported")
+    if doc.get("include_prompt") is False:
+        raise PoolingError("pooling without the prompt (include_prompt: false) is not supported")
     chosen = [mode for flag, mode in _MODES if doc.get(flag)]
     if len(chosen) != 1:
         raise PoolingError(
             f"exactly one pooling mode must be set, found {len(chosen)} ({chosen or 'none'})"
         )
-    return Pooling(chosen[0], normalize, "sentence-transformers")
+    return Pooling(chosen[0], normalize, "sentence-transformers", max_tokens)
+
+
+def _max_seq_length(base: Path) -> int | None:
+    path = base / SBERT_CONFIG_FILE
+    if not path.is_file():
+        return None
+    doc = _json(path)
+    value = doc.get("max_seq_length") if isinstance(doc, dict) else None
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise PoolingError(f"{SBERT_CONFIG_FILE}: max_seq_length {value!r} is not a positive int")
+    return value

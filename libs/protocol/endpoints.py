@@ -19,6 +19,8 @@ from .messages import (
     AdoptRequest,
     DeployReply,
     DeployRequest,
+    EmbedReply,
+    EmbedRequest,
     EnsureReply,
     EnsureRequest,
     EstimateReply,
@@ -75,6 +77,8 @@ WORKER_GENERATE = StreamEndpoint(
     TokenChunk,
     ends=lambda chunk: chunk.finish_reason is not None,
 )
+
+WORKER_EMBED = Endpoint("embed", "worker.{worker_id}.embed", EmbedRequest, EmbedReply)
 
 STORAGE_ENSURE = Endpoint(
     "ensure", "storage.{node_id}.ensure", EnsureRequest, EnsureReply, resend_on_drop=True

@@ -24,6 +24,9 @@ class InstanceRecord(Message):
     load_s: float | None = None
     error: str = ""
     worker_epoch: int = 0  # the worker's epoch when it was reserved (0: unknown)
+    # LoRA adapters resident on it (a base model's instance), most recently used last: the
+    # router prefers an instance that holds a request's adapter.
+    adapters: list[str] = Field(default_factory=list, max_length=1024)
 
 
 class WorkerRecord(Message):

@@ -380,6 +380,7 @@ class ModelCard(_Response):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "sllm"
+    parent: str | None = None  # a LoRA adapter's base model (as vLLM lists adapters)
 
 
 class ModelList(_Response):

@@ -41,6 +41,7 @@ from .cluster_view import ClusterReader
 from .cold_queue import ColdQueue
 from .demand import DemandTracker
 from .deployments import DeploymentsApi
+from .embeddings import EmbeddingServing
 from .errors import ApiError, from_bus, invalid_request, to_api_error
 from .hotpath import HotPath
 from .liveness import LivenessWatch
@@ -77,6 +78,7 @@ class RouterService(Service):
         # Its /metrics is on its own port (`create_fastapi`); `Service` serves none for it.
         self.metrics_addr = advertised(settings.host, settings.port)
         self._serving: OpenAIServing | None = None
+        self._embeddings: EmbeddingServing | None = None
         self._deployments: DeploymentsApi | None = None
         self._starts: ColdQueue | None = None
         self._demand: DemandTracker | None = None
@@ -88,6 +90,12 @@ class RouterService(Service):
         if self._serving is None:
             raise RuntimeError("the router is not started")
         return self._serving
+
+    @property
+    def embeddings(self) -> EmbeddingServing:
+        if self._embeddings is None:
+            raise RuntimeError("the router is not started")
+        return self._embeddings
 
     @property
     def cluster(self) -> ClusterReader:
@@ -121,6 +129,7 @@ class RouterService(Service):
             self.bus, view, self._starts, self.metrics, s, self.instance_id, demand=demand
         )
         self._serving = OpenAIServing(backend)
+        self._embeddings = EmbeddingServing(backend)
         self.tasks.loop("liveness", LivenessWatch(backend).run)  # silent instances
         self._deployments = DeploymentsApi(backend, s.allow_list())
         self._cluster = ClusterReader(

@@ -23,14 +23,34 @@ T = TypeVar("T")
 STALE_OK_S = 120.0
 
 
+# An instance that holds a request's LoRA adapter is preferred unless it has this many more of
+# our requests in flight than the least loaded one: loading an adapter costs milliseconds, so
+# the preference must not pile a base's whole traffic onto one instance.
+ADAPTER_AFFINITY = 4
+
+
 def least_loaded(
-    ready: Sequence[InstanceRecord], inflight: Mapping[str, int], avoid: Collection[str] = ()
+    ready: Sequence[InstanceRecord],
+    inflight: Mapping[str, int],
+    avoid: Collection[str] = (),
+    adapter: str = "",
 ) -> InstanceRecord | None:
-    """The ready instance with the fewest of our requests in flight (ties: by id, stable)."""
+    """The ready instance with the fewest of our requests in flight (ties: by id, stable);
+    with ``adapter``, one that holds it resident unless it is much busier (`ADAPTER_AFFINITY`)."""
     candidates = [r for r in ready if r.instance_id not in avoid]
     if not candidates:
         return None
-    return min(candidates, key=lambda r: (inflight.get(r.instance_id, 0), r.instance_id))
+
+    def load(r: InstanceRecord) -> tuple[int, str]:
+        return inflight.get(r.instance_id, 0), r.instance_id
+
+    best = min(candidates, key=load)
+    holders = [r for r in candidates if adapter and adapter in r.adapters]
+    if holders:
+        warm = min(holders, key=load)
+        if load(warm)[0] - load(best)[0] < ADAPTER_AFFINITY:
+            return warm
+    return best
 
 
 async def read(what: str, call: Callable[[], Awaitable[T]]) -> T:

@@ -63,6 +63,8 @@ class NodeOut(_Out):
 class DeploymentOut(_Out):
     name: str
     checkpoint_uri: str
+    task: str = "generate"
+    base: str = ""  # a LoRA adapter's base deployment
     min_instances: int
     max_instances: int
     keep_alive_s: float

@@ -167,6 +167,8 @@ def _deployment(
     return DeploymentOut(
         name=spec.name,
         checkpoint_uri=spec.checkpoint_uri,
+        task=str(getattr(spec, "task", None) or "generate"),
+        base=str(getattr(spec, "base", None) or ""),
         min_instances=spec.min_instances,
         max_instances=spec.max_instances,
         keep_alive_s=spec.keep_alive_s,

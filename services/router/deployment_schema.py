@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from libs.protocol.messages import DeploymentSpec, DeploymentStatus
+from libs.protocol.messages import DeploymentSpec, DeploymentStatus, Task
 from libs.protocol.state import InstanceRecord
 
 # DeploymentSpec's integer fields (strict: an int, never a string or a bool).
@@ -29,12 +29,19 @@ class DeploymentIn(BaseModel):
     """The body of ``POST /v1/deployments``: a `DeploymentSpec`'s own fields (not the status
     the cluster sets: a client that sends it is told so), whose integers may also be written
     with a zero fraction (``8.0``), as JSON Schema's ``integer`` allows. ``created_at`` is
-    ignored: the scheduler keeps a deployment's first."""
+    ignored: the scheduler keeps a deployment's first.
+
+    A model names its ``checkpoint_uri`` (and ``task``: "generate", or "embed" for
+    ``/v1/embeddings``); a LoRA adapter names its ``adapter_uri`` (a PEFT adapter directory)
+    and its ``base`` deployment instead, and serves on the base's instances."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: Annotated[str, _SPEC["name"]]
-    checkpoint_uri: Annotated[str, _SPEC["checkpoint_uri"]]
+    checkpoint_uri: str | None = Field(default=None, min_length=1, max_length=4096)
+    adapter_uri: str | None = Field(default=None, min_length=1, max_length=4096)
+    base: str | None = Field(default=None, min_length=1, max_length=128)
+    task: Annotated[Task, _SPEC["task"]]
     min_instances: Annotated[int, _SPEC["min_instances"]]
     max_instances: Annotated[int, _SPEC["max_instances"]]
     keep_alive_s: Annotated[float, _SPEC["keep_alive_s"]]
@@ -46,8 +53,24 @@ class DeploymentIn(BaseModel):
     def _json_integers(cls, data: object) -> object:
         return _integers(data)
 
+    @model_validator(mode="after")
+    def _model_or_adapter(self) -> DeploymentIn:
+        if self.base is None and self.adapter_uri is None:
+            if self.checkpoint_uri is None:
+                raise ValueError("checkpoint_uri is required (or adapter_uri and base)")
+            return self
+        if self.base is None or self.adapter_uri is None:
+            raise ValueError("an adapter names both adapter_uri and base")
+        if self.checkpoint_uri is not None:
+            raise ValueError("an adapter names adapter_uri and base, not checkpoint_uri")
+        return self
+
     def spec(self) -> DeploymentSpec:
-        return DeploymentSpec.model_validate(self.model_dump())
+        fields = self.model_dump(exclude={"adapter_uri", "base", "checkpoint_uri"})
+        uri = self.adapter_uri if self.base is not None else self.checkpoint_uri
+        return DeploymentSpec.model_validate(
+            {**fields, "checkpoint_uri": uri, "base": self.base or ""}
+        )
 
 
 class DeploymentPatchIn(BaseModel):
@@ -86,6 +109,10 @@ class InstanceOut(_Response):
     source_tier: str | None = None
     load_s: float | None = None
     error: str = ""
+    adapters: list[str] = Field(
+        default_factory=list,
+        description="LoRA adapters resident on this instance, least recently used first",
+    )
 
     @classmethod
     def of(cls, rec: InstanceRecord) -> InstanceOut:
@@ -95,7 +122,10 @@ class InstanceOut(_Response):
 class DeploymentOut(_Response):
     object: Literal["deployment"] = "deployment"
     name: str
-    checkpoint_uri: str
+    checkpoint_uri: str = Field(description="the model's checkpoint, or the adapter's")
+    task: Task = "generate"
+    base: str | None = Field(default=None, description="a LoRA adapter's base deployment")
+    adapter_uri: str | None = None
     min_instances: int
     max_instances: int
     keep_alive_s: float

@@ -42,7 +42,11 @@ class DeploymentsApi:
     async def _out(self, spec: DeploymentSpec) -> DeploymentOut:
         state = self.backend.view.state
         records = await read("instances", lambda: state.instances(spec.name))
-        return DeploymentOut(**spec.model_dump(), instances=[InstanceOut.of(r) for r in records])
+        adapter = {"base": spec.base, "adapter_uri": spec.checkpoint_uri} if spec.base else {}
+        return DeploymentOut(
+            **{**spec.model_dump(), "base": None, **adapter},
+            instances=[InstanceOut.of(r) for r in records],
+        )
 
     async def create(self, spec: DeploymentSpec) -> DeploymentOut:
         """Create a deployment: a storage service checks its checkpoint first (422 naming what

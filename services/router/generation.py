@@ -19,6 +19,7 @@ from typing import Literal
 
 from libs.protocol import StreamReader
 from libs.protocol.errors import (
+    BadRequestError,
     BusError,
     DeploymentFailedError,
     InternalError,
@@ -26,7 +27,13 @@ from libs.protocol.errors import (
     UnavailableError,
 )
 from libs.protocol.events import RequestCompletedEvent
-from libs.protocol.messages import GenerateReply, GenerateRequest, TokenChunk, Usage
+from libs.protocol.messages import (
+    DeploymentSpec,
+    GenerateReply,
+    GenerateRequest,
+    TokenChunk,
+    Usage,
+)
 from libs.protocol.state import InstanceRecord
 
 from .backend import Backend
@@ -106,11 +113,25 @@ class Generation:
                 detail={"param": "model"},
             )
         self.deployed = True
-        if spec.status == "failed":
-            raise DeploymentFailedError(
-                f"the deployment of {self.model!r} failed: {spec.error}",
+        check_servable(spec)
+        if spec.task != "generate":
+            raise BadRequestError(
+                f"{self.model!r} is an embedding model (task {spec.task!r}): use "
+                "POST /v1/embeddings",
                 detail={"param": "model"},
             )
+        if spec.base:
+            # An adapter is served by its base's instances: from here on the request is the
+            # base's (its queue, its demand, its failover), naming the adapter to apply.
+            base = await b.view.deployment(spec.base)
+            if base is None:
+                raise DeploymentFailedError(
+                    f"the base {spec.base!r} of the adapter {self.model!r} is not deployed",
+                    detail={"param": "model"},
+                )
+            check_servable(base)
+            update = {"model": base.name, "adapter": spec.name, "adapter_uri": spec.checkpoint_uri}
+            self.request = self.request.model_copy(update=update)
         if self.request.keep_alive_s is None:
             # The worker keeps the instance loaded this long after the request; the request's
             # own `keep_alive` (Ollama style) was set by the caller when it gave one.
@@ -349,6 +370,15 @@ class Generation:
                 error=_describe(self.error),
                 failovers=self.failovers,
             )
+        )
+
+
+def check_servable(spec: DeploymentSpec) -> None:
+    """Refuse a request for a deployment that failed (424, with its reason)."""
+    if spec.status == "failed":
+        raise DeploymentFailedError(
+            f"the deployment of {spec.name!r} failed: {spec.error}",
+            detail={"param": "model"},
         )
 
 

@@ -48,7 +48,15 @@ async def open_stream(
     model = request.model
     unusable = 0
     while True:
-        inst = await _acquire(b, request, avoid, deadline=deadline, times=times)
+        inst = await acquire(
+            b,
+            model,
+            avoid,
+            deadline=deadline,
+            times=times,
+            request_id=request.request_id,
+            adapter=request.adapter,
+        )
         b.view.begin(inst.instance_id)
         try:
             reader = await _open(b, inst, request)
@@ -94,17 +102,24 @@ async def _open(b: Backend, inst: InstanceRecord, request: GenerateRequest) -> T
         raise
 
 
-async def _acquire(
-    b: Backend, request: GenerateRequest, avoid: set[str], *, deadline: float, times: Timings
+async def acquire(
+    b: Backend,
+    model: str,
+    avoid: set[str],
+    *,
+    deadline: float,
+    times: Timings,
+    request_id: str = "",
+    adapter: str = "",
 ) -> InstanceRecord:
-    """The least loaded ready instance, waiting (bounded by the deadline) when there is none."""
-    model = request.model
+    """The least loaded ready instance of ``model`` (one holding ``adapter`` preferred),
+    waiting (bounded by the deadline) when there is none."""
     backoff = BACKOFF_MIN_S
     ticket: int | None = None
     while True:
         ready = await b.view.ready(model)
         if ready:
-            inst = least_loaded(ready, b.view.inflight, avoid)
+            inst = least_loaded(ready, b.view.inflight, avoid, adapter)
             if inst is not None:
                 return inst
             # Every ready instance just said it is full: back off, then try them all again.
@@ -126,7 +141,7 @@ async def _acquire(
                 model,
                 deadline=deadline,
                 ticket=ticket,
-                request_id=request.request_id,
+                request_id=request_id,
             )
         finally:
             times.queue_s += time.monotonic() - started

@@ -26,6 +26,7 @@ from .deployment_schema import (
     DeploymentOut,
     DeploymentPatchIn,
 )
+from .embedding_schema import EmbeddingRequest, EmbeddingResponse
 from .model_info import ModelDetail, model_detail
 from .openapi_doc import BUS_CALL, KEYED, STATE_READ, error_answers
 from .responses import ChatCompletion, Completion
@@ -106,6 +107,10 @@ def v1_routes(svc: RouterService) -> APIRouter:
     )
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await svc.serving.completion(body, request.receive)
+
+    @api.post("/embeddings", responses=error_answers(*keyed, *BUS_CALL))
+    async def embeddings(body: EmbeddingRequest) -> EmbeddingResponse:
+        return await svc.embeddings.create(body)
 
     @api.get("/models", responses=error_answers(*keyed, *STATE_READ))
     async def list_models() -> ModelList:

@@ -42,7 +42,12 @@ class OpenAIServing:
     async def models(self) -> ModelList:
         state = self.backend.view.state
         specs = await read("deployments", state.deployments)
-        return ModelList(data=[ModelCard(id=s.name, created=int(s.created_at)) for s in specs])
+        return ModelList(
+            data=[
+                ModelCard(id=s.name, created=int(s.created_at), parent=s.base or None)
+                for s in specs
+            ]
+        )
 
     async def chat(self, body: ChatCompletionRequest, receive: Receive) -> Response:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"

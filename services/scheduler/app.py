@@ -39,6 +39,7 @@ from libs.protocol.messages import (
     UndeployRequest,
 )
 
+from .adapter_rules import check_undeploy
 from .coldpolicy import Bounds
 from .coldstart import BusyWorkerStarts, ColdStartConfig
 from .deployer import DeployConfig, Deployer
@@ -196,6 +197,7 @@ class SchedulerService(Service):
     # --- deployments ------------------------------------------------------------------------
 
     async def undeploy(self, req: UndeployRequest) -> UndeployReply:
+        check_undeploy(req.name, await self.state.deployments())
         self.book.delete(req.name)
         if not await self.state.delete_deployment(req.name):
             raise NotFoundError(f"no deployment named {req.name!r}", detail={"model": req.name})

@@ -42,6 +42,7 @@ from libs.protocol.messages import (
     PatchDeploymentRequest,
 )
 
+from .adapter_rules import check_adapter, check_patch
 from .deployment_book import DeploymentBook
 from .prefetch import Prefetched, prefetch
 
@@ -107,14 +108,21 @@ class Deployer:
         existing = await self.state.get_deployment(name)
         if req.mode == "create" and existing is not None:
             raise conflict(name)
+        base_uri = ""
+        if req.spec.base:
+            base = await self.state.get_deployment(req.spec.base)
+            check_adapter(req.spec, base)
+            assert base is not None
+            base_uri = base.checkpoint_uri
         # The same checkpoint, not failed: its preparation stands (an upsert changes knobs).
         same = (
             existing is not None
-            and existing.checkpoint_uri == req.spec.checkpoint_uri
+            and (existing.checkpoint_uri, existing.base, existing.task)
+            == (req.spec.checkpoint_uri, req.spec.base, req.spec.task)
             and existing.status != "failed"
         )
         if req.check and not same:
-            await self.inspect(req.spec.checkpoint_uri)
+            await self.inspect(req.spec.checkpoint_uri, base_uri)
         if same:
             assert existing is not None
             status, error = existing.status, existing.error
@@ -146,6 +154,7 @@ class Deployer:
         current = await self.state.get_deployment(req.name)
         if current is None:
             raise NotFoundError(f"no deployment named {req.name!r}", detail={"param": "name"})
+        check_patch(current, changes)
         merged = {**current.model_dump(), **changes}
         if merged["min_instances"] > merged["max_instances"]:
             raise BadRequestError(
@@ -161,14 +170,14 @@ class Deployer:
         self.wake_scaler()
         return DeployReply(spec=spec, created=False)
 
-    async def inspect(self, uri: str) -> None:
-        """Have a storage service check ``uri`` (`InvalidCheckpointError` if it is bad). With
-        no storage service up, the deployment is stored unchecked: its preparation and its
-        first load will find out."""
+    async def inspect(self, uri: str, base_uri: str = "") -> None:
+        """Have a storage service check ``uri`` (`InvalidCheckpointError` if it is bad; with
+        ``base_uri``, ``uri`` is a LoRA adapter of that base). With no storage service up, the
+        deployment is stored unchecked: its preparation and its first load will find out."""
         try:
             await self.bus.request(
                 STORAGE_INSPECT,
-                InspectRequest(checkpoint_uri=uri),
+                InspectRequest(checkpoint_uri=uri, base_uri=base_uri),
                 timeout=self.config.inspect_timeout,
             )
         except NoRespondersError:

@@ -8,7 +8,7 @@ import asyncio
 import time
 
 from libs.cluster import ClusterState
-from libs.protocol.errors import NotFoundError, UnavailableError
+from libs.protocol.errors import BadRequestError, NotFoundError, UnavailableError
 from libs.protocol.messages import DeploymentSpec, PlaceReply, PlaceRequest
 from libs.protocol.state import InstanceRecord
 
@@ -52,6 +52,11 @@ class PlaceHandler:
         spec = await self.state.get_deployment(req.model)
         if spec is None:
             raise NotFoundError(f"no deployment named {req.model!r}", detail={"model": req.model})
+        if spec.base:
+            raise BadRequestError(
+                f"{req.model!r} is an adapter of {spec.base!r}: place its base",
+                detail={"model": req.model},
+            )
         lock = self.locks.setdefault(req.model, asyncio.Lock())
         async with lock:
             cluster = await self.placer.snapshot()

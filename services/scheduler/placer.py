@@ -187,7 +187,10 @@ class Placer:
             await self.bus.request(
                 WORKER_LOAD,
                 LoadRequest(
-                    instance_id=instance_id, model=spec.name, checkpoint_uri=spec.checkpoint_uri
+                    instance_id=instance_id,
+                    model=spec.name,
+                    checkpoint_uri=spec.checkpoint_uri,
+                    task=spec.task,
                 ),
                 worker_id=choice.worker_id,
             )

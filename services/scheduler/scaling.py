@@ -268,7 +268,9 @@ class ScaleLoop:
     ) -> tuple[Snapshot, dict[str, DeploymentSpec], dict[str, InstanceRecord]]:
         now = time.time()
         self.demand.expire(now)
-        specs = {s.name: s for s in await self.state.deployments()}
+        # Adapters have no instances: their demand counts as their base's (the routers report
+        # an adapter's requests under the base that serves them).
+        specs = {s.name: s for s in await self.state.deployments() if not s.base}
         cluster = await self.cluster()
         alive, free = cluster.alive, cluster.free_workers
         instances = await self.state.instances_of(list(specs))

@@ -42,6 +42,7 @@ from libs.protocol.messages import (
 )
 from libs.protocol.state import NodeRecord
 
+from .adapter_check import inspect_adapter
 from .concurrency import BlockingPool
 from .inspect import inspect_source
 from .lru import TierCatalog, TierEntry
@@ -125,12 +126,16 @@ class StorageService(Service):
     async def inspect(self, req: InspectRequest) -> InspectReply:
         """Check a deployment's checkpoint before it is stored (`inspect.inspect_source`)."""
         source = parse_registry_uri(req.checkpoint_uri, self.allow)
+        base = parse_registry_uri(req.base_uri, self.allow) if req.base_uri else None
         limit = self.storage_settings.ensure_timeout
+        wait = min(limit, 30.0)
         try:
             async with asyncio.timeout(limit):
-                return await self.pool.run(
-                    lambda cancel: inspect_source(source, timeout=min(limit, 30.0))
-                )
+                if req.base_uri:
+                    return await self.pool.run(
+                        lambda cancel: inspect_adapter(source, base, timeout=wait)
+                    )
+                return await self.pool.run(lambda cancel: inspect_source(source, timeout=wait))
         except TimeoutError:
             raise BusTimeoutError(f"checking {req.checkpoint_uri}: over {limit:g}s") from None
 

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 SourceKind = Literal["sllm-file", "hf-file", "sllm-http", "hf-hub"]
 _HF_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
+# A PEFT adapter directory: adapter_config.json and one of these.
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,13 @@ def prepare(source: RegistrySource, timeout: float) -> FetchPlan:
             for name in [p.file for p in files.partitions] + [f.name for f in files.files]:
                 _check_local(source, path / name)
             return FetchPlan(source, "sllm-file", files.total_bytes, raw, files)
-        if (path / "config.json").is_file() and any(next(path.glob(p), None) for p in _HF_WEIGHTS):
+        model = (path / "config.json").is_file() and any(
+            next(path.glob(p), None) for p in _HF_WEIGHTS
+        )
+        adapter = (path / "adapter_config.json").is_file() and any(
+            (path / w).is_file() for w in _ADAPTER_WEIGHTS
+        )
+        if model or adapter:
             entries = [f for f in path.iterdir() if f.is_file()]
             for f in entries:
                 _check_local(source, f)
@@ -93,8 +101,9 @@ def prepare(source: RegistrySource, timeout: float) -> FetchPlan:
         log.warning("checkpoint %s: %r", uri, exc)
         raise BadRequestError(f"checkpoint {uri}: the storage service cannot read it") from None
     raise BadRequestError(
-        f"checkpoint {uri} holds neither an sllm checkpoint ({INDEX_FILE}) "
-        "nor a Hugging Face model (config.json and *.safetensors)"
+        f"checkpoint {uri} holds neither an sllm checkpoint ({INDEX_FILE}), a Hugging Face "
+        "model (config.json and *.safetensors) nor a PEFT adapter (adapter_config.json and "
+        "adapter_model.safetensors)"
     )
 
 

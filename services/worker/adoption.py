@@ -51,6 +51,7 @@ from .sampling import Sampling
 from .validate import check_sampling
 
 if TYPE_CHECKING:
+    from .adapters import WorkerAdapters
     from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,9 @@ class Adoptions:
         token_timeout: float,
         prepare: Prepare,
         running: dict[str, Running],
+        adapters: WorkerAdapters | None = None,
     ) -> None:
+        self.adapters = adapters
         self.bus = bus
         self.host = host
         self.worker_id = worker_id
@@ -124,6 +127,11 @@ class Adoptions:
         ids = [*prompt_ids, *request.generated_token_ids]
         # The shadow reserves KV for the whole generation: what it holds and what is left.
         grammar = await asyncio.to_thread(rt.grammar, p.grammar) if p.grammar else None
+        adapter = None
+        if request.adapter and self.adapters is not None:
+            adapter = await self.adapters.get(
+                hosted.instance_id, rt, request.adapter, request.adapter_uri
+            )
         job = Job(
             ids,
             p.max_tokens - generated,
@@ -131,6 +139,7 @@ class Adoptions:
             hold=True,
             generated=generated,
             grammar=grammar,
+            adapter=adapter,
         )
         handle = rt.engine.submit(job, asyncio.get_running_loop())
         self.host.begin(hosted)

@@ -20,6 +20,7 @@ from libs.protocol.endpoints import (
     WORKER_ADOPT_ABORT,
     WORKER_ADOPT_COMMIT,
     WORKER_ADOPT_DELTA,
+    WORKER_EMBED,
     WORKER_GENERATE,
     WORKER_LOAD,
     WORKER_MIGRATE,
@@ -28,6 +29,8 @@ from libs.protocol.endpoints import (
 )
 from libs.protocol.errors import BadRequestError
 from libs.protocol.messages import (
+    EmbedReply,
+    EmbedRequest,
     FinishReason,
     GenerateReply,
     GenerateRequest,
@@ -39,8 +42,10 @@ from libs.protocol.messages import (
 )
 from libs.protocol.state import InstanceRecord, WorkerRecord
 
+from .adapters import WorkerAdapters
 from .adoption import Adoptions
 from .detok import IncrementalDetokenizer
+from .embed_requests import embed
 from .hosting import Host, prepare
 from .metrics import WorkerMetrics
 from .migration import Migrations, Running
@@ -72,6 +77,7 @@ class WorkerService(Service):
         # Generations this worker produces, by request id: what a live migration can move.
         self.running: dict[str, Running] = {}
         self._adoptions: Adoptions | None = None
+        self._adapters: WorkerAdapters | None = None
         self._migrations: Migrations | None = None
         self.epoch = 0  # which registration of this worker (the cluster state's count)
         self._reservation: ReservationCheck | None = None
@@ -93,6 +99,7 @@ class WorkerService(Service):
             route(WORKER_LOAD, self.host.load, worker_id=wid),
             route(WORKER_UNLOAD, self.host.unload, worker_id=wid),
             route(WORKER_GENERATE, self.generate, worker_id=wid),
+            route(WORKER_EMBED, self.embed, worker_id=wid),
             route(WORKER_MIGRATE, self.migrations.migrate, worker_id=wid),
             route(WORKER_RUNNING, self.describe_running, worker_id=wid),
             route(WORKER_ADOPT, self.adoptions.adopt, worker_id=wid),
@@ -138,6 +145,9 @@ class WorkerService(Service):
             running=self.running,
             timeout=s.migration_timeout,
         )
+        self._adapters = WorkerAdapters(
+            storage=self._host.storage, capacity=s.max_adapters, record=self._record_adapters
+        )
         self._adoptions = Adoptions(
             bus=self.bus,
             host=self._host,
@@ -146,11 +156,17 @@ class WorkerService(Service):
             token_timeout=s.token_timeout,
             prepare=_prepare_request,
             running=self.running,
+            adapters=self._adapters,
         )
         self._reservation = ReservationCheck(
             state=self.state, host=self._host, worker_id=self.instance_id
         )
         self.epoch = await self.state.register_worker(self.instance_id, self.node_id, s.device)
+
+    def _record_adapters(self, instance_id: str, names: list[str]) -> None:
+        """The adapters resident on an instance, into its record (routers prefer an instance
+        that holds a request's adapter; a lost write only costs that preference)."""
+        self.bus.spawn(self.state.update_instance(instance_id, adapters=names))
 
     async def on_store_reset(self) -> None:
         """Register again as this worker stands: its epoch, its reservation and the record
@@ -165,6 +181,7 @@ class WorkerService(Service):
         )
         instance = None
         if h is not None and h.status != "stopping":  # a stopping one retires itself
+            bank = getattr(h.runtime, "adapters", None)
             instance = InstanceRecord(
                 instance_id=h.instance_id,
                 model=h.model,
@@ -174,6 +191,7 @@ class WorkerService(Service):
                 created_at=time.time(),
                 ready_at=time.time() if h.status == "ready" else None,
                 worker_epoch=self.epoch,
+                adapters=bank.resident if bank is not None else [],
             )
         await self.state.restore_worker(worker, instance)
 
@@ -219,6 +237,10 @@ class WorkerService(Service):
             status=h.status,
             generations=gens,
         )
+
+    async def embed(self, req: EmbedRequest) -> EmbedReply:
+        """Vectors of a model deployed with task "embed" (see `embed_requests.embed`)."""
+        return await embed(self.host, req, self.worker_settings.token_timeout)
 
     # --- generate -----------------------------------------------------------------------------
 
@@ -305,12 +327,17 @@ class WorkerService(Service):
         sampling = Sampling.of(p, p.seed if p.seed is not None else random_seed())
         check_sampling(sampling, rt.vocab_size)
         grammar = await asyncio.to_thread(rt.grammar, p.grammar) if p.grammar else None
+        adapter = None
+        if req.adapter:
+            assert self._adapters is not None
+            adapter = await self._adapters.get(instance_id, rt, req.adapter, req.adapter_uri)
         job = Job(
             prompt_ids + list(req.generated_token_ids),
             remaining,
             sampling,
             generated=prior,
             grammar=grammar,
+            adapter=adapter,
         )
         handle = rt.engine.submit(job, asyncio.get_running_loop())
         stream = GenerationStream(

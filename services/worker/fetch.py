@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from libs.common.follow import Peers
 from libs.loader.errors import (
@@ -71,11 +71,16 @@ class NodeStorage:
             return await self.bus.request(endpoint, msg, timeout=self.timeout, node_id=self.node_id)
         return await self.peers.request(endpoint, msg, timeout=self.timeout, node_id=self.node_id)
 
-    async def ensure(self, model: str, checkpoint_uri: str) -> EnsureReply:
+    async def ensure(
+        self, model: str, checkpoint_uri: str, tier: Literal["ssd", "dram"] = "ssd"
+    ) -> EnsureReply:
         """The fastest copy on this node (asking for SSD returns the DRAM copy if there is one:
         loading straight from SSD beats copying into DRAM first), or, before any copy exists,
-        the registry's Hugging Face directory itself (`EnsureReply.hf_source`)."""
-        req = EnsureRequest(model=model, checkpoint_uri=checkpoint_uri, tier="ssd", source_ok=True)
+        the registry's Hugging Face directory itself (`EnsureReply.hf_source`). ``tier="dram"``
+        (a LoRA adapter: megabytes, loaded many times) makes and returns the DRAM copy."""
+        req = EnsureRequest(
+            model=model, checkpoint_uri=checkpoint_uri, tier=tier, source_ok=tier == "ssd"
+        )
         return await self._request(STORAGE_ENSURE, req)
 
     async def promote(self, model: str, checkpoint_uri: str) -> None:
@@ -124,12 +129,14 @@ async def load_with_fallback(
     checkpoint_uri: str,
     load: Callable[[EnsureReply], Awaitable[T]],
     ensured: Callable[[EnsureReply, float], Awaitable[None]],
+    tier: Literal["ssd", "dram"] = "ssd",
 ) -> tuple[EnsureReply, T]:
-    """Ensure a copy and ``load`` it; if the load finds the copy damaged (`COPY_DAMAGE`),
-    report it and do both once more. ``ensured(reply, seconds)`` follows every ensure."""
+    """Ensure a copy (see `NodeStorage.ensure`) and ``load`` it; if the load finds the copy
+    damaged (`COPY_DAMAGE`), report it and do both once more. ``ensured(reply, seconds)``
+    follows every ensure."""
     for attempt in range(2):
         t0 = time.perf_counter()
-        copy = await storage.ensure(model, checkpoint_uri)
+        copy = await storage.ensure(model, checkpoint_uri, tier)
         await ensured(copy, time.perf_counter() - t0)
         try:
             return copy, await load(copy)

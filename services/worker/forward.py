@@ -1,13 +1,15 @@
 """One forward pass over a ragged batch, and the choice of each sequence's next token.
 
 `BatchForward` turns "these sequences feed these tokens" into one call of the model (see
-`ragged.py`) and returns the logits of the rows that need a next token. `choose` picks a token
-per row: rows that are plain greedy share one argmax over the batch; the others go through
-their own processors and seeded sampling (`sampling.py`).
+`ragged.py`) and returns the logits of the rows that need a next token; each sequence may go
+through its own LoRA adapter (`lora.py`). `choose` picks a token per row: rows that are plain
+greedy share one argmax over the batch; the others go through their own processors and seeded
+sampling (`sampling.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .lora import AdapterSegment, LoadedAdapter, adapter_layout, enable_lora
 from .ragged import Segment, SeqKV, step_layout, use_ragged_attention
 from .sampling import History, Sampling, choose_token, process_logits, token_logprobs
 
@@ -22,11 +25,13 @@ from .sampling import History, Sampling, choose_token, process_logits, token_log
 @dataclass(frozen=True)
 class Feed:
     """``tokens`` go into ``kv`` at absolute positions ``kv.length`` onwards; ``logits``: the
-    step must return the logits after the last of them."""
+    step must return the logits after the last of them; ``adapter``: the LoRA adapter these
+    tokens go through (None: the base alone)."""
 
     kv: SeqKV
     tokens: Sequence[int]
     logits: bool
+    adapter: LoadedAdapter | None = None
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,11 @@ class Chosen:
 
 
 class BatchForward:
-    """Runs ``model`` on ragged batches (its attention switched to `ragged.ragged_attention`)."""
+    """Runs ``model`` on ragged batches (its attention switched to `ragged.ragged_attention`).
+
+    LoRA: a step that feeds an adapter first hooks the modules it adapts (`lora.enable_lora`,
+    which does nothing for modules already hooked), so callers only put adapters (built for
+    this model) into their feeds."""
 
     def __init__(self, model: Any) -> None:
         use_ragged_attention(model)
@@ -64,9 +73,11 @@ class BatchForward:
         positions: list[int] = []
         segments: list[Segment] = []
         rows: list[int] = []
+        adapters: list[AdapterSegment] = []
         for f in feeds:
             start = len(ids)
             segments.append(Segment(f.kv, start, len(f.tokens)))
+            adapters.append((f.adapter, start, len(f.tokens)))
             ids.extend(f.tokens)
             positions.extend(range(f.kv.length, f.kv.length + len(f.tokens)))
             if f.logits:
@@ -75,7 +86,7 @@ class BatchForward:
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
         if self._keep:
             kwargs["logits_to_keep"] = index
-        with step_layout(tuple(segments)):
+        with step_layout(tuple(segments)), self._adapters(adapters):
             out = self.model(
                 input_ids=torch.tensor([ids], device=self.device),
                 position_ids=torch.tensor([positions], device=self.device),
@@ -86,6 +97,16 @@ class BatchForward:
         if not self._keep:
             logits = logits.index_select(0, index)
         return logits
+
+    def _adapters(self, segments: list[AdapterSegment]) -> contextlib.AbstractContextManager[None]:
+        """The step's `adapter_layout`, or nothing when no feed has an adapter (the base's own
+        speed: the hooks then return at once)."""
+        present = {a for a, _, _ in segments if a is not None}
+        if not present:
+            return contextlib.nullcontext()
+        for adapter in present:  # a few dict lookups per module once hooked
+            enable_lora(self.model, adapter.weights)
+        return adapter_layout(segments)
 
 
 def choose(logits: torch.Tensor, choices: Sequence[Choice]) -> list[Chosen]:

@@ -13,13 +13,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Literal
-
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING, Literal, cast
 
 from libs.cluster import ClusterState
 from libs.protocol import Bus
 from libs.protocol.errors import (
+    BadRequestError,
     BusError,
     ConflictError,
     LoadFailedError,
@@ -38,6 +37,7 @@ from libs.protocol.messages import (
 from . import keepalive
 from .load_news import LoadNews
 from .metrics import WorkerMetrics
+from .reservation import check_reservation
 from .settings import WorkerSettings
 from .teardown import (
     DRAIN_S,
@@ -51,8 +51,9 @@ from .teardown import (
 if TYPE_CHECKING:
     from libs.loader import HostPool
 
+    from .embedding import EmbedRuntime
     from .fetch import NodeStorage
-    from .runtime import Runtime
+    from .runtime import AnyRuntime, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class Hosted:
     model: str
     status: Literal["loading", "ready", "stopping"]
     requested_at: float  # time.perf_counter() when the load request arrived
-    runtime: Runtime | None = None
+    runtime: AnyRuntime | None = None
     task: asyncio.Task[None] | None = None  # the load
     teardown: asyncio.Task[None] | None = None  # the end: once begun, it runs to its end
     # Idleness, for keep-alive: requests in flight and taken so far, when the last one
@@ -87,27 +88,6 @@ class Hosted:
     idle_news: asyncio.TimerHandle | None = None  # the pending `instance.idle` announcement
     phases: dict[str, float] = field(default_factory=dict)  # the load's phases, for its report
     load_bytes: int = 0
-
-
-async def check_reservation(state: ClusterState, worker_id: str, req: LoadRequest) -> None:
-    """Raise unless ``worker_id`` is reserved for ``req``'s instance, recorded on it for
-    ``req``'s model: a load order for any other instance is refused (a stale or foreign one)."""
-    try:
-        worker = await state.get_worker(worker_id)
-        rec = await state.get_instance(req.instance_id)
-    except (RedisError, OSError) as exc:
-        raise UnavailableError(f"cannot read cluster state: {exc!r}") from None
-    held = worker.instance_id if worker is not None else "(unregistered)"
-    if held != req.instance_id:
-        raise ConflictError(
-            f"worker {worker_id} is reserved for {held or 'nothing'!r}, not for {req.instance_id!r}"
-        )
-    if rec is None:
-        raise NotFoundError(f"instance {req.instance_id} has no record in the cluster state")
-    if rec.worker_id != worker_id or rec.model != req.model:
-        raise ConflictError(
-            f"instance {req.instance_id} is recorded as {rec.model!r} on {rec.worker_id}"
-        )
 
 
 class Host:
@@ -144,13 +124,24 @@ class Host:
         )
 
     def ready(self, model: str) -> tuple[Hosted, Runtime]:
-        """The instance serving ``model``: `NotFoundError` if none, `UnavailableError` if it is
-        not ready (yet or any more)."""
+        """The instance generating for ``model``: `NotFoundError` if none, `UnavailableError`
+        if it is not ready (yet or any more), `BadRequestError` if it is an embedding model."""
+        h, rt = self._ready(model, "generate")
+        return h, cast("Runtime", rt)
+
+    def ready_embed(self, model: str) -> tuple[Hosted, EmbedRuntime]:
+        """`ready` for an embedding model (task "embed")."""
+        h, rt = self._ready(model, "embed")
+        return h, cast("EmbedRuntime", rt)
+
+    def _ready(self, model: str, task: str) -> tuple[Hosted, AnyRuntime]:
         h = self.hosted
         if h is None or h.model != model:
             raise NotFoundError(f"worker {self.worker_id} hosts no instance of {model!r}")
         if h.status != "ready" or h.runtime is None:
             raise UnavailableError(f"instance {h.instance_id} of {model!r} is {h.status}")
+        if h.runtime.task != task:
+            raise BadRequestError(f"{model!r} serves task {h.runtime.task!r}, not {task!r}")
         return h, h.runtime
 
     # --- load -------------------------------------------------------------------------------
@@ -226,9 +217,9 @@ class Host:
 
     async def _promote(self, req: LoadRequest) -> None:
         """After a load from SSD: have the node keep a DRAM copy (`NodeStorage.promote`)."""
-        await self._storage().promote(req.model, req.checkpoint_uri)
+        await self.storage().promote(req.model, req.checkpoint_uri)
 
-    def _storage(self) -> NodeStorage:
+    def storage(self) -> NodeStorage:
         """This worker's requests to its node's storage service, following its life: one
         killed or restarted mid-fetch fails the request within seconds, and it is asked again
         once restarted."""
@@ -257,7 +248,7 @@ class Host:
         from libs.protocol.messages import EnsureReply
 
         from .fetch import load_with_fallback
-        from .runtime import EngineSettings, load_runtime
+        from .runtime import EngineSettings, load_for_task
 
         async def ensured(reply: EnsureReply, seconds: float) -> None:
             log.info(
@@ -277,7 +268,8 @@ class Host:
                 await self._phase(hosted, "startup", time.perf_counter() - t0)
             token = CancelToken()
             fn = partial(
-                load_runtime,
+                load_for_task,
+                req.task,
                 reply.path,
                 device=self.settings.device,
                 pool=self._prepared.result(),
@@ -304,7 +296,7 @@ class Host:
             await self._phase(hosted, "build", report.build_s)
             await self._phase(hosted, "tokenizer", report.tokenizer_s)
 
-        storage = self._storage()
+        storage = self.storage()
         reply, _ = await load_with_fallback(storage, req.model, req.checkpoint_uri, load, ensured)
         return reply.source_tier
 
@@ -392,7 +384,7 @@ class Host:
         await self._news.emit(event)
 
 
-def _dispose_loaded(loaded: tuple[Runtime, object]) -> None:
+def _dispose_loaded(loaded: tuple[AnyRuntime, object]) -> None:
     loaded[0].close(UnavailableError("instance unloaded"), STOP_GRACE_S)
 
 

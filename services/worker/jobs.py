@@ -11,6 +11,7 @@ from .sampling import Sampling
 
 if TYPE_CHECKING:
     from .grammar import Grammar
+    from .lora import LoadedAdapter
 
 # "stop": an end token (eos, a stop id), reported by id, not as text; "complete": the grammar
 # accepted a whole value with this token, whose text belongs to the answer; "length": max tokens.
@@ -30,6 +31,7 @@ class Job:
     hold: bool = False
     generated: int = 0
     grammar: Grammar | None = None  # the output is constrained to it (generated tokens too)
+    adapter: LoadedAdapter | None = None  # a LoRA adapter on the base model (None: the base)
 
     @property
     def reservation(self) -> int:

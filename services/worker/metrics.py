@@ -124,7 +124,9 @@ class WorkerMetrics:
 
         def engine() -> Engine | None:
             h = host.hosted
-            return h.runtime.engine if h is not None and h.runtime is not None else None
+            rt = h.runtime if h is not None else None
+            # An embedding model's engine holds no sequences or KV cache: those gauges read 0.
+            return rt.engine if rt is not None and rt.task == "generate" else None  # type: ignore[return-value]
 
         def running() -> float:
             e = engine()

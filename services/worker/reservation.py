@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from redis.exceptions import RedisError
 
 from libs.cluster import ClusterState
-from libs.protocol.errors import BusError, NotFoundError
+from libs.protocol.errors import BusError, ConflictError, NotFoundError, UnavailableError
 from libs.protocol.messages import LoadRequest, UnloadRequest
 
-from .hosting import Hosted
+if TYPE_CHECKING:
+    from .hosting import Hosted
+
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +98,32 @@ class ReservationCheck:
         try:
             await self.host.load(
                 LoadRequest(
-                    instance_id=instance_id, model=rec.model, checkpoint_uri=spec.checkpoint_uri
+                    instance_id=instance_id,
+                    model=rec.model,
+                    checkpoint_uri=spec.checkpoint_uri,
+                    task=spec.task,
                 )
             )
         except BusError as exc:  # the records changed meanwhile: the next beats look again
             log.info("could not take up the load of %s: %s", instance_id, exc)
+
+
+async def check_reservation(state: ClusterState, worker_id: str, req: LoadRequest) -> None:
+    """Raise unless ``worker_id`` is reserved for ``req``'s instance, recorded on it for
+    ``req``'s model: a load order for any other instance is refused (a stale or foreign one)."""
+    try:
+        worker = await state.get_worker(worker_id)
+        rec = await state.get_instance(req.instance_id)
+    except (RedisError, OSError) as exc:
+        raise UnavailableError(f"cannot read cluster state: {exc!r}") from None
+    held = worker.instance_id if worker is not None else "(unregistered)"
+    if held != req.instance_id:
+        raise ConflictError(
+            f"worker {worker_id} is reserved for {held or 'nothing'!r}, not for {req.instance_id!r}"
+        )
+    if rec is None:
+        raise NotFoundError(f"instance {req.instance_id} has no record in the cluster state")
+    if rec.worker_id != worker_id or rec.model != req.model:
+        raise ConflictError(
+            f"instance {req.instance_id} is recorded as {rec.model!r} on {rec.worker_id}"
+        )

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import torch
 from transformers import AutoTokenizer
@@ -31,7 +31,12 @@ from .engine import Engine, OnStep
 from .validate import context_length, eos_ids, kv_budget_tokens, kv_bytes_per_token
 
 if TYPE_CHECKING:
+    from .adapters import AdapterBank
+    from .embedding import EmbedRuntime
     from .grammar import Grammar, GrammarCompiler
+
+    # What a worker hosts: a generation model or an embedding model.
+    AnyRuntime: TypeAlias = "Runtime | EmbedRuntime"
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,8 @@ class LoadReport:
 class Runtime:
     """One loaded model and its engine; the worker hosts at most one."""
 
+    task: ClassVar[str] = "generate"
+
     def __init__(
         self,
         model: Any,
@@ -119,6 +126,9 @@ class Runtime:
             on_step=on_step,
         )
         self.engine.start()
+        # The LoRA adapters resident on this model (`adapters.AdapterBank`), made by the worker
+        # at the first request that names one.
+        self.adapters: AdapterBank | None = None
 
     def prompt_ids(self, req: GenerateRequest) -> list[int]:
         """The request's prompt as token ids (chat messages and tools through the chat
@@ -205,6 +215,50 @@ def load_runtime(
         model, tokenizer, engine=engine, name=name, step_delay=step_delay, on_step=on_step
     )
     return runtime, report
+
+
+def load_for_task(
+    task: str,
+    path: str | os.PathLike[str],
+    *,
+    device: str,
+    pool: HostPool | None,
+    cancel: CancelToken,
+    engine: EngineSettings,
+    name: str,
+    prefault: bool = True,
+    step_delay: float = 0.0,
+    on_step: OnStep | None = None,
+    hf_source: bool = False,
+) -> tuple[AnyRuntime, LoadReport]:
+    """`load_runtime`, or `embedding.load_embed_runtime` for a model deployed with task
+    "embed" (blocking: run it in a thread)."""
+    if task == "embed":
+        from .embedding import load_embed_runtime
+
+        return load_embed_runtime(
+            path,
+            device=device,
+            pool=pool,
+            cancel=cancel,
+            name=name,
+            max_batch=engine.max_batch,
+            max_queue=engine.max_queue,
+            prefault=prefault,
+            hf_source=hf_source,
+        )
+    return load_runtime(
+        path,
+        device=device,
+        pool=pool,
+        cancel=cancel,
+        engine=engine,
+        name=name,
+        prefault=prefault,
+        step_delay=step_delay,
+        on_step=on_step,
+        hf_source=hf_source,
+    )
 
 
 def _load_sllm(

@@ -185,13 +185,16 @@ class Sequences:
 
     def _find_prefix(self, seq: _Seq) -> None:
         """Share the longest prompt prefix another admitted sequence holds or is computing
-        (n > 1 samples of one prompt, requests with a common system prompt)."""
+        (n > 1 samples of one prompt, requests with a common system prompt), under the same
+        LoRA adapter: another adapter's keys and values for the same tokens differ."""
         ids = seq.job.input_ids[:-1]  # the last prompt token is fed: its logits are needed
         if len(ids) < MIN_SHARED_PREFIX:
             return
         best, best_len = None, MIN_SHARED_PREFIX - 1
         for other in self._admitted.values():
             if other is seq or other.source is not None or other.handle in self.parked:
+                continue
+            if other.job.adapter is not seq.job.adapter:
                 continue
             n = _common_prefix(ids, other.tokens, other.feed)
             if n > best_len:
@@ -279,7 +282,10 @@ class Sequences:
         part = [(s, n) for s, n in zip(self.running, counts, strict=True) if n]
         if not part:
             return False
-        feeds = [Feed(_kv(s), s.feed[:n], n == len(s.feed) and not s.hold) for s, n in part]
+        feeds = [
+            Feed(_kv(s), s.feed[:n], n == len(s.feed) and not s.hold, s.job.adapter)
+            for s, n in part
+        ]
         self.last_batch, self.last_generated = len(part), 0
         self.last_prefill = any(s.first or s.hold for s, _ in part)
         try:

@@ -25,6 +25,11 @@ class WorkerSettings(CommonSettings):
         "requests that may wait in a worker for KV cache budget; more get 'overloaded' "
         "(0: no queue, a request is refused when SLLM_MAX_BATCH sequences are held)",
     )
+    max_adapters: int = setting(
+        8,
+        "LoRA adapters a worker keeps resident on its base model (least recently used out; "
+        "requests running on an evicted adapter finish with it)",
+    )
     load_timeout: float = setting(600.0, "seconds a worker's load (storage ensure + read) may take")
     token_timeout: float = setting(
         300.0, "seconds a generation may wait for its next token before it fails"
@@ -48,6 +53,8 @@ class WorkerSettings(CommonSettings):
             raise SettingsError(f"SLLM_DEVICE must be cpu or cuda[:N], got {self.device!r}")
         if min(self.max_batch, self.prefill_chunk) < 1 or self.max_queue < 0:
             raise SettingsError("SLLM_MAX_BATCH and SLLM_PREFILL_CHUNK must be >= 1")
+        if self.max_adapters < 1:
+            raise SettingsError("SLLM_MAX_ADAPTERS must be >= 1")
         if self.kv_cache_gb < 0:
             raise SettingsError("SLLM_KV_CACHE_GB must be >= 0")
         if self.load_timeout <= 0 or self.token_timeout <= 0:

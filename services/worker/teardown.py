@@ -29,7 +29,7 @@ from libs.protocol.state import InstanceRecord
 
 if TYPE_CHECKING:
     from .hosting import Hosted
-    from .runtime import Runtime
+    from .runtime import AnyRuntime
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class Teardowns:
         await self.bus.emit(event.model_copy(update={"source": self.worker_id}))
 
 
-async def close_runtime(runtime: Runtime) -> None:
+async def close_runtime(runtime: AnyRuntime) -> None:
     """Stop the engine (its jobs fail) and let in-flight streams send their error frames."""
     engine = runtime.engine
     await asyncio.to_thread(runtime.close, UnavailableError("instance unloaded"), STOP_GRACE_S)

@@ -45,6 +45,7 @@ from .scheduler import (
     PatchDeploymentRequest,
     PlaceReply,
     PlaceRequest,
+    Task,
     UndeployReply,
     UndeployRequest,
 )
@@ -59,7 +60,10 @@ from .storage import (
     QuarantineRequest,
 )
 from .worker import (
+    MAX_EMBED_INPUTS,
     ChatMessage,
+    EmbedReply,
+    EmbedRequest,
     GenerateReply,
     GenerateRequest,
     GrammarSpec,
@@ -90,6 +94,7 @@ __all__ = [
     "EstimateRequest",
     "DeployMode",
     "DeploymentStatus",
+    "Task",
     "KNOBS",
     "PatchDeploymentRequest",
     "DeployReply",
@@ -110,6 +115,9 @@ __all__ = [
     "ChatMessage",
     "GenerateRequest",
     "GenerateReply",
+    "EmbedReply",
+    "EmbedRequest",
+    "MAX_EMBED_INPUTS",
     "Usage",
     "TopLogprob",
     "TokenLogprob",

@@ -10,13 +10,21 @@ from ..schema import Message
 from .common import InstanceStatus, Tier
 
 DeploymentStatus = Literal["preparing", "ready", "failed"]
+# What a deployment serves: text generation (completions, chat) or embeddings.
+Task = Literal["generate", "embed"]
 DeployMode = Literal["create", "upsert"]
 # The knobs a PATCH may change (not the checkpoint: that is a new deployment).
 KNOBS = ("min_instances", "max_instances", "keep_alive_s", "target_concurrency")
 
 
 class DeploymentSpec(Message):
-    """A model the cluster serves, with its autoscaling knobs (stored in Redis as-is)."""
+    """A model the cluster serves, with its autoscaling knobs (stored in Redis as-is).
+
+    A LoRA adapter is a deployment too: ``base`` names the deployment whose instances serve
+    it, and ``checkpoint_uri`` is the adapter's (a PEFT adapter directory). It has no
+    instances of its own: its requests go to the base's, so its instance knobs stay at their
+    defaults; ``keep_alive_s`` is what its requests ask of the base's instance.
+    """
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/\-]*$")
     checkpoint_uri: str = Field(min_length=1, max_length=4096)
@@ -25,6 +33,8 @@ class DeploymentSpec(Message):
     keep_alive_s: float = Field(default=300.0, ge=0.0, le=30 * 86400.0)
     target_concurrency: int = Field(default=8, ge=1, le=4096)
     created_at: float = 0.0
+    task: Task = "generate"
+    base: str = Field(default="", max_length=128)  # an adapter's base deployment ("": a model)
     # Set by the scheduler, never by a client: "preparing" while the deploy-time copy is made,
     # "ready" once the model can start, "failed" (with ``error``) when it never will.
     status: DeploymentStatus = "ready"

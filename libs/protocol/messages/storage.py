@@ -80,6 +80,9 @@ class InspectRequest(Message):
     model directory whose architecture transformers can build and whose tokenizer encodes."""
 
     checkpoint_uri: str = Field(min_length=1, max_length=4096)
+    # Set for a LoRA adapter: ``checkpoint_uri`` is a PEFT adapter directory, checked against
+    # this base checkpoint's modules and shapes where the node can read them.
+    base_uri: str = Field(default="", max_length=4096)
 
 
 class InspectReply(Message):

@@ -21,6 +21,7 @@ class LoadRequest(Message):
     instance_id: str = Field(min_length=1, max_length=128)
     model: str = Field(min_length=1, max_length=128)
     checkpoint_uri: str = Field(min_length=1, max_length=4096)
+    task: Literal["generate", "embed"] = "generate"  # the deployment's (`DeploymentSpec.task`)
 
 
 class LoadReply(Message):
@@ -146,6 +147,10 @@ class GenerateRequest(Message):
     # Seconds the instance should stay loaded after this request (Ollama's ``keep_alive``):
     # 0 = it may unload right away, negative = indefinitely, None = the worker's default.
     keep_alive_s: float | None = Field(default=None, le=30 * 86400.0)
+    # A LoRA adapter of ``model`` to generate with (its deployment name and checkpoint): the
+    # worker loads it onto the base if it does not hold it yet. "": the base model itself.
+    adapter: str = Field(default="", max_length=128)
+    adapter_uri: str = Field(default="", max_length=4096)
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerateRequest:
@@ -154,6 +159,8 @@ class GenerateRequest(Message):
             raise ValueError("exactly one of prompt, messages, prompt_token_ids is required")
         if self.tools_json and self.messages is None:
             raise ValueError("tools_json goes with messages (a chat) only")
+        if bool(self.adapter) != bool(self.adapter_uri):
+            raise ValueError("adapter and adapter_uri go together")
         return self
 
 
@@ -200,3 +207,43 @@ class TokenChunk(Message):
     usage: Usage | None = None
     prefill_s: float | None = None  # on the first chunk: the worker's prefill time
     decode_s: float | None = None  # on the last chunk: time from first to last token
+
+
+# Inputs of one embedding request to a worker: the router splits bigger requests, so that a
+# reply (``MAX_EMBED_INPUTS`` vectors of float32) stays well inside a bus message.
+MAX_EMBED_INPUTS = 64
+MAX_EMBED_TEXT_CHARS = 1 << 20
+
+
+class EmbedRequest(Message):
+    """Embed each input with ``model`` (deployed with task "embed"): exactly one of ``texts``
+    (tokenized by the worker, with the model's special tokens) or ``token_ids``."""
+
+    request_id: str = Field(min_length=1, max_length=128)
+    model: str = Field(min_length=1, max_length=128)
+    texts: list[str] | None = Field(default=None, min_length=1, max_length=MAX_EMBED_INPUTS)
+    token_ids: list[list[int]] | None = Field(
+        default=None, min_length=1, max_length=MAX_EMBED_INPUTS
+    )
+    keep_alive_s: float | None = Field(default=None, le=30 * 86400.0)  # as `GenerateRequest`
+
+    @model_validator(mode="after")
+    def _one_input(self) -> EmbedRequest:
+        if (self.texts is None) == (self.token_ids is None):
+            raise ValueError("exactly one of texts, token_ids is required")
+        if self.texts is not None and any(len(t) > MAX_EMBED_TEXT_CHARS for t in self.texts):
+            raise ValueError(f"an input text is longer than {MAX_EMBED_TEXT_CHARS} characters")
+        if self.token_ids is not None and sum(map(len, self.token_ids)) > MAX_PROMPT_TOKENS:
+            raise ValueError(f"the inputs hold more than {MAX_PROMPT_TOKENS} tokens")
+        return self
+
+
+class EmbedReply(Message):
+    """One vector per input, in order: ``vectors`` holds them as little-endian float32, each
+    ``dimensions`` long; ``tokens``: each input's length in tokens (for ``usage``)."""
+
+    request_id: str
+    instance_id: str
+    dimensions: int = Field(ge=1)
+    vectors: bytes
+    tokens: list[int]

@@ -22,7 +22,7 @@ class Storage(NodeStorage):
         self.copies = list(copies)
         self.reports: list[tuple[str, LoaderError]] = []
 
-    async def ensure(self, model: str, checkpoint_uri: str) -> EnsureReply:
+    async def ensure(self, model: str, checkpoint_uri: str, tier: str = "ssd") -> EnsureReply:
         tier, path = self.copies.pop(0)
         fields = {"model": model, "path": path, "tier": tier, "source_tier": tier}
         return EnsureReply.model_validate({**fields, "bytes": 1, "seconds": 0.0})
