@@ -3,7 +3,7 @@ answers (a deployment with its instances, the list, the deletion)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,6 +25,29 @@ def _integers(data: object) -> object:
     }
 
 
+def _adapter_uri(data: object) -> object:
+    """An adapter's body names ``adapter_uri`` and ``base``; its checkpoint is the adapter's."""
+    if not isinstance(data, dict) or ("base" not in data and "adapter_uri" not in data):
+        return data
+    if "checkpoint_uri" in data:
+        raise ValueError("an adapter names adapter_uri and base, not checkpoint_uri")
+    if "base" not in data or "adapter_uri" not in data:
+        raise ValueError("an adapter names both adapter_uri and base")
+    return {**data, "checkpoint_uri": data["adapter_uri"]}
+
+
+def _document_model_or_adapter(schema: dict[str, Any]) -> None:
+    """The document states `_adapter_uri`'s rule: checkpoint_uri, or adapter_uri and base."""
+    schema["required"] = [r for r in schema.get("required", []) if r != "checkpoint_uri"]
+    schema["oneOf"] = [
+        {
+            "required": ["checkpoint_uri"],
+            "not": {"anyOf": [{"required": ["adapter_uri"]}, {"required": ["base"]}]},
+        },
+        {"required": ["adapter_uri", "base"], "not": {"required": ["checkpoint_uri"]}},
+    ]
+
+
 class DeploymentIn(BaseModel):
     """The body of ``POST /v1/deployments``: a `DeploymentSpec`'s own fields (not the status
     the cluster sets: a client that sends it is told so), whose integers may also be written
@@ -35,10 +58,12 @@ class DeploymentIn(BaseModel):
     ``/v1/embeddings``); a LoRA adapter names its ``adapter_uri`` (a PEFT adapter directory)
     and its ``base`` deployment instead, and serves on the base's instances."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=_document_model_or_adapter
+    )
 
     name: Annotated[str, _SPEC["name"]]
-    checkpoint_uri: str | None = Field(default=None, min_length=1, max_length=4096)
+    checkpoint_uri: Annotated[str, _SPEC["checkpoint_uri"]]
     adapter_uri: str | None = Field(default=None, min_length=1, max_length=4096)
     base: str | None = Field(default=None, min_length=1, max_length=128)
     task: Annotated[Task, _SPEC["task"]]
@@ -51,26 +76,11 @@ class DeploymentIn(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _json_integers(cls, data: object) -> object:
-        return _integers(data)
-
-    @model_validator(mode="after")
-    def _model_or_adapter(self) -> DeploymentIn:
-        if self.base is None and self.adapter_uri is None:
-            if self.checkpoint_uri is None:
-                raise ValueError("checkpoint_uri is required (or adapter_uri and base)")
-            return self
-        if self.base is None or self.adapter_uri is None:
-            raise ValueError("an adapter names both adapter_uri and base")
-        if self.checkpoint_uri is not None:
-            raise ValueError("an adapter names adapter_uri and base, not checkpoint_uri")
-        return self
+        return _adapter_uri(_integers(data))
 
     def spec(self) -> DeploymentSpec:
-        fields = self.model_dump(exclude={"adapter_uri", "base", "checkpoint_uri"})
-        uri = self.adapter_uri if self.base is not None else self.checkpoint_uri
-        return DeploymentSpec.model_validate(
-            {**fields, "checkpoint_uri": uri, "base": self.base or ""}
-        )
+        fields = self.model_dump(exclude={"adapter_uri", "base"})
+        return DeploymentSpec.model_validate({**fields, "base": self.base or ""})
 
 
 class DeploymentPatchIn(BaseModel):

@@ -1,6 +1,6 @@
 """``GET /v1/models/{id}``: the model card with its deployment's status and the scheduler's
 estimate of how a request would be served now (warm, or a cold start from which tier and how
-long). An estimate the scheduler cannot give now leaves those fields null: the card itself
+long; for a LoRA adapter, its base's). An estimate the scheduler cannot give now leaves those fields null: the card itself
 comes from the cluster state."""
 
 from __future__ import annotations
@@ -38,10 +38,13 @@ async def model_detail(b: Backend, model: str) -> ModelDetail:
     spec = await read("deployments", lambda: b.view.state.get_deployment(model))
     if spec is None:
         raise NotFoundError(f"the model {model!r} does not exist", detail={"param": "model"})
+    # An adapter is served by its base's instances: how a request would be served is the
+    # base's answer (plus milliseconds to install the adapter when its worker lacks it).
+    served_by = spec.base or spec.name
     estimate: EstimateReply | None
     try:
         estimate = await b.bus.request(
-            SCHED_ESTIMATE, EstimateRequest(model=model), timeout=b.settings.place_timeout
+            SCHED_ESTIMATE, EstimateRequest(model=served_by), timeout=b.settings.place_timeout
         )
     except BusError as exc:
         log.info("no estimate for %s: %s", model, exc)
@@ -49,6 +52,7 @@ async def model_detail(b: Backend, model: str) -> ModelDetail:
     return ModelDetail(
         id=spec.name,
         created=int(spec.created_at),
+        parent=spec.base or None,
         status=spec.status,
         error=spec.error,
         warm=bool(estimate and estimate.ready),

@@ -7,7 +7,7 @@ import asyncio
 import struct
 from typing import TYPE_CHECKING
 
-from libs.protocol.errors import BusTimeoutError
+from libs.protocol.errors import BadRequestError, BusTimeoutError
 from libs.protocol.messages import EmbedReply, EmbedRequest
 
 if TYPE_CHECKING:
@@ -34,7 +34,12 @@ async def embed(host: Host, req: EmbedRequest, timeout: float) -> EmbedReply:
         else:
             ids = req.token_ids or []
         for i, one in enumerate(ids):
-            rt.check_ids(one, f"input[{i}]" if len(ids) > 1 else "input")
+            try:
+                rt.check_ids(one, f"input[{i}]" if len(ids) > 1 else "input")
+            except BadRequestError as exc:
+                raise BadRequestError(
+                    exc.message, detail={**exc.detail, "param": "input"}
+                ) from None
         loop = asyncio.get_running_loop()
         futures = [rt.engine.submit(one, loop) for one in ids]
         try:

@@ -69,6 +69,9 @@ BEYOND_SCHEMA = re.compile(
     r"|top_logprobs"  # needs logprobs: true
     r"|keep_alive"  # a duration string of at most 30 days
     r"|checkpoint_uri"  # inside SLLM_REGISTRY_ALLOW
+    # Embeddings: the model is an embedding model, its inputs fit its context, and
+    # dimensions (when given) is its own size.
+    r"|model|input|dimensions"
     # tools and tool_choice agree (a named or required call needs its tool), response_format
     # with tools needs a tool_choice other than "auto"
     r"|tools|tool_choice|response_format"

@@ -36,3 +36,15 @@ def test_avoided_instances_are_skipped() -> None:
     assert least_loaded(ready, {}, avoid={"a"}).instance_id == "b"  # type: ignore[union-attr]
     assert least_loaded(ready, {}, avoid={"a", "b"}) is None
     assert least_loaded([], {}) is None
+
+
+def test_an_instance_holding_the_adapter_is_preferred_unless_much_busier() -> None:
+    from services.router.cluster import ADAPTER_AFFINITY
+
+    holder = rec("b").model_copy(update={"adapters": ["lora-x"]})
+    ready = [rec("a"), holder]
+    assert least_loaded(ready, {"b": 1}, adapter="lora-x") is holder
+    busy = {"b": ADAPTER_AFFINITY}
+    assert least_loaded(ready, busy, adapter="lora-x").instance_id == "a"  # type: ignore[union-attr]
+    assert least_loaded(ready, {"b": 1}).instance_id == "a"  # type: ignore[union-attr]
+    assert least_loaded(ready, {"b": 1}, adapter="lora-y").instance_id == "a"  # type: ignore[union-attr]

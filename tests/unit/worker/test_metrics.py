@@ -63,7 +63,9 @@ def test_gauges_follow_the_hosted_instance() -> None:
     )
     host.hosted = SimpleNamespace(status="loading", runtime=None)
     assert value(metrics, "sllm_worker_instances", state="loading") == 1
-    host.hosted = SimpleNamespace(status="ready", runtime=SimpleNamespace(engine=engine, task="generate"))
+    host.hosted = SimpleNamespace(
+        status="ready", runtime=SimpleNamespace(engine=engine, task="generate")
+    )
     assert value(metrics, "sllm_worker_instances", state="ready") == 1
     assert value(metrics, "sllm_worker_instances", state="loading") == 0
     assert value(metrics, "sllm_worker_num_requests_running") == 3
