@@ -40,6 +40,7 @@ from libs.protocol.messages import (
     DeployRequest,
     InspectRequest,
     PatchDeploymentRequest,
+    Task,
 )
 
 from .adapter_rules import check_adapter, check_patch
@@ -122,7 +123,7 @@ class Deployer:
             and existing.status != "failed"
         )
         if req.check and not same:
-            await self.inspect(req.spec.checkpoint_uri, base_uri)
+            await self.inspect(req.spec.checkpoint_uri, base_uri, req.spec.task)
         if same:
             assert existing is not None
             status, error = existing.status, existing.error
@@ -170,14 +171,14 @@ class Deployer:
         self.wake_scaler()
         return DeployReply(spec=spec, created=False)
 
-    async def inspect(self, uri: str, base_uri: str = "") -> None:
+    async def inspect(self, uri: str, base_uri: str = "", task: Task = "generate") -> None:
         """Have a storage service check ``uri`` (`InvalidCheckpointError` if it is bad; with
         ``base_uri``, ``uri`` is a LoRA adapter of that base). With no storage service up, the
         deployment is stored unchecked: its preparation and its first load will find out."""
         try:
             await self.bus.request(
                 STORAGE_INSPECT,
-                InspectRequest(checkpoint_uri=uri, base_uri=base_uri),
+                InspectRequest(checkpoint_uri=uri, base_uri=base_uri, task=task),
                 timeout=self.config.inspect_timeout,
             )
         except NoRespondersError:

@@ -135,7 +135,9 @@ class StorageService(Service):
                     return await self.pool.run(
                         lambda cancel: inspect_adapter(source, base, timeout=wait)
                     )
-                return await self.pool.run(lambda cancel: inspect_source(source, timeout=wait))
+                return await self.pool.run(
+                    lambda cancel: inspect_source(source, timeout=wait, task=req.task)
+                )
         except TimeoutError:
             raise BusTimeoutError(f"checking {req.checkpoint_uri}: over {limit:g}s") from None
 

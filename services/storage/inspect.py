@@ -42,8 +42,9 @@ TOKENIZER_FILES = frozenset(
 PROBE_TEXT = "Hello, world: a short sentence to encode."
 
 
-def inspect_source(source: RegistrySource, timeout: float) -> InspectReply:
-    """Check ``source`` as described above (blocking)."""
+def inspect_source(source: RegistrySource, timeout: float, task: str = "generate") -> InspectReply:
+    """Check ``source`` as described above (blocking); for an embedding model (``task``
+    "embed"), its pooling settings too, where it is a directory this node reads."""
     uri = source.uri
     try:
         plan = prepare(source, timeout)
@@ -62,7 +63,19 @@ def inspect_source(source: RegistrySource, timeout: float) -> InspectReply:
         return InspectReply(kind=plan.kind, bytes=plan.need_bytes, architecture=architecture)
     assert source.path is not None
     architecture = check_model_dir(uri, source.path)
+    if task == "embed":
+        check_pooling(uri, source.path)
     return InspectReply(kind=plan.kind, bytes=_weights_bytes(plan), architecture=architecture)
+
+
+def check_pooling(uri: str, path: Path) -> None:
+    """An embedding model's sentence-transformers settings are ones the engine implements."""
+    from libs.loader.pooling import PoolingError, read_pooling
+
+    try:
+        read_pooling(path)
+    except (PoolingError, OSError) as exc:
+        raise _invalid(uri, f"its pooling settings: {exc}") from None
 
 
 def _weights_bytes(plan: FetchPlan) -> int:

@@ -58,6 +58,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (liar / "adapter_config.json").write_text(json.dumps({**cfg, "r": 16}))
     out["rank-mismatch"] = liar
     out["bert"] = write_tiny_sentence_bert(root / "bert", "cls")
+    dense = root / "bert-dense"  # a projection after pooling: vectors this engine cannot make
+    shutil.copytree(out["bert"], dense)
+    modules = json.loads((dense / "modules.json").read_text())
+    modules.append(
+        {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}
+    )
+    (dense / "modules.json").write_text(json.dumps(modules))
+    out["bert-dense"] = dense
     return out
 
 
@@ -281,6 +289,18 @@ def test_bad_embedding_requests_are_a_400_naming_the_problem(
     resp = httpx.post(cluster.base_url + "/v1/embeddings", json=body, timeout=60)
     assert resp.status_code == 400, resp.text
     assert words in resp.json()["error"]["message"]
+
+
+def test_an_embedding_model_whose_modules_are_not_implemented_is_refused_at_deploy(
+    cluster: UpCluster, registry: dict[str, Path]
+) -> None:
+    body = {
+        "name": "bert-dense",
+        "checkpoint_uri": registry["bert-dense"].as_uri(),
+        "task": "embed",
+    }
+    error = _post(cluster, body, 422)["error"]
+    assert "Dense" in error["message"], error
 
 
 def test_chat_with_an_embedding_model_is_a_400(client: openai.OpenAI) -> None:

@@ -32,8 +32,27 @@ def _curl_commands() -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
-    with up_cluster(tmp_path_factory.mktemp("readme"), nodes=1) as c:
+    # Two workers: the demo model (and its adapter) on one, the embedding model on the other.
+    with up_cluster(tmp_path_factory.mktemp("readme"), nodes=1, workers_per_node=2) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def examples(cluster: UpCluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """What the README's placeholder paths stand for here."""
+    from libs.demo.adapters import write_random_lora
+    from libs.demo.embed import write_tiny_sentence_bert
+
+    root = tmp_path_factory.mktemp("readme-models")
+    return {
+        "file:///abs/path/to/hf-model-dir": cluster.demo_dir.as_uri(),
+        "file:///abs/path/to/peft-adapter-dir": write_random_lora(
+            cluster.demo_dir, root / "lora"
+        ).as_uri(),
+        "file:///abs/path/to/embedding-model-dir": write_tiny_sentence_bert(
+            root / "embedder", "mean"
+        ).as_uri(),
+    }
 
 
 def test_readme_has_curl_examples() -> None:
@@ -41,9 +60,12 @@ def test_readme_has_curl_examples() -> None:
 
 
 @pytest.mark.parametrize("command", _curl_commands())
-def test_readme_curl_example_works(cluster: UpCluster, command: str) -> None:
+def test_readme_curl_example_works(
+    cluster: UpCluster, examples: dict[str, str], command: str
+) -> None:
     command = command.replace("127.0.0.1:8343", f"127.0.0.1:{cluster.port}")
-    command = command.replace("file:///abs/path/to/hf-model-dir", cluster.demo_dir.as_uri())
+    for placeholder, path in examples.items():
+        command = command.replace(placeholder, path)
     command = command.replace("curl ", "curl -sS --fail-with-body --max-time 120 ", 1)
     done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"

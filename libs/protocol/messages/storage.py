@@ -83,6 +83,7 @@ class InspectRequest(Message):
     # Set for a LoRA adapter: ``checkpoint_uri`` is a PEFT adapter directory, checked against
     # this base checkpoint's modules and shapes where the node can read them.
     base_uri: str = Field(default="", max_length=4096)
+    task: Literal["generate", "embed"] = "generate"  # "embed": its pooling is checked too
 
 
 class InspectReply(Message):

@@ -1,0 +1,1 @@
+"""The LoRA adapter benchmark's parts: samples and report, the measured cases, the figure."""
