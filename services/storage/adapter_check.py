@@ -37,12 +37,21 @@ def inspect_adapter(
         plan = prepare(source, timeout)
     except (NotFoundError, BadRequestError, CorruptError) as exc:
         raise _invalid(exc.message) from None
-    if source.path is None:  # a remote adapter: checked when fetched and when installed
+    if source.path is None:
+        # Remote: its config is checked now where the metadata can be read without the
+        # weights (the Hub); its tensors when it is installed on a base (a 400 then).
+        try:
+            if plan.kind == "hf-hub" and source.hub is not None and plan.hub is not None:
+                from .hub import hub_metadata
+
+                read_adapter_config(hub_metadata(source.hub, timeout, plan.hub.commit))
+        except AdapterConfigError as exc:
+            raise _invalid(f"adapter {uri}: {exc}") from None
         return InspectReply(
             kind=plan.kind,
             bytes=plan.need_bytes,
             architecture=ADAPTER_ARCHITECTURE,
-            deferred=["adapter"],
+            deferred=["adapter tensors"],
         )
     try:
         config = read_adapter_config(source.path)

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CONFIG_FILE = "config.json"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
 METADATA_PATTERNS = (
     "config.json",
     "generation_config.json",
@@ -72,6 +73,7 @@ METADATA_PATTERNS = (
     "merges.txt",
     "added_tokens.json",
     "chat_template.*",
+    "adapter_config.json",  # a PEFT LoRA adapter (its weights: adapter_model.safetensors)
 )
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
 # Sentence-transformers models (embeddings) keep their pooling beside the weights.
@@ -187,11 +189,13 @@ def _cached_listing(source: HubSource, config: HubConfig) -> HubListing | None:
 
 def _check_usable(source: HubSource, found: HubListing) -> None:
     present = {n for n, _ in found.files}
-    if not found.commit or CONFIG_FILE not in present or not found.weights:
+    configured = CONFIG_FILE in present or ADAPTER_CONFIG_FILE in present
+    if not found.commit or not configured or not found.weights:
         missing = "a commit" if not found.commit else CONFIG_FILE if found.weights else "weights"
         raise BadRequestError(
             f"checkpoint {source.uri}: the repository has no {missing} "
-            "(sllm serves models with config.json and *.safetensors weights)"
+            "(sllm serves models with config.json and *.safetensors weights, and adapters "
+            "with adapter_config.json and adapter_model.safetensors)"
         )
 
 

@@ -22,9 +22,20 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
-    model = Path(write_demo_model(tmp_path_factory.mktemp("hub") / "tiny", "tiny", seed=5))
-    with HubServer({"org/tiny": HubRepo(model)}) as server:
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model, a LoRA adapter of it, and the two merged (the adapter's reference)."""
+    from libs.demo.adapters import write_merged_model, write_random_lora
+
+    root = tmp_path_factory.mktemp("hub")
+    model = Path(write_demo_model(root / "tiny", "tiny", seed=5))
+    lora = write_random_lora(model, root / "tiny-lora", r=4)
+    return {"tiny": model, "lora": lora, "merged": write_merged_model(model, lora, root / "m")}
+
+
+@pytest.fixture(scope="module")
+def hub(models: dict[str, Path]) -> Iterator[HubServer]:
+    repos = {"org/tiny": HubRepo(models["tiny"]), "org/tiny-lora": HubRepo(models["lora"])}
+    with HubServer(repos) as server:
         yield server
 
 
@@ -73,6 +84,25 @@ def test_a_model_deployed_by_its_hub_id_is_downloaded_and_answers(
     assert reply.choices[0].message.content
     # Downloaded once: the preparation's copy serves the load.
     assert len([p for p in hub.downloads() if p.endswith("/model.safetensors")]) == 1
+
+
+def test_an_adapter_deployed_by_its_hub_id_answers_like_its_merged_model(
+    cluster: UpCluster, hub: HubServer, models: dict[str, Path]
+) -> None:
+    from .reference import Reference
+
+    body = {"name": "tiny-lora", "base": "tiny-hub", "adapter_uri": "org/tiny-lora"}
+    resp = httpx.post(cluster.base_url + "/v1/deployments", json=body, timeout=120)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["adapter_uri"] == "hf://org/tiny-lora"
+    assert _wait_ready(cluster, "tiny-lora")["status"] == "ready"
+    with openai.OpenAI(base_url=cluster.base_url + "/v1", api_key="x", max_retries=0) as c:
+        reply = c.completions.create(
+            model="tiny-lora", prompt="Once upon a time", max_tokens=8, temperature=0
+        )
+    want, _ = Reference(models["merged"]).complete("Once upon a time", 8)
+    assert reply.choices[0].text == want
+    assert any(p.endswith("/adapter_model.safetensors") for p in hub.downloads())
 
 
 def test_an_unknown_hub_repository_is_refused_naming_it(cluster: UpCluster) -> None:
