@@ -17,7 +17,7 @@ THROUGHPUT_ARGS ?=
 # e.g. make bench-scale SCALE_ARGS="--workers 300 --rates 25,50,100,200" (or --quick)
 SCALE_ARGS ?=
 
-.PHONY: install browser test check lint format typecheck pytest chaos soak up bench bench-loader bench-serving bench-trace bench-migration bench-throughput bench-ha bench-scale bench-sim multihost clean help
+.PHONY: install browser test check lint format typecheck pytest chaos soak up bench bench-loader bench-serving bench-trace bench-migration bench-throughput bench-ha bench-scale bench-sim bench-adapters multihost clean help
 
 help:
 	@echo "make up           install if needed, then run the whole system (Ctrl-C stops it)"
@@ -33,6 +33,7 @@ help:
 	@echo "make bench-ha      streamed load through a NATS server loss and a Valkey failover (--ha)"
 	@echo "make bench-scale   the real control plane with 100-1,000 hollow workers, rising request rates"
 	@echo "make bench-sim     cluster simulator on the real policies: sllm vs Ray Serve / KServe"
+	@echo "make bench-adapters LoRA adapters: TTFT resident/DRAM/SSD vs a merged-model cold start, mixed tokens/s"
 	@echo "make format       reformat the code"
 
 # A second run skips the install unless pyproject.toml, setup.py or the native sources changed.
@@ -94,6 +95,10 @@ bench-loader: install
 
 bench-serving: install
 	$(BIN)/python -m benchmarks.bench_serving
+
+# peft (writes the adapters) and matplotlib come with the test extra that install installs.
+bench-adapters: install
+	$(BIN)/python -m benchmarks.bench_adapters
 
 bench-trace: install
 	$(BIN)/python -m benchmarks.bench_trace

@@ -49,7 +49,8 @@ def _bars(ax: Axes, stats: Sequence[Stats], ticks: Sequence[str], colors: Sequen
     ax.set_xticks(x, list(ticks), fontsize=8)
     for i, s in enumerate(stats):
         if not math.isnan(s.median):
-            ax.text(i, s.median + highs[i], f"{s.median:.3g}", ha="center", va="bottom", fontsize=8)
+            text = f"{s.median:.0f}" if s.median >= 100 else f"{s.median:.3g}"
+            ax.text(i, s.median + highs[i], text, ha="center", va="bottom", fontsize=8)
     top = max((m + h for m, h in zip(meds, highs, strict=True)), default=1.0)
     ax.set_ylim(0, 1.18 * top if top > 0 else 1.0)
 
