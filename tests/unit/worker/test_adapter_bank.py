@@ -28,12 +28,12 @@ class Storage(NodeStorage):
     """Converts each adapter once (as the storage service would) and counts the ensures."""
 
     def __init__(self, root: Path, sources: dict[str, Path]) -> None:
-        super().__init__(bus=None, node_id="n", worker_id="w", timeout=5.0)
+        super().__init__(bus=None, node_id="n", worker_id="w", timeout=5.0)  # type: ignore[arg-type]
         self.root = root
         self.sources = sources
         self.ensures: list[tuple[str, str]] = []
 
-    async def ensure(self, model: str, checkpoint_uri: str, tier: str = "ssd") -> EnsureReply:  # type: ignore[override]
+    async def ensure(self, model: str, checkpoint_uri: str, tier: str = "ssd") -> EnsureReply:
         from libs.loader import convert_hf
 
         self.ensures.append((model, tier))
