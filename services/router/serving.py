@@ -161,7 +161,7 @@ class OpenAIServing:
                         for g in gens:
                             g.fail(exc)
 
-                    events = self._progress(req.model, pending, events, fail_all)
+                    events = self._progress(lambda: gens[0].model, pending, events, fail_all)
                 return EventStreamResponse(events, lambda _: finish_all())
             results = await run_until_disconnect(
                 receive, asyncio.gather(*(self._whole_text(g) for g in gens))
@@ -209,7 +209,7 @@ class OpenAIServing:
                 pending = await self._start(receive, gen.start(), progress)
                 events = self._events(gen, fmt)
                 if pending is not None:
-                    events = self._progress(req.model, pending, events, gen.fail)
+                    events = self._progress(lambda: gen.model, pending, events, gen.fail)
                 return EventStreamResponse(events, lambda _: gen.finish())
             # One disconnect watch for the whole answer (not one to start, one to collect).
             text, logprobs = await run_until_disconnect(receive, self._whole_text(gen))
@@ -250,18 +250,19 @@ class OpenAIServing:
 
     async def _progress(
         self,
-        model: str,
+        model: Callable[[], str],
         starting: asyncio.Future[Any],
         events: AsyncIterator[bytes],
         fail: Callable[[BaseException], None],
     ) -> AsyncIterator[bytes]:
         """Progress comments until ``starting`` ends, then ``events`` (or its error as an
-        error event)."""
+        error event). ``model()``: the model whose start it waits for, read each time (an
+        adapter's request waits for its base's, known once its deployment is read)."""
         since = time.monotonic()
         last = None
         try:
             while not starting.done():
-                last = settled(last, self.backend.starts.progress(model, since))
+                last = settled(last, self.backend.starts.progress(model(), since))
                 yield progress_comment(last)
                 await asyncio.wait({starting}, timeout=PROGRESS_EVERY_S)
             exc = starting.exception()

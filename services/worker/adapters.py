@@ -29,6 +29,7 @@ from .fetch import NodeStorage, load_with_fallback
 
 if TYPE_CHECKING:
     from .lora import LoadedAdapter
+    from .metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class AdapterBank:
         *,
         capacity: int,
         on_change: Callable[[list[str]], None] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("an adapter bank holds at least one adapter")
@@ -68,6 +70,7 @@ class AdapterBank:
         self.capacity = capacity
         self._storage = storage
         self._on_change = on_change
+        self._metrics = metrics
         self._resident: OrderedDict[str, tuple[str, LoadedAdapter]] = OrderedDict()
         self._loading: dict[tuple[str, str], asyncio.Future[LoadedAdapter]] = {}
         self.loads: list[AdapterLoad] = []  # the latest few, newest last
@@ -113,6 +116,8 @@ class AdapterBank:
             self._storage(), name, uri, install, ensured, tier="dram"
         )
         took = time.perf_counter() - t0
+        if self._metrics is not None:
+            self._metrics.adapter_load_seconds.labels(tier=reply.source_tier).observe(took)
         self.loads = [
             *self.loads[-31:],
             AdapterLoad(name, reply.source_tier, ensure_s, took - ensure_s, adapter.nbytes()),
@@ -130,6 +135,8 @@ class AdapterBank:
         while len(self._resident) > self.capacity:
             evicted, _ = self._resident.popitem(last=False)
             self.evictions += 1
+            if self._metrics is not None:
+                self._metrics.adapter_evictions.inc()
             log.info("adapter %s evicted (least recently used of %d)", evicted, self.capacity)
         self._changed()
         return adapter
@@ -137,12 +144,6 @@ class AdapterBank:
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change(self.resident)
-
-    def clear(self) -> None:
-        self._resident.clear()
-        for fut in self._loading.values():
-            fut.cancel()
-        self._changed()
 
 
 def build_adapter(name: str, path: str, model: Any) -> LoadedAdapter:
@@ -190,10 +191,12 @@ class WorkerAdapters:
         storage: Callable[[], NodeStorage],
         capacity: int,
         record: Callable[[str, list[str]], None],
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._storage = storage
         self.capacity = capacity
         self._record = record
+        self._metrics = metrics
 
     async def get(self, instance_id: str, runtime: Any, name: str, uri: str) -> LoadedAdapter:
         bank: AdapterBank | None = runtime.adapters
@@ -203,6 +206,7 @@ class WorkerAdapters:
                 self._storage,
                 capacity=self.capacity,
                 on_change=partial(self._record, instance_id),
+                metrics=self._metrics,
             )
             runtime.adapters = bank
         return await bank.get(name, uri)

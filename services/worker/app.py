@@ -146,7 +146,10 @@ class WorkerService(Service):
             timeout=s.migration_timeout,
         )
         self._adapters = WorkerAdapters(
-            storage=self._host.storage, capacity=s.max_adapters, record=self._record_adapters
+            storage=self._host.storage,
+            capacity=s.max_adapters,
+            record=self._record_adapters,
+            metrics=self.metrics,
         )
         self._adoptions = Adoptions(
             bus=self.bus,

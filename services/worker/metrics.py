@@ -25,6 +25,8 @@ STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # A load: from under a second (DRAM, small models) to minutes (a registry fetch).
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# A LoRA adapter made resident: milliseconds from the DRAM tier, seconds from a registry.
+ADAPTER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0)
 INSTANCE_STATES = ("loading", "ready", "stopping")
 
 
@@ -74,6 +76,19 @@ class WorkerMetrics:
             "(dram, ssd, registry)",
             ["tier"],
             buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.adapter_load_seconds = Histogram(
+            "sllm_worker_adapter_load_seconds",
+            "from a request for a LoRA adapter the worker lacked to the adapter installed on "
+            "its base, by the tier its bytes came from (dram, ssd, registry)",
+            ["tier"],
+            buckets=ADAPTER_BUCKETS,
+            registry=r,
+        )
+        self.adapter_evictions = Counter(
+            "sllm_worker_adapter_evictions",
+            "LoRA adapters evicted (least recently used beyond SLLM_MAX_ADAPTERS)",
             registry=r,
         )
         self.running = Gauge(
