@@ -70,8 +70,12 @@ def knobs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def deploy_body(args: argparse.Namespace) -> dict[str, Any]:
-    """The body of ``POST /v1/deployments``."""
-    return {"name": args.name, "checkpoint_uri": checkpoint_uri(args.uri), **knobs(args)}
+    """The body of ``POST /v1/deployments``: a model, or with ``--base`` a LoRA adapter."""
+    uri = checkpoint_uri(args.uri)
+    if getattr(args, "base", None):
+        return {"name": args.name, "base": args.base, "adapter_uri": uri, **knobs(args)}
+    task = {"task": args.task} if getattr(args, "task", None) else {}
+    return {"name": args.name, "checkpoint_uri": uri, **task, **knobs(args)}
 
 
 def status_of(deployment: dict[str, Any]) -> str:
@@ -183,7 +187,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_ERROR
-            result = _update(api, args, body["checkpoint_uri"])
+            result = _update(api, args, body.get("checkpoint_uri") or body["adapter_uri"])
             if isinstance(result, int):
                 return result
             deployment = result
@@ -275,7 +279,17 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("name", help="the deployment's name (the `model` of requests)")
     p.add_argument(
-        "uri", help="checkpoint: file:///dir, a local directory, hf://org/name, http(s)://..."
+        "uri",
+        help="checkpoint (or with --base, the PEFT adapter): file:///dir, a local directory, "
+        "hf://org/name, http(s)://...",
+    )
+    p.add_argument(
+        "--base", metavar="DEPLOYMENT", help="deploy URI as a LoRA adapter of this deployment"
+    )
+    p.add_argument(
+        "--task",
+        choices=("generate", "embed"),
+        help="generate (default) or embed (the model answers /v1/embeddings)",
     )
     p.add_argument(
         "--min", type=_count, metavar="N", help="instances kept even when idle (default 0)"

@@ -73,6 +73,18 @@ def test_deploy_body_holds_only_the_flags_given() -> None:
     assert not args.no_wait
 
 
+def test_deploy_of_an_adapter_and_of_an_embedding_model() -> None:
+    args = build_parser().parse_args(["deploy", "lora", URI, "--base", "m", "--keep-alive", "9"])
+    assert deploy_body(args) == {
+        "name": "lora",
+        "base": "m",
+        "adapter_uri": URI,
+        "keep_alive_s": 9.0,
+    }
+    args = build_parser().parse_args(["deploy", "e", URI, "--task", "embed"])
+    assert deploy_body(args) == {"name": "e", "checkpoint_uri": URI, "task": "embed"}
+
+
 def test_deploy_of_a_local_directory_sends_its_file_uri(tmp_path: Path) -> None:
     args = build_parser().parse_args(["deploy", "m", str(tmp_path), "--min", "1", "--target", "4"])
     assert deploy_body(args) == {
