@@ -151,7 +151,7 @@ def build_adapter(name: str, path: str, model: Any) -> LoadedAdapter:
     from libs.loader import load_checkpoint
     from libs.loader.adapter import AdapterConfigError, read_adapter_config
 
-    from .lora import LoadedAdapter, enable_lora
+    from .lora import LoadedAdapter
 
     try:
         config = read_adapter_config(path)
@@ -169,7 +169,9 @@ def build_adapter(name: str, path: str, model: Any) -> LoadedAdapter:
         if isinstance(exc, COPY_DAMAGE):
             raise
         raise InternalError(f"adapter {name}: cannot load: {exc!r}") from None
-    enable_lora(model, adapter.modules)
+    # Its modules are hooked by the engine thread at the first step that feeds it
+    # (`BatchForward`): hooking them here, from another thread, could change a module's hooks
+    # while a forward pass iterates over them.
     return adapter
 
 
