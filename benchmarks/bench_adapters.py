@@ -276,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         failures,
         notes,
     )
-    print(markdown(run))
+    text = markdown(run)
+    print(text)
     payload = {
+        "report": text,
         "args": {**vars(args), "dir": str(args.dir), "out": str(args.out)},
         "when": when.isoformat(timespec="seconds"),
         "adapter_bytes": nbytes,

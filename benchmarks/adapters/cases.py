@@ -15,7 +15,7 @@ from benchmarks.serving.client import Api, RequestFailed, Streamed
 from benchmarks.serving.cluster import BusClient, UpCluster
 from benchmarks.serving.common import log
 
-from .samples import TtftSample
+from .samples import TtftCase, TtftSample
 
 NODE = "node-0"
 PREPARE_TIMEOUT_S = 600.0
@@ -48,8 +48,8 @@ class Bench:
 
     def resident(self) -> list[str]:
         """The base instance's resident adapters, least recently used first."""
-        ready = [i for i in self.get(f"/v1/deployments/{self.base}")["instances"]]
-        ready = [i for i in ready if i["status"] == "ready"]
+        instances = self.get(f"/v1/deployments/{self.base}")["instances"]
+        ready = [i for i in instances if i["status"] == "ready"]
         if len(ready) != 1:
             raise RuntimeError(f"the base has {len(ready)} ready instances, want 1")
         return list(ready[0]["adapters"])
@@ -99,7 +99,7 @@ def flush(b: Bench) -> None:
         raise RuntimeError(f"{b.target} is still resident after 8 other adapters: {b.resident()}")
 
 
-def _adapter_sample(b: Bench, case: str, rnd: int) -> TtftSample:
+def _adapter_sample(b: Bench, case: TtftCase, rnd: int) -> TtftSample:
     b.new_log_lines()
     res = b.stream(b.target)
     time.sleep(0.2)  # the worker logs before it answers; give the log pipe a moment
@@ -109,7 +109,7 @@ def _adapter_sample(b: Bench, case: str, rnd: int) -> TtftSample:
         raise RuntimeError(f"{b.target} was not resident: {lines}")
     if case != "resident" and worker.get("source") not in (None, case):
         log(f"  warning: {case} case, but the worker fetched from {worker.get('source')}")
-    sample = TtftSample(case, rnd, res.ttft_s, res.total_s, worker)  # type: ignore[arg-type]
+    sample = TtftSample(case, rnd, res.ttft_s, res.total_s, worker)
     log(f"  round {rnd} {case}: TTFT {res.ttft_s * 1e3:.1f} ms; worker {worker or '-'}")
     return sample
 
