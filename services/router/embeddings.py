@@ -15,7 +15,6 @@ import numpy as np
 from libs.protocol.endpoints import WORKER_EMBED
 from libs.protocol.errors import (
     BadRequestError,
-    NotFoundError,
     OverloadedError,
     UnavailableError,
 )
@@ -23,7 +22,7 @@ from libs.protocol.messages import MAX_EMBED_INPUTS, EmbedReply, EmbedRequest
 
 from .backend import Backend
 from .embedding_schema import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
-from .generation import Timings, check_servable
+from .generation import Timings, check_servable, deployment_or_404
 from .open_stream import INSTANCE_UNUSABLE, MAX_UNUSABLE, SUSPECT_S, acquire
 
 log = logging.getLogger(__name__)
@@ -35,12 +34,7 @@ class EmbeddingServing:
 
     async def create(self, body: EmbeddingRequest) -> EmbeddingResponse:
         b = self.backend
-        spec = await b.view.deployment(body.model)
-        if spec is None:
-            raise NotFoundError(
-                f"the model {body.model!r} does not exist (no such deployment)",
-                detail={"param": "model"},
-            )
+        spec = await deployment_or_404(b.view, body.model)
         check_servable(spec)
         if spec.task != "embed":
             raise BadRequestError(

@@ -37,6 +37,7 @@ from libs.protocol.messages import (
 from libs.protocol.state import InstanceRecord
 
 from .backend import Backend
+from .cluster import ClusterView
 from .failover import GONE_ERRORS, Pace
 from .metrics import UNKNOWN_MODEL
 from .open_stream import open_stream
@@ -106,12 +107,7 @@ class Generation:
         to another one (or back to waiting), an unreachable one is skipped for a while.
         """
         b = self.backend
-        spec = await b.view.deployment(self.model)
-        if spec is None:
-            raise NotFoundError(
-                f"the model {self.model!r} does not exist (no such deployment)",
-                detail={"param": "model"},
-            )
+        spec = await deployment_or_404(b.view, self.model)
         self.deployed = True
         check_servable(spec)
         if spec.task != "generate":
@@ -371,6 +367,17 @@ class Generation:
                 failovers=self.failovers,
             )
         )
+
+
+async def deployment_or_404(view: ClusterView, model: str) -> DeploymentSpec:
+    """The deployment a request names; `NotFoundError` (404) when there is none."""
+    spec = await view.deployment(model)
+    if spec is None:
+        raise NotFoundError(
+            f"the model {model!r} does not exist (no such deployment)",
+            detail={"param": "model"},
+        )
+    return spec
 
 
 def check_servable(spec: DeploymentSpec) -> None:

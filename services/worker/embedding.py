@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any, ClassVar
 
-from transformers import AutoTokenizer
-
-from libs.loader import CancelToken, HostPool, LoadStats, load_model_safetensors
+from libs.loader import CancelToken, HostPool
 from libs.loader.pooling import Pooling, PoolingError, read_pooling
 from libs.protocol.errors import BadRequestError, BusError, InvalidCheckpointError
 
 from .embed_engine import EmbedEngine, EmbedResult
-from .runtime import LoadReport, _load_sllm
+from .runtime import LoadReport, load_model_and_tokenizer
 from .validate import check_token_ids, context_length
 
 __all__ = ["EmbedEngine", "EmbedResult", "EmbedRuntime", "load_embed_runtime"]
@@ -125,22 +122,14 @@ def load_embed_runtime(
         pooling = read_pooling(os.fspath(path))
     except (PoolingError, OSError) as exc:
         raise InvalidCheckpointError(f"the model's pooling settings: {exc}") from None
-    stats = LoadStats()
-    t0 = time.perf_counter()
-    if hf_source:
-        model, nbytes = load_model_safetensors(path, device)
-        stats = LoadStats(bytes=nbytes, seconds=time.perf_counter() - t0, tier="registry")
-    else:
-        model = _load_sllm(path, device, pool, stats, cancel, verify, prefault)
-    loaded = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(os.fspath(path))
-    done = time.perf_counter()
-    report = LoadReport(
-        read_s=stats.seconds,
-        read_bytes=stats.bytes,
-        read_tier=stats.tier,
-        build_s=max(loaded - t0 - stats.seconds, 0.0),
-        tokenizer_s=done - loaded,
+    model, tokenizer, report = load_model_and_tokenizer(
+        path,
+        device=device,
+        pool=pool,
+        cancel=cancel,
+        verify=verify,
+        prefault=prefault,
+        hf_source=hf_source,
     )
     runtime = EmbedRuntime(
         model,

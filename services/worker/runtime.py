@@ -194,6 +194,33 @@ def load_runtime(
     """Load the checkpoint at ``path`` (blocking: run it in a thread) and start its engine.
     ``hf_source``: ``path`` is a Hugging Face model directory (the registry source itself,
     served while its sllm copy is written), loaded from its safetensors."""
+    model, tokenizer, report = load_model_and_tokenizer(
+        path,
+        device=device,
+        pool=pool,
+        cancel=cancel,
+        verify=verify,
+        prefault=prefault,
+        hf_source=hf_source,
+    )
+    runtime = Runtime(
+        model, tokenizer, engine=engine, name=name, step_delay=step_delay, on_step=on_step
+    )
+    return runtime, report
+
+
+def load_model_and_tokenizer(
+    path: str | os.PathLike[str],
+    *,
+    device: str,
+    pool: HostPool | None,
+    cancel: CancelToken,
+    verify: bool,
+    prefault: bool,
+    hf_source: bool,
+) -> tuple[Any, Any, LoadReport]:
+    """The model at ``path`` (an sllm checkpoint, or with ``hf_source`` a Hugging Face
+    directory's safetensors) and its tokenizer, with what the load took (blocking)."""
     stats = LoadStats()
     t0 = time.perf_counter()
     if hf_source:
@@ -211,10 +238,7 @@ def load_runtime(
         build_s=max(loaded - t0 - stats.seconds, 0.0),
         tokenizer_s=done - loaded,
     )
-    runtime = Runtime(
-        model, tokenizer, engine=engine, name=name, step_delay=step_delay, on_step=on_step
-    )
-    return runtime, report
+    return model, tokenizer, report
 
 
 def load_for_task(
