@@ -59,7 +59,7 @@ async def open_stream(
         )
         b.view.begin(inst.instance_id)
         try:
-            reader = await _open(b, inst, request)
+            reader = await _open(b, inst, request, deadline)
         except OverloadedError:
             b.view.end(inst.instance_id)
             avoid.add(inst.instance_id)
@@ -83,13 +83,20 @@ async def open_stream(
         return inst, reader
 
 
-async def _open(b: Backend, inst: InstanceRecord, request: GenerateRequest) -> TokenStream:
+async def _open(
+    b: Backend, inst: InstanceRecord, request: GenerateRequest, deadline: float
+) -> TokenStream:
+    timeout = b.settings.request_timeout
+    if request.adapter:
+        # The worker acknowledges once it holds the adapter: one not yet on its node is
+        # fetched first (seconds for a large one from a registry), part of the request's start.
+        timeout = max(timeout, deadline - time.monotonic())
     opening = asyncio.ensure_future(
         b.bus.stream(
             WORKER_GENERATE,
             request,
             worker_id=inst.worker_id,
-            timeout=b.settings.request_timeout,
+            timeout=timeout,
             idle_timeout=b.settings.stream_idle_timeout,
         )
     )
