@@ -155,13 +155,29 @@ def _quick_start_commands() -> list[str]:
     return commands
 
 
-def test_readme_quick_start_cli_commands_work(cluster: UpCluster) -> None:
+def test_readme_quick_start_cli_commands_work(
+    cluster: UpCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from libs.demo.adapters import write_random_lora
+    from libs.demo.embed import write_tiny_sentence_bert
+
     commands = _quick_start_commands()
     assert len(commands) >= 5, commands
     env = env_of(cluster)
     env["PATH"] = f"{Path(SLLM).parent}{os.pathsep}{env.get('PATH', '')}"
+    root = tmp_path_factory.mktemp("quick-start")
+    placeholders = {
+        "file:///abs/path/to/hf-model-dir": cluster.demo_dir.as_uri(),
+        "file:///abs/path/to/peft-adapter-dir": write_random_lora(
+            cluster.demo_dir, root / "lora"
+        ).as_uri(),
+        "file:///abs/path/to/embedding-model-dir": write_tiny_sentence_bert(
+            root / "embedder"
+        ).as_uri(),
+    }
     for command in commands:
-        command = command.replace("file:///abs/path/to/hf-model-dir", cluster.demo_dir.as_uri())
+        for placeholder, uri in placeholders.items():
+            command = command.replace(placeholder, uri)
         # An interactive chat reads its prompt from stdin, which is not a terminal here.
         done = subprocess.run(
             command,
