@@ -8,6 +8,7 @@ ids equal the same pooling computed in process."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import shutil
 import struct
@@ -112,9 +113,14 @@ def _complete(client: openai.OpenAI, model: str, prompt: str) -> str:
     return resp.choices[0].text
 
 
+@functools.cache
+def _oracle(model_dir: Path) -> Reference:
+    return Reference(model_dir)
+
+
 def _reference(registry: dict[str, Path], name: str, prompt: str) -> str:
     model_dir = registry["base"] if name == "base" else registry[f"merged-{name}"]
-    return Reference(model_dir).complete(prompt, MAX_TOKENS)[0]
+    return _oracle(model_dir).complete(prompt, MAX_TOKENS)[0]
 
 
 def _resident(cluster: UpCluster) -> list[str]:
