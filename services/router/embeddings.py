@@ -43,28 +43,22 @@ class EmbeddingServing:
                 detail={"param": "model"},
             )
         texts, ids = body.inputs()
-        inputs: list[str] | list[list[int]] = texts if texts is not None else (ids or [])
         request_id = f"embd-{uuid.uuid4().hex}"
         deadline = time.monotonic() + b.settings.start_timeout
-        parts = [inputs[i : i + MAX_EMBED_INPUTS] for i in range(0, len(inputs), MAX_EMBED_INPUTS)]
+        parts = [
+            EmbedRequest(
+                request_id=f"{request_id}-{k}",
+                model=spec.name,
+                texts=texts[i : i + MAX_EMBED_INPUTS] if texts is not None else None,
+                token_ids=ids[i : i + MAX_EMBED_INPUTS] if ids is not None else None,
+                keep_alive_s=spec.keep_alive_s,
+            )
+            for k, i in enumerate(range(0, len(texts or ids or ()), MAX_EMBED_INPUTS))
+        ]
         if b.demand is not None:
             b.demand.begin(spec.name)
         try:
-            replies = await asyncio.gather(
-                *(
-                    self._embed(
-                        EmbedRequest(
-                            request_id=f"{request_id}-{k}",
-                            model=spec.name,
-                            texts=part if texts is not None else None,  # type: ignore[arg-type]
-                            token_ids=part if texts is None else None,  # type: ignore[arg-type]
-                            keep_alive_s=spec.keep_alive_s,
-                        ),
-                        deadline,
-                    )
-                    for k, part in enumerate(parts)
-                )
-            )
+            replies = await asyncio.gather(*(self._embed(part, deadline) for part in parts))
         finally:
             if b.demand is not None:
                 b.demand.end(spec.name)

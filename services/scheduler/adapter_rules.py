@@ -15,8 +15,11 @@ from collections.abc import Iterable
 from libs.protocol.errors import BadRequestError, ConflictError
 from libs.protocol.messages import DeploymentSpec
 
-# The knobs that size an adapter's own instances: it has none.
-_INSTANCE_KNOBS = {"min_instances": 0, "max_instances": 1, "target_concurrency": 8}
+# The knobs that size an adapter's own instances (it has none), with the defaults it must keep.
+_INSTANCE_KNOBS = {
+    knob: DeploymentSpec.model_fields[knob].default
+    for knob in ("min_instances", "max_instances", "target_concurrency")
+}
 
 
 def check_adapter(spec: DeploymentSpec, base: DeploymentSpec | None) -> None:

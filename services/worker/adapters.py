@@ -30,6 +30,7 @@ from .fetch import NodeStorage, load_with_fallback
 if TYPE_CHECKING:
     from .lora import LoadedAdapter
     from .metrics import WorkerMetrics
+    from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,15 @@ class AdapterBank:
         if fut is None:
             fut = asyncio.ensure_future(self._load(name, uri))
             self._loading[key] = fut
-            fut.add_done_callback(lambda _f: self._loading.pop(key, None))
+            fut.add_done_callback(partial(self._loaded, key))
         # Shielded: one waiter's cancellation does not cancel the load the others share.
         return await asyncio.shield(fut)
+
+    def _loaded(self, key: tuple[str, str], fut: asyncio.Future[LoadedAdapter]) -> None:
+        self._loading.pop(key, None)
+        if not fut.cancelled() and fut.exception() is not None:
+            # Its waiters got the error; one whose callers all left is logged, not lost.
+            log.info("adapter %s could not be loaded: %s", key[0], fut.exception())
 
     async def _load(self, name: str, uri: str) -> LoadedAdapter:
         t0 = time.perf_counter()
@@ -200,7 +207,7 @@ class WorkerAdapters:
         self._record = record
         self._metrics = metrics
 
-    async def get(self, instance_id: str, runtime: Any, name: str, uri: str) -> LoadedAdapter:
+    async def get(self, instance_id: str, runtime: Runtime, name: str, uri: str) -> LoadedAdapter:
         bank: AdapterBank | None = runtime.adapters
         if bank is None:
             bank = AdapterBank(
